@@ -1,0 +1,145 @@
+//! Reed-Solomon erasure coding over GF(2^8), with one codec kept per `(k, m)` shape.
+
+use std::collections::HashMap;
+
+use reed_solomon_erasure::galois_8::ReedSolomon;
+use thiserror::Error;
+
+use crate::wire::MAX_SHARDS_PER_BLOCK;
+
+/// Why a block could not be encoded or decoded.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum FecError {
+    /// `k + m` is 0 or above 256, or `k` is 0.
+    #[error("invalid block shape {k}+{m}")]
+    BadShape {
+        /// Data shards.
+        k: usize,
+        /// Parity shards.
+        m: usize,
+    },
+    /// Fewer than `k` shards are present.
+    #[error("too few shards to decode")]
+    TooFewShards,
+    /// The codec refused the input (sizes inconsistent).
+    #[error("codec error: {0}")]
+    Codec(String),
+}
+
+/// A cache of Reed-Solomon codecs: building one inverts a matrix, so they are reused per shape.
+#[derive(Default)]
+pub struct Fec {
+    codecs: HashMap<(usize, usize), ReedSolomon>,
+}
+
+impl std::fmt::Debug for Fec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fec")
+            .field("shapes", &self.codecs.len())
+            .finish()
+    }
+}
+
+/// Caching every shape a forged stream names would grow without bound.
+const MAX_CACHED_CODECS: usize = 64;
+
+impl Fec {
+    fn codec(&mut self, k: usize, m: usize) -> Result<&ReedSolomon, FecError> {
+        if k == 0 || m == 0 || k + m > MAX_SHARDS_PER_BLOCK {
+            return Err(FecError::BadShape { k, m });
+        }
+        if !self.codecs.contains_key(&(k, m)) && self.codecs.len() >= MAX_CACHED_CODECS {
+            self.codecs.clear();
+        }
+        match self.codecs.entry((k, m)) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let rs = ReedSolomon::new(k, m).map_err(|e| FecError::Codec(format!("{e:?}")))?;
+                Ok(v.insert(rs))
+            }
+        }
+    }
+
+    /// Computes `m` parity shards of `shard_len` bytes for `data` (`k * shard_len` bytes).
+    ///
+    /// Returns them concatenated; with `m == 0` the result is empty.
+    pub fn encode(&mut self, data: &[u8], shard_len: usize, m: usize) -> Result<Vec<u8>, FecError> {
+        let k = data.len() / shard_len;
+        if shard_len == 0 || k * shard_len != data.len() || k == 0 {
+            return Err(FecError::BadShape { k, m });
+        }
+        let mut parity = vec![0u8; m * shard_len];
+        if m == 0 {
+            return Ok(parity);
+        }
+        let codec = self.codec(k, m)?;
+        let data: Vec<&[u8]> = data.chunks(shard_len).collect();
+        let mut par: Vec<&mut [u8]> = parity.chunks_mut(shard_len).collect();
+        codec
+            .encode_sep(&data, &mut par)
+            .map_err(|e| FecError::Codec(format!("{e:?}")))?;
+        Ok(parity)
+    }
+
+    /// Rebuilds the missing data shards of a block in place.
+    ///
+    /// `buf` holds `k + m` shards of `shard_len` bytes; `present[i]` says whether shard `i` arrived.
+    /// Only the first `k` shards are guaranteed correct afterwards.
+    pub fn reconstruct(
+        &mut self,
+        k: usize,
+        buf: &mut [u8],
+        shard_len: usize,
+        present: &[bool],
+    ) -> Result<(), FecError> {
+        let n = present.len();
+        if k == 0 || k > n || buf.len() != n * shard_len {
+            return Err(FecError::BadShape { k, m: n - k.min(n) });
+        }
+        if present.iter().filter(|p| **p).count() < k {
+            return Err(FecError::TooFewShards);
+        }
+        if present[..k].iter().all(|p| *p) {
+            return Ok(());
+        }
+        let codec = self.codec(k, n - k)?;
+        let mut shards: Vec<(&mut [u8], bool)> = buf
+            .chunks_mut(shard_len)
+            .zip(present.iter().copied())
+            .collect();
+        codec
+            .reconstruct_data(&mut shards)
+            .map_err(|e| FecError::Codec(format!("{e:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_m_erasures_decode() {
+        let mut fec = Fec::default();
+        let (k, m, l) = (5, 3, 7);
+        let data: Vec<u8> = (0..(k * l) as u8).collect();
+        let parity = fec.encode(&data, l, m).unwrap();
+        let mut all = data.clone();
+        all.extend_from_slice(&parity);
+        for lost in [[0, 1, 2], [4, 5, 7], [0, 3, 6]] {
+            let mut buf = all.clone();
+            let mut present = vec![true; k + m];
+            for i in lost {
+                present[i] = false;
+                buf[i * l..(i + 1) * l].fill(0xAA);
+            }
+            fec.reconstruct(k, &mut buf, l, &present).unwrap();
+            assert_eq!(&buf[..k * l], &data[..]);
+        }
+        let mut present = vec![true; k + m];
+        present[..4].fill(false);
+        assert_eq!(
+            fec.reconstruct(k, &mut all.clone(), l, &present),
+            Err(FecError::TooFewShards)
+        );
+    }
+}

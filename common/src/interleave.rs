@@ -1,0 +1,162 @@
+//! Transmission order: parity for a group of blocks, and their shards spread evenly over the group.
+//!
+//! The sender gathers `depth` blocks (from one object or many), computes their parity, and emits
+//! the group so that each block's shards sit at evenly spaced positions. A burst of `B` consecutive
+//! lost datagrams inside a group of `T` datagrams then costs a block of `n` shards at most
+//! `ceil(B * n / T) + 1` shards; with `depth` equal full blocks this is exactly column order and the
+//! bound is `ceil(B / depth)`. Receivers do not depend on this order: any order decodes.
+
+use crate::fec::{Fec, FecError};
+use crate::object::DataBlock;
+use crate::wire::{MAX_SHARDS_PER_BLOCK, SHARD_OVERHEAD};
+
+/// How the sender groups blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterleaveParams {
+    /// Blocks per group.
+    pub depth: usize,
+    /// A group shorter than this many datagrams gets more parity, so that the tail of a transfer
+    /// (or a lone small file) is as hard to wipe out with one burst as a full group.
+    pub min_span: usize,
+}
+
+impl Default for InterleaveParams {
+    fn default() -> Self {
+        InterleaveParams {
+            depth: 64,
+            min_span: 256,
+        }
+    }
+}
+
+/// Datagrams ready to send, in transmission order, in one contiguous buffer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    /// Blocks in the batch.
+    pub blocks: usize,
+}
+
+impl Batch {
+    /// Appends one datagram.
+    pub fn push_with(&mut self, emit: impl FnOnce(&mut Vec<u8>)) {
+        emit(&mut self.bytes);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Number of datagrams.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when the batch holds no datagram.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Total bytes of all datagrams.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The datagrams, in transmission order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(s, e)| &self.bytes[s..e])
+    }
+}
+
+/// Groups data blocks, adds parity and orders their shards for transmission.
+#[derive(Debug, Default)]
+pub struct Interleaver {
+    params: InterleaveParams,
+    fec: Fec,
+    blocks: Vec<DataBlock>,
+}
+
+impl Interleaver {
+    /// Creates an interleaver.
+    pub fn new(params: InterleaveParams) -> Self {
+        Interleaver {
+            params: InterleaveParams {
+                depth: params.depth.max(1),
+                ..params
+            },
+            fec: Fec::default(),
+            blocks: Vec::new(),
+        }
+    }
+
+    /// Number of blocks waiting for their group to fill.
+    pub fn pending(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Adds a block; returns a batch when the group is full.
+    pub fn push(&mut self, block: DataBlock) -> Result<Option<Batch>, FecError> {
+        self.blocks.push(block);
+        if self.blocks.len() >= self.params.depth {
+            self.flush()
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Seals the current group even if it is not full.
+    pub fn flush(&mut self) -> Result<Option<Batch>, FecError> {
+        if self.blocks.is_empty() {
+            return Ok(None);
+        }
+        let blocks = std::mem::take(&mut self.blocks);
+        self.seal(blocks).map(Some)
+    }
+
+    fn seal(&mut self, blocks: Vec<DataBlock>) -> Result<Batch, FecError> {
+        let span: usize = blocks
+            .iter()
+            .map(|b| b.data_shards() + usize::from(b.header.parity_shards))
+            .sum();
+        let boost = self.params.min_span.div_ceil(span.max(1)).max(1);
+        let mut coded = Vec::with_capacity(blocks.len());
+        let mut order = Vec::new();
+        let mut bytes = 0;
+        for (i, mut b) in blocks.into_iter().enumerate() {
+            let k = b.data_shards();
+            let m = (usize::from(b.header.parity_shards) * boost).min(MAX_SHARDS_PER_BLOCK - k);
+            b.header.parity_shards = m as u8;
+            let l = usize::from(b.header.shard_len);
+            let parity = self.fec.encode(&b.data, l, m)?;
+            let n = (k + m) as u128;
+            for j in 0..k + m {
+                // Shard j of a block of n sits at the middle of its 1/n slice of the group.
+                let key = (((2 * j as u128 + 1) << 32) / (2 * n)) as u64;
+                order.push((key, i, j));
+            }
+            bytes += (k + m) * (l + SHARD_OVERHEAD);
+            coded.push((b, parity));
+        }
+        order.sort_unstable();
+        let mut batch = Batch {
+            bytes: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(order.len()),
+            blocks: coded.len(),
+        };
+        for (_, i, j) in order {
+            let (b, parity) = &coded[i];
+            let l = usize::from(b.header.shard_len);
+            let k = b.data_shards();
+            let payload = if j < k {
+                &b.data[j * l..(j + 1) * l]
+            } else {
+                &parity[(j - k) * l..(j - k + 1) * l]
+            };
+            let header = crate::wire::ShardHeader {
+                shard: j as u8,
+                ..b.header
+            };
+            batch.push_with(|out| header.emit(payload, out));
+        }
+        Ok(batch)
+    }
+}

@@ -1,0 +1,155 @@
+//! Object geometry: how an object is cut into blocks and blocks into shards.
+//!
+//! An object is three sections, each cut into its own blocks so that the small ones get the full
+//! parity of a block to themselves:
+//! block 0 holds the metadata head, blocks `1..=C` the content (`K * L` bytes each, the last one
+//! shorter), and block `C + 1` the 32-byte SHA-256 digest of the content.
+
+use crate::meta::DIGEST_LEN;
+use crate::wire::{MAX_SHARDS_PER_BLOCK, ShardHeader, WireError};
+
+/// The per-object constants every shard header repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Geometry {
+    /// Nominal data shards of a content block (`K`).
+    pub data_shards: u8,
+    /// Shard length (`L`).
+    pub shard_len: u16,
+    /// Encoded head length.
+    pub head_len: u16,
+    /// Content length.
+    pub content_len: u64,
+}
+
+/// Which section of the object a block holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// The metadata head.
+    Head,
+    /// Content, starting at this byte offset of the file.
+    Content {
+        /// Offset of the block's first byte within the content.
+        offset: u64,
+    },
+    /// The SHA-256 of the content.
+    Digest,
+}
+
+/// One block's place in the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSpan {
+    /// Section the block belongs to.
+    pub section: Section,
+    /// Bytes of real data in the block (the last shard is zero-padded beyond it).
+    pub len: usize,
+    /// Data shards of this block (`k_b = ceil(len / L)`).
+    pub data_shards: usize,
+}
+
+impl Geometry {
+    /// Takes the geometry from a shard header, checking that the object fits the block numbering.
+    pub fn from_header(h: &ShardHeader) -> Result<Self, WireError> {
+        let g = Geometry {
+            data_shards: h.data_shards,
+            shard_len: h.shard_len,
+            head_len: h.head_len,
+            content_len: h.content_len,
+        };
+        if g.data_shards == 0 || g.shard_len == 0 || g.head_len == 0 {
+            return Err(WireError::InvalidHeader("zero geometry field"));
+        }
+        if g.block_count() > u64::from(u32::MAX) {
+            return Err(WireError::InvalidHeader("object has too many blocks"));
+        }
+        Ok(g)
+    }
+
+    /// Bytes of content per full content block (`S = K * L`).
+    pub fn block_stride(&self) -> u64 {
+        u64::from(self.data_shards) * u64::from(self.shard_len)
+    }
+
+    /// Number of content blocks (`C`).
+    pub fn content_blocks(&self) -> u64 {
+        self.content_len.div_ceil(self.block_stride())
+    }
+
+    /// Total blocks: head, content and digest.
+    pub fn block_count(&self) -> u64 {
+        self.content_blocks() + 2
+    }
+
+    /// Where block `b` sits, or `None` if the object has no such block.
+    pub fn block(&self, b: u32) -> Option<BlockSpan> {
+        let b = u64::from(b);
+        let c = self.content_blocks();
+        let (section, len) = if b == 0 {
+            (Section::Head, usize::from(self.head_len))
+        } else if b <= c {
+            let offset = (b - 1) * self.block_stride();
+            let len = (self.content_len - offset).min(self.block_stride());
+            (Section::Content { offset }, len as usize)
+        } else if b == c + 1 {
+            (Section::Digest, DIGEST_LEN)
+        } else {
+            return None;
+        };
+        Some(BlockSpan {
+            section,
+            len,
+            data_shards: len.div_ceil(usize::from(self.shard_len)),
+        })
+    }
+
+    /// Checks that a shard of block `b` with `parity` parity shards and index `shard` can exist.
+    pub fn check_shard(&self, b: u32, parity: u8, shard: u8) -> Result<BlockSpan, WireError> {
+        let span = self
+            .block(b)
+            .ok_or(WireError::InvalidHeader("block number beyond the object"))?;
+        let n = span.data_shards + usize::from(parity);
+        if n > MAX_SHARDS_PER_BLOCK {
+            return Err(WireError::InvalidHeader("more than 256 shards in a block"));
+        }
+        if usize::from(shard) >= n {
+            return Err(WireError::InvalidHeader("shard index beyond the block"));
+        }
+        Ok(span)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_cover_the_object() {
+        let g = Geometry {
+            data_shards: 4,
+            shard_len: 10,
+            head_len: 25,
+            content_len: 95,
+        };
+        assert_eq!(g.content_blocks(), 3);
+        assert_eq!(g.block_count(), 5);
+        let b0 = g.block(0).unwrap();
+        assert_eq!((b0.section, b0.len, b0.data_shards), (Section::Head, 25, 3));
+        let b3 = g.block(3).unwrap();
+        assert_eq!(b3.section, Section::Content { offset: 80 });
+        assert_eq!((b3.len, b3.data_shards), (15, 2));
+        let b4 = g.block(4).unwrap();
+        assert_eq!((b4.section, b4.data_shards), (Section::Digest, 4));
+        assert!(g.block(5).is_none());
+    }
+
+    #[test]
+    fn empty_content_has_no_content_block() {
+        let g = Geometry {
+            data_shards: 64,
+            shard_len: 1400,
+            head_len: 40,
+            content_len: 0,
+        };
+        assert_eq!(g.block_count(), 2);
+        assert_eq!(g.block(1).unwrap().section, Section::Digest);
+    }
+}

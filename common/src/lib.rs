@@ -1,0 +1,14 @@
+//! checkvalve protocol core, shared by the sender, the receiver and the simulator.
+//!
+//! Sans-IO: nothing here opens a socket or a file or reads a clock. Bytes come in and go out as
+//! values and time is an argument, so every behaviour is testable deterministically.
+
+pub mod assembler;
+pub mod fec;
+pub mod interleave;
+pub mod layout;
+pub mod link;
+pub mod meta;
+pub mod object;
+pub mod ranges;
+pub mod wire;

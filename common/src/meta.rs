@@ -1,0 +1,200 @@
+//! Object metadata: the head that opens every object and the digest that closes it.
+
+use bincode::{Decode, Encode};
+use thiserror::Error;
+
+/// Longest encoded head accepted, so that one head always fits the 16-bit `head_len` field.
+pub const MAX_HEAD_LEN: usize = 8192;
+/// Longest relative path accepted, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Longest single path component accepted, in bytes (the usual filesystem limit).
+pub const MAX_COMPONENT_LEN: usize = 255;
+/// Length of the digest trailer: a raw SHA-256.
+pub const DIGEST_LEN: usize = 32;
+/// Name of the receiver's state folder; no delivered path may start with it.
+pub const STATE_DIR: &str = ".checkvalve";
+
+/// What an object carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum ObjectKind {
+    /// A regular file.
+    File,
+    /// A batch of stream records.
+    Records,
+}
+
+/// Metadata head: block 0 of every object.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Head {
+    /// Path relative to the receiver's output folder, `/`-separated UTF-8.
+    pub path: String,
+    /// Content length in bytes (equals the datagram header's `content_len`).
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime_secs: i64,
+    /// Modification time, nanoseconds within the second.
+    pub mtime_nanos: u32,
+    /// What the content is.
+    pub kind: ObjectKind,
+}
+
+/// Why metadata was refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum MetaError {
+    /// The head bytes are not a valid bincode `Head`.
+    #[error("undecodable metadata: {0}")]
+    Undecodable(String),
+    /// The head does not fill exactly its announced length.
+    #[error("metadata length mismatch")]
+    LengthMismatch,
+    /// The encoded head is longer than [`MAX_HEAD_LEN`].
+    #[error("metadata longer than {MAX_HEAD_LEN} bytes")]
+    TooLong,
+    /// The head's size disagrees with the datagram headers' `content_len`.
+    #[error("metadata size {head} disagrees with content length {header}")]
+    SizeMismatch {
+        /// Size in the head.
+        head: u64,
+        /// Content length in the datagram headers.
+        header: u64,
+    },
+    /// The path is not safe to create under the output folder.
+    #[error("unsafe path {path:?}: {reason}")]
+    UnsafePath {
+        /// The offending path, as received.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_big_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_HEAD_LEN>()
+}
+
+impl Head {
+    /// Encodes the head (bincode 2, big-endian, fixed-width integers).
+    pub fn encode(&self) -> Result<Vec<u8>, MetaError> {
+        check_path(&self.path)?;
+        let bytes = bincode::encode_to_vec(self, config())
+            .map_err(|e| MetaError::Undecodable(e.to_string()))?;
+        if bytes.len() > MAX_HEAD_LEN {
+            return Err(MetaError::TooLong);
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes a head and checks that its path is safe.
+    pub fn decode(bytes: &[u8]) -> Result<Self, MetaError> {
+        if bytes.len() > MAX_HEAD_LEN {
+            return Err(MetaError::TooLong);
+        }
+        let (head, used): (Head, usize) = bincode::decode_from_slice(bytes, config())
+            .map_err(|e| MetaError::Undecodable(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(MetaError::LengthMismatch);
+        }
+        check_path(&head.path)?;
+        Ok(head)
+    }
+}
+
+/// Checks that `path` is a relative, normalised path that stays inside the output folder.
+///
+/// Refused: empty paths, absolute paths, empty, `.` or `..` components, NUL, control characters,
+/// backslashes (a path separator for vendors reading the share from Windows), over-long names, and
+/// anything inside the receiver's own state folder.
+pub fn check_path(path: &str) -> Result<(), MetaError> {
+    let bad = |reason| {
+        Err(MetaError::UnsafePath {
+            path: path.to_owned(),
+            reason,
+        })
+    };
+    if path.is_empty() {
+        return bad("empty");
+    }
+    if path.len() > MAX_PATH_LEN {
+        return bad("too long");
+    }
+    if path.starts_with('/') {
+        return bad("absolute");
+    }
+    if path.chars().any(|c| c == '\0') {
+        return bad("contains NUL");
+    }
+    if path.chars().any(char::is_control) {
+        return bad("contains a control character");
+    }
+    if path.contains('\\') {
+        return bad("contains a backslash");
+    }
+    for (i, comp) in path.split('/').enumerate() {
+        match comp {
+            "" => return bad("empty component"),
+            "." | ".." => return bad("dot component"),
+            c if c.len() > MAX_COMPONENT_LEN => return bad("component too long"),
+            STATE_DIR if i == 0 => return bad("inside the receiver's state folder"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(path: &str) -> Head {
+        Head {
+            path: path.into(),
+            size: 12,
+            mtime_secs: 1_700_000_000,
+            mtime_nanos: 5,
+            kind: ObjectKind::File,
+        }
+    }
+
+    #[test]
+    fn head_round_trips() {
+        let h = head("exports/été/a.csv");
+        assert_eq!(Head::decode(&h.encode().unwrap()).unwrap(), h);
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for p in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "a/./b",
+            "a/",
+            "a\0b",
+            "a\\..\\b",
+            ".checkvalve/tmp/x",
+            "a\nb",
+        ] {
+            assert!(check_path(p).is_err(), "{p:?} accepted");
+        }
+        for p in ["a", "a/b/c.txt", ".hidden", "a/.checkvalve", "日本/ファイル"] {
+            assert!(check_path(p).is_ok(), "{p:?} refused");
+        }
+    }
+
+    #[test]
+    fn decode_refuses_trailing_bytes_and_bad_paths() {
+        let mut bytes = head("a").encode().unwrap();
+        bytes.push(0);
+        assert_eq!(Head::decode(&bytes), Err(MetaError::LengthMismatch));
+        let forged = bincode::encode_to_vec(head("../x"), config()).unwrap();
+        assert!(matches!(
+            Head::decode(&forged),
+            Err(MetaError::UnsafePath { .. })
+        ));
+    }
+}

@@ -1,0 +1,333 @@
+//! Datagram layout of protocol v1: parsing with validation, and emission.
+//!
+//! Every datagram starts with a 16-byte common header and ends with a CRC32 over everything before it.
+//! All integers are big-endian. See `docs/protocol.md` for the byte tables.
+
+use thiserror::Error;
+
+/// The four bytes every checkvalve datagram starts with.
+pub const MAGIC: [u8; 4] = *b"CVLV";
+/// The protocol version this crate speaks.
+pub const VERSION: u8 = 1;
+/// Length of the header common to every datagram type.
+pub const COMMON_HEADER_LEN: usize = 16;
+/// Length of a shard datagram's header, common header included.
+pub const SHARD_HEADER_LEN: usize = 44;
+/// Length of the CRC32 that ends every datagram.
+pub const CRC_LEN: usize = 4;
+/// Bytes a shard datagram adds around its payload.
+pub const SHARD_OVERHEAD: usize = SHARD_HEADER_LEN + CRC_LEN;
+/// Total length of a heartbeat datagram.
+pub const HEARTBEAT_LEN: usize = 52;
+/// Largest payload a UDP datagram can carry over IPv4, the bound for any datagram we accept.
+pub const MAX_DATAGRAM_LEN: usize = 65_507;
+/// Largest shard length that still fits in one UDP datagram.
+pub const MAX_SHARD_LEN: usize = MAX_DATAGRAM_LEN - SHARD_OVERHEAD;
+/// Reed-Solomon over GF(2^8) allows at most this many shards (data + parity) per block.
+pub const MAX_SHARDS_PER_BLOCK: usize = 256;
+
+/// Datagram type codes (byte 5).
+mod kind {
+    pub const SHARD: u8 = 1;
+    pub const HEARTBEAT: u8 = 2;
+}
+
+/// Why a datagram was rejected.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum WireError {
+    /// Shorter than the smallest valid datagram.
+    #[error("datagram too short ({0} bytes)")]
+    TooShort(usize),
+    /// Does not start with the checkvalve magic.
+    #[error("bad magic")]
+    BadMagic,
+    /// The CRC32 over the datagram does not match its last four bytes.
+    #[error("CRC32 mismatch")]
+    BadCrc,
+    /// A protocol version this receiver does not speak.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    /// A datagram type this receiver does not know.
+    #[error("unknown datagram type {0}")]
+    UnknownType(u8),
+    /// Flags this receiver does not understand (for example an authentication trailer).
+    #[error("unsupported flags {0:#06x}")]
+    UnsupportedFlags(u16),
+    /// The datagram's length does not match what its header announces.
+    #[error("length {actual} does not match the header ({expected})")]
+    LengthMismatch {
+        /// Length the header implies.
+        expected: usize,
+        /// Length received.
+        actual: usize,
+    },
+    /// A header field is out of range or inconsistent with the others.
+    #[error("invalid header: {0}")]
+    InvalidHeader(&'static str),
+}
+
+/// Header of a shard datagram: one shard of one block of one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShardHeader {
+    /// Sender session, chosen at random when the sender starts.
+    pub session: u64,
+    /// Object number within the session, counting from 0.
+    pub object: u64,
+    /// Block number within the object (0 = metadata head, last = digest trailer).
+    pub block: u32,
+    /// Index of this shard within its block: data shards first, then parity.
+    pub shard: u8,
+    /// Nominal data shards per content block of this object (`K`).
+    pub data_shards: u8,
+    /// Parity shards of this block (`m`).
+    pub parity_shards: u8,
+    /// Length of every shard of this object, in bytes (`L`).
+    pub shard_len: u16,
+    /// Length of the encoded metadata head, in bytes.
+    pub head_len: u16,
+    /// Length of the object's content, in bytes.
+    pub content_len: u64,
+}
+
+/// Periodic liveness and accounting datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Sender session.
+    pub session: u64,
+    /// Heartbeat sequence number within the session.
+    pub seq: u64,
+    /// Datagrams sent in this session before this heartbeat (heartbeats included).
+    pub datagrams_sent: u64,
+    /// Objects whose first datagram has been sent (= next object number).
+    pub objects_sent: u64,
+    /// Interval between heartbeats, in milliseconds.
+    pub interval_ms: u32,
+}
+
+/// A parsed, CRC-checked datagram borrowing its payload from the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datagram<'a> {
+    /// One shard of a block.
+    Shard(ShardHeader, &'a [u8]),
+    /// A heartbeat.
+    Heartbeat(Heartbeat),
+}
+
+fn be_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn be_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(a)
+}
+
+impl ShardHeader {
+    /// Checks the field ranges that do not depend on the rest of the object.
+    pub fn validate(&self) -> Result<(), WireError> {
+        if self.data_shards == 0 {
+            return Err(WireError::InvalidHeader("data_shards is 0"));
+        }
+        if self.shard_len == 0 || usize::from(self.shard_len) > MAX_SHARD_LEN {
+            return Err(WireError::InvalidHeader("shard_len out of range"));
+        }
+        if self.head_len == 0 {
+            return Err(WireError::InvalidHeader("head_len is 0"));
+        }
+        Ok(())
+    }
+
+    /// Parses and checks a shard datagram's header and returns its payload.
+    fn parse(bytes: &[u8], session: u64) -> Result<(Self, &[u8]), WireError> {
+        if bytes.len() < SHARD_OVERHEAD {
+            return Err(WireError::TooShort(bytes.len()));
+        }
+        let h = ShardHeader {
+            session,
+            object: be_u64(bytes, 16),
+            block: be_u32(bytes, 24),
+            shard: bytes[28],
+            data_shards: bytes[29],
+            parity_shards: bytes[30],
+            shard_len: be_u16(bytes, 32),
+            head_len: be_u16(bytes, 34),
+            content_len: be_u64(bytes, 36),
+        };
+        if bytes[31] != 0 {
+            return Err(WireError::InvalidHeader("reserved byte 31 is not 0"));
+        }
+        let expected = SHARD_OVERHEAD + usize::from(h.shard_len);
+        if bytes.len() != expected {
+            return Err(WireError::LengthMismatch {
+                expected,
+                actual: bytes.len(),
+            });
+        }
+        h.validate()?;
+        Ok((h, &bytes[SHARD_HEADER_LEN..bytes.len() - CRC_LEN]))
+    }
+
+    /// Appends the datagram for this header and `payload` to `out`.
+    ///
+    /// `payload` must be exactly `shard_len` bytes.
+    pub fn emit(&self, payload: &[u8], out: &mut Vec<u8>) {
+        debug_assert_eq!(payload.len(), usize::from(self.shard_len));
+        let start = out.len();
+        emit_common(out, kind::SHARD, self.session);
+        out.extend_from_slice(&self.object.to_be_bytes());
+        out.extend_from_slice(&self.block.to_be_bytes());
+        out.extend_from_slice(&[self.shard, self.data_shards, self.parity_shards, 0]);
+        out.extend_from_slice(&self.shard_len.to_be_bytes());
+        out.extend_from_slice(&self.head_len.to_be_bytes());
+        out.extend_from_slice(&self.content_len.to_be_bytes());
+        out.extend_from_slice(payload);
+        let crc = crc32fast::hash(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+}
+
+impl Heartbeat {
+    /// Appends the datagram for this heartbeat to `out`.
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        emit_common(out, kind::HEARTBEAT, self.session);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.datagrams_sent.to_be_bytes());
+        out.extend_from_slice(&self.objects_sent.to_be_bytes());
+        out.extend_from_slice(&self.interval_ms.to_be_bytes());
+        out.extend_from_slice(&[0; 4]);
+        let crc = crc32fast::hash(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+
+    /// Encodes this heartbeat as a fresh datagram.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(HEARTBEAT_LEN);
+        self.emit(&mut v);
+        v
+    }
+
+    fn parse(bytes: &[u8], session: u64) -> Result<Self, WireError> {
+        if bytes.len() != HEARTBEAT_LEN {
+            return Err(WireError::LengthMismatch {
+                expected: HEARTBEAT_LEN,
+                actual: bytes.len(),
+            });
+        }
+        if be_u32(bytes, 44) != 0 {
+            return Err(WireError::InvalidHeader("reserved heartbeat bytes are not 0"));
+        }
+        Ok(Heartbeat {
+            session,
+            seq: be_u64(bytes, 16),
+            datagrams_sent: be_u64(bytes, 24),
+            objects_sent: be_u64(bytes, 32),
+            interval_ms: be_u32(bytes, 40),
+        })
+    }
+}
+
+fn emit_common(out: &mut Vec<u8>, kind: u8, session: u64) {
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(kind);
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out.extend_from_slice(&session.to_be_bytes());
+}
+
+/// Parses one datagram, checking magic, CRC, version, flags, type and lengths, in that order.
+pub fn parse(bytes: &[u8]) -> Result<Datagram<'_>, WireError> {
+    if bytes.len() < COMMON_HEADER_LEN + CRC_LEN {
+        return Err(WireError::TooShort(bytes.len()));
+    }
+    if bytes[..4] != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - CRC_LEN);
+    if crc32fast::hash(body) != be_u32(crc, 0) {
+        return Err(WireError::BadCrc);
+    }
+    if bytes[4] != VERSION {
+        return Err(WireError::UnsupportedVersion(bytes[4]));
+    }
+    let flags = be_u16(bytes, 6);
+    if flags != 0 {
+        return Err(WireError::UnsupportedFlags(flags));
+    }
+    let session = be_u64(bytes, 8);
+    match bytes[5] {
+        kind::SHARD => {
+            let (h, payload) = ShardHeader::parse(bytes, session)?;
+            Ok(Datagram::Shard(h, payload))
+        }
+        kind::HEARTBEAT => Ok(Datagram::Heartbeat(Heartbeat::parse(bytes, session)?)),
+        other => Err(WireError::UnknownType(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> ShardHeader {
+        ShardHeader {
+            session: 0x0102_0304_0506_0708,
+            object: 7,
+            block: 3,
+            shard: 5,
+            data_shards: 64,
+            parity_shards: 22,
+            shard_len: 4,
+            head_len: 60,
+            content_len: 1000,
+        }
+    }
+
+    #[test]
+    fn shard_round_trips() {
+        let mut out = Vec::new();
+        header().emit(b"abcd", &mut out);
+        assert_eq!(out.len(), SHARD_OVERHEAD + 4);
+        assert_eq!(parse(&out), Ok(Datagram::Shard(header(), &b"abcd"[..])));
+    }
+
+    #[test]
+    fn heartbeat_round_trips() {
+        let hb = Heartbeat {
+            session: 9,
+            seq: 1,
+            datagrams_sent: 100,
+            objects_sent: 3,
+            interval_ms: 1000,
+        };
+        let bytes = hb.to_bytes();
+        assert_eq!(bytes.len(), HEARTBEAT_LEN);
+        assert_eq!(parse(&bytes), Ok(Datagram::Heartbeat(hb)));
+    }
+
+    #[test]
+    fn unknown_flags_are_rejected_even_with_a_valid_crc() {
+        let mut out = Vec::new();
+        header().emit(b"abcd", &mut out);
+        out[7] = 1;
+        let n = out.len() - CRC_LEN;
+        let crc = crc32fast::hash(&out[..n]);
+        out[n..].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(parse(&out), Err(WireError::UnsupportedFlags(1)));
+    }
+
+    #[test]
+    fn length_must_match_the_header() {
+        let mut out = Vec::new();
+        header().emit(b"abcd", &mut out);
+        out.truncate(out.len() - CRC_LEN - 1);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        assert!(matches!(parse(&out), Err(WireError::LengthMismatch { .. })));
+    }
+}
