@@ -220,6 +220,9 @@ struct Session {
     objects: HashMap<u64, Object>,
     closed: RangeMap<()>,
     gaps: RangeMap<Instant>,
+    /// Lowest object number heard: gaps are only tracked from here on.
+    low: u64,
+    /// One past the highest object number heard or announced.
     next: u64,
     received: u64,
     last_seen: Instant,
@@ -397,6 +400,7 @@ impl Assembler {
                 objects: HashMap::new(),
                 closed: RangeMap::default(),
                 gaps: RangeMap::default(),
+                low: first_object,
                 next: first_object,
                 received: 1,
                 last_seen: now,
@@ -461,6 +465,10 @@ impl Assembler {
                 return Ok(());
             }
             s.gaps.remove(h.object);
+            if h.object < s.low {
+                s.gaps.insert(h.object + 1, s.low, now);
+                s.low = h.object;
+            }
             if h.object >= s.next {
                 s.gaps.insert(s.next, h.object, now);
                 s.next = h.object + 1;

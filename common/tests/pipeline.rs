@@ -1,0 +1,338 @@
+//! Sender core to receiver core, in memory, under seeded loss, reordering, duplication and corruption.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use checkvalve_common::assembler::{Abandon, Assembler, AssemblerConfig, Event, ObjectKey};
+use checkvalve_common::interleave::{InterleaveParams, Interleaver};
+use checkvalve_common::meta::{Head, ObjectKind};
+use checkvalve_common::object::{FecParams, ObjectEncoder};
+use checkvalve_common::wire::{self, WireError};
+use proptest::prelude::*;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::Digest;
+
+const SESSION: u64 = 0xfeed_beef;
+
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random()).collect()
+}
+
+/// Encodes `files` as one transfer and returns its datagrams in transmission order.
+fn encode(files: &[(String, Vec<u8>)], fec: FecParams, il: InterleaveParams) -> Vec<Vec<u8>> {
+    let mut inter = Interleaver::new(il);
+    let mut out = Vec::new();
+    let mut take = |batch: Option<checkvalve_common::interleave::Batch>| {
+        if let Some(b) = batch {
+            out.extend(b.iter().map(<[u8]>::to_vec));
+        }
+    };
+    for (i, (path, data)) in files.iter().enumerate() {
+        let head = Head {
+            path: path.clone(),
+            size: data.len() as u64,
+            mtime_secs: 1,
+            mtime_nanos: 0,
+            kind: ObjectKind::File,
+        };
+        let (mut enc, head_block) = ObjectEncoder::new(SESSION, i as u64, &head, fec).unwrap();
+        let mut blocks = vec![head_block];
+        for chunk in data.chunks(10_000) {
+            enc.push(chunk, &mut blocks).unwrap();
+        }
+        enc.finish(&mut blocks).unwrap();
+        for b in blocks {
+            take(inter.push(b).unwrap());
+        }
+    }
+    take(inter.flush().unwrap());
+    out
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Outcome {
+    /// Path to SHA-256 of what was delivered (byte identity is checked through the digest).
+    delivered: HashMap<String, [u8; 32]>,
+    lost: Vec<(ObjectKey, Option<String>)>,
+    missing: Vec<(u64, u64)>,
+}
+
+/// Feeds datagrams to an assembler, then lets every timeout expire.
+fn receive(datagrams: &[Vec<u8>], config: AssemblerConfig) -> (Outcome, Assembler) {
+    let t0 = Instant::now();
+    let mut asm = Assembler::new(config);
+    let mut files: HashMap<ObjectKey, Vec<u8>> = HashMap::new();
+    let mut out = Outcome::default();
+    let mut drain = |asm: &mut Assembler, out: &mut Outcome| {
+        while let Some(ev) = asm.poll_event() {
+            match ev {
+                Event::Content { key, offset, data } => {
+                    let f = files.entry(key).or_default();
+                    let end = offset as usize + data.len();
+                    if f.len() < end {
+                        f.resize(end, 0);
+                    }
+                    f[offset as usize..end].copy_from_slice(&data);
+                }
+                Event::Complete { key, head, digest } => {
+                    let mut f = files.remove(&key).unwrap_or_default();
+                    f.resize(head.size as usize, 0);
+                    let actual: [u8; 32] = sha2::Sha256::digest(&f).into();
+                    assert_eq!(actual, digest, "digest mismatch for {}", head.path);
+                    out.delivered.insert(head.path, actual);
+                }
+                Event::Abandoned { key, path, .. } => {
+                    files.remove(&key);
+                    out.lost.push((key, path));
+                }
+                Event::Missing { first, last, .. } => out.missing.push((first, last)),
+                _ => {}
+            }
+        }
+    };
+    for (i, d) in datagrams.iter().enumerate() {
+        let now = t0 + Duration::from_micros(i as u64);
+        let _ = asm.handle_datagram(now, d);
+        drain(&mut asm, &mut out);
+    }
+    asm.handle_timeout(t0 + Duration::from_secs(3600));
+    drain(&mut asm, &mut out);
+    (out, asm)
+}
+
+fn sample_files() -> Vec<(String, Vec<u8>)> {
+    let l = 1400;
+    let block = 64 * l;
+    [0, 1, l - 1, l, l + 1, block - 1, block, block + 1, 5 * block + 17, 300_000]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (format!("dir/ñ-{i}.bin"), content(i as u64, n)))
+        .collect()
+}
+
+fn expected(files: &[(String, Vec<u8>)]) -> HashMap<String, [u8; 32]> {
+    files
+        .iter()
+        .map(|(p, d)| (p.clone(), sha2::Sha256::digest(d).into()))
+        .collect()
+}
+
+/// Applies seeded loss, duplication and local reordering.
+fn impair(datagrams: &[Vec<u8>], seed: u64, loss: f64, dup: f64, reorder: f64) -> Vec<Vec<u8>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for d in datagrams {
+        if rng.random_bool(loss) {
+            continue;
+        }
+        out.push(d.clone());
+        if rng.random_bool(dup) {
+            out.push(d.clone());
+        }
+        if out.len() > 1 && rng.random_bool(reorder) {
+            let back = rng.random_range(1..out.len().min(9));
+            let n = out.len();
+            out.swap(n - 1, n - 1 - back);
+        }
+    }
+    out
+}
+
+#[test]
+fn clean_transfer_is_byte_identical() {
+    let files = sample_files();
+    let dg = encode(&files, FecParams::default(), InterleaveParams::default());
+    let (out, asm) = receive(&dg, AssemblerConfig::default());
+    assert_eq!(out.delivered, expected(&files));
+    assert!(out.lost.is_empty() && out.missing.is_empty());
+    assert_eq!(asm.pending_bytes(), 0);
+    assert_eq!(asm.objects_in_progress(), 0);
+}
+
+#[test]
+fn five_percent_loss_with_reordering_and_duplicates_is_byte_identical() {
+    let files = sample_files();
+    let dg = encode(&files, FecParams::default(), InterleaveParams::default());
+    for seed in 0..5 {
+        let (out, _) = receive(
+            &impair(&dg, seed, 0.05, 0.02, 0.05),
+            AssemblerConfig::default(),
+        );
+        assert_eq!(out.delivered, expected(&files), "seed {seed}");
+    }
+}
+
+#[test]
+fn shuffled_order_decodes() {
+    let files = sample_files();
+    let mut dg = encode(&files, FecParams::default(), InterleaveParams::default());
+    dg.shuffle(&mut ChaCha8Rng::seed_from_u64(7));
+    let (out, _) = receive(&dg, AssemblerConfig::default());
+    assert_eq!(out.delivered, expected(&files));
+}
+
+#[test]
+fn a_burst_of_depth_times_parity_less_one_datagrams_is_survived() {
+    let files: Vec<_> = vec![("big".to_string(), content(1, 64 * 1400 * 128))];
+    let il = InterleaveParams::default();
+    let dg = encode(&files, FecParams::default(), il);
+    let burst = il.depth * (usize::from(FecParams::default().parity_shards) - 1);
+    for start in [0, 1000, dg.len() / 2] {
+        let mut cut = dg.clone();
+        cut.drain(start..start + burst);
+        let (out, _) = receive(&cut, AssemblerConfig::default());
+        assert_eq!(out.delivered, expected(&files), "burst at {start}");
+    }
+}
+
+#[test]
+fn heavy_loss_names_what_it_loses_and_delivers_nothing_wrong() {
+    let files = sample_files();
+    let dg = encode(&files, FecParams::default(), InterleaveParams::default());
+    let (out, _) = receive(&impair(&dg, 3, 0.4, 0.0, 0.0), AssemblerConfig::default());
+    for (path, data) in &out.delivered {
+        assert_eq!(Some(data), expected(&files).get(path));
+    }
+    assert!(out.delivered.len() < files.len(), "40% loss should cost files");
+    assert_eq!(out.delivered.len() + out.lost.len(), files.len());
+    for (key, path) in &out.lost {
+        assert_eq!(
+            path.as_deref(),
+            Some(files[key.object as usize].0.as_str()),
+            "lost object must be named"
+        );
+    }
+}
+
+#[test]
+fn same_seed_same_outcome() {
+    let files = sample_files();
+    let dg = encode(&files, FecParams::default(), InterleaveParams::default());
+    let a = receive(&impair(&dg, 11, 0.3, 0.05, 0.1), AssemblerConfig::default()).0;
+    let b = receive(&impair(&dg, 11, 0.3, 0.05, 0.1), AssemblerConfig::default()).0;
+    assert_eq!(a, b);
+}
+
+#[test]
+fn wholly_lost_objects_are_reported_missing() {
+    let files = sample_files();
+    let dg = encode(&files, FecParams::default(), InterleaveParams::default());
+    // Drop every datagram of object 2.
+    let kept: Vec<Vec<u8>> = dg
+        .into_iter()
+        .filter(|d| !matches!(wire::parse(d), Ok(wire::Datagram::Shard(h, _)) if h.object == 2))
+        .collect();
+    let (out, _) = receive(&kept, AssemblerConfig::default());
+    assert_eq!(out.missing, vec![(2, 2)]);
+    assert_eq!(out.delivered.len(), files.len() - 1);
+}
+
+#[test]
+fn memory_bound_holds_under_a_flood_of_block_starts() {
+    let files: Vec<_> = vec![("big".to_string(), content(1, 64 * 1400 * 40))];
+    let dg = encode(&files, FecParams::default(), InterleaveParams::default());
+    // Only parity shards: no block ever decodes, every block stays pending.
+    let parity_only: Vec<Vec<u8>> = dg
+        .into_iter()
+        .filter(|d| matches!(wire::parse(d), Ok(wire::Datagram::Shard(h, _)) if h.shard >= 64))
+        .collect();
+    let config = AssemblerConfig {
+        max_pending_bytes: 1 << 20,
+        ..AssemblerConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut asm = Assembler::new(config);
+    for d in &parity_only {
+        let _ = asm.handle_datagram(t0, d);
+        assert!(asm.pending_bytes() <= 1 << 20);
+    }
+    assert!(asm.counters().over_budget > 0);
+    asm.handle_timeout(t0 + Duration::from_secs(60));
+    assert_eq!(asm.pending_bytes(), 0);
+    let lost = std::iter::from_fn(|| asm.poll_event())
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Abandoned {
+                    reason: Abandon::Timeout { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(lost, 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Any `m` or fewer erasures in every block decode.
+    #[test]
+    fn up_to_m_erasures_per_block_decode(
+        len in 0usize..200_000,
+        k in 1u8..=32,
+        m in 1u8..=16,
+        seed in any::<u64>(),
+    ) {
+        let fec = FecParams { data_shards: k, parity_shards: m, shard_len: 512 };
+        let files = vec![("f".to_string(), content(seed, len))];
+        let dg = encode(&files, fec, InterleaveParams { depth: 8, min_span: 0 });
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut by_block: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, d) in dg.iter().enumerate() {
+            if let Ok(wire::Datagram::Shard(h, _)) = wire::parse(d) {
+                by_block.entry(h.block).or_default().push(i);
+            }
+        }
+        let mut drop = vec![false; dg.len()];
+        for idx in by_block.values_mut() {
+            idx.shuffle(&mut rng);
+            let erase = rng.random_range(0..=usize::from(m));
+            for &i in idx.iter().take(erase) {
+                drop[i] = true;
+            }
+        }
+        let kept: Vec<Vec<u8>> = dg.iter().zip(&drop).filter(|(_, d)| !**d).map(|(x, _)| x.clone()).collect();
+        let (out, _) = receive(&kept, AssemblerConfig::default());
+        prop_assert_eq!(out.delivered, expected(&files));
+    }
+
+    /// Every datagram with one to three flipped bits is rejected, never decoded.
+    #[test]
+    fn corrupted_datagrams_are_rejected(
+        which in any::<prop::sample::Index>(),
+        bits in prop::collection::vec(any::<prop::sample::Index>(), 1..=3),
+    ) {
+        let files = vec![("f".to_string(), content(5, 5000))];
+        let dg = encode(&files, FecParams::default(), InterleaveParams::default());
+        let mut d = which.get(&dg).clone();
+        let nbits = d.len() * 8;
+        let mut flipped = std::collections::HashSet::new();
+        for b in bits {
+            let bit = b.index(nbits);
+            if flipped.insert(bit) {
+                d[bit / 8] ^= 1 << (bit % 8);
+            }
+        }
+        let r = wire::parse(&d);
+        prop_assert!(r.is_err(), "corrupt datagram accepted");
+        if d[..4] == wire::MAGIC {
+            prop_assert_eq!(r, Err(WireError::BadCrc));
+        }
+    }
+
+    /// Random bytes never crash the assembler nor grow its state.
+    #[test]
+    fn random_datagrams_are_harmless(blobs in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..1600), 1..200)) {
+        let mut asm = Assembler::new(AssemblerConfig::default());
+        let t0 = Instant::now();
+        for b in &blobs {
+            prop_assert!(asm.handle_datagram(t0, b).is_err());
+        }
+        prop_assert_eq!(asm.objects_in_progress(), 0);
+        prop_assert_eq!(asm.pending_bytes(), 0);
+    }
+}
