@@ -36,6 +36,8 @@ pub struct Batch {
     ends: Vec<usize>,
     /// Blocks in the batch.
     pub blocks: usize,
+    /// One past the highest object number in the batch.
+    pub objects_end: u64,
 }
 
 impl Batch {
@@ -141,6 +143,7 @@ impl Interleaver {
             bytes: Vec::with_capacity(bytes),
             ends: Vec::with_capacity(order.len()),
             blocks: coded.len(),
+            objects_end: coded.iter().map(|(b, _)| b.header.object + 1).max().unwrap_or(0),
         };
         for (_, i, j) in order {
             let (b, parity) = &coded[i];

@@ -10,5 +10,7 @@ pub mod layout;
 pub mod link;
 pub mod meta;
 pub mod object;
+pub mod pacer;
 pub mod ranges;
+pub mod units;
 pub mod wire;

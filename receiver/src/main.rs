@@ -1,1 +1,123 @@
-fn main() {}
+//! `checkvalve-receive`: rebuilds what crossed a one-way link, verifies it end to end, and
+//! publishes it atomically into an output folder. It never sends anything.
+
+mod net;
+mod receive;
+mod share;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use checkvalve_common::assembler::{Assembler, AssemblerConfig};
+use checkvalve_common::units::{parse_duration, parse_size};
+use clap::Parser;
+use tracing::{error, info};
+
+/// Chunks of up to 64 datagrams queued between the socket thread and the assembler.
+const QUEUED_CHUNKS: usize = 512;
+/// Complete objects queued for verification.
+const QUEUED_JOBS: usize = 64;
+
+/// Receive files from a one-way link into an output folder.
+#[derive(Debug, Parser)]
+#[command(name = "checkvalve-receive", version, about)]
+struct Args {
+    /// Address to listen on, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    bind: String,
+    /// Output folder (vendor-visible); state lives in its hidden `.checkvalve` folder.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Give up on an object after this long without a new datagram for it.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    object_timeout: Duration,
+    /// Largest file accepted.
+    #[arg(long, default_value = "1T", value_parser = parse_size)]
+    max_object_size: u64,
+    /// Most memory held in partly received blocks.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    max_pending: u64,
+    /// Free space always left on the output filesystem.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    min_free: u64,
+    /// Kernel receive buffer to ask for.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    rcvbuf: u64,
+    /// Interval between statistics lines.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    stats_interval: Duration,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn resolve(s: &str) -> Result<SocketAddr> {
+    s.to_socket_addrs()
+        .with_context(|| format!("cannot resolve {s:?}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{s:?} resolves to no address"))
+}
+
+fn run(args: Args) -> Result<()> {
+    let bind = resolve(&args.bind)?;
+    let (share, stale) = share::Share::open(&args.out)
+        .with_context(|| format!("cannot use output folder {}", args.out.display()))?;
+    if stale > 0 {
+        info!(count = stale, "removed unfinished temporary files from a previous run");
+    }
+    let socket = net::bind(bind, usize::try_from(args.rcvbuf).unwrap_or(usize::MAX))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
+    }
+    info!(%bind, out = %share.root().display(), "receiving");
+
+    let dropped = Arc::new(AtomicU64::new(0));
+    let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel(QUEUED_CHUNKS);
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::sync_channel(QUEUED_CHUNKS);
+    let net_thread = {
+        let (stop, dropped) = (Arc::clone(&stop), Arc::clone(&dropped));
+        std::thread::Builder::new()
+            .name("net".into())
+            .spawn(move || net::drain(socket, chunk_tx, recycle_rx, stop, dropped))?
+    };
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel(QUEUED_JOBS);
+    let finisher = {
+        let share = share.clone();
+        std::thread::Builder::new()
+            .name("publish".into())
+            .spawn(move || receive::finisher(share, job_rx))?
+    };
+    let config = AssemblerConfig {
+        object_timeout: args.object_timeout,
+        max_pending_bytes: usize::try_from(args.max_pending).unwrap_or(usize::MAX),
+        max_content_len: args.max_object_size,
+        ..AssemblerConfig::default()
+    };
+    let mut rx = receive::Receive::new(Assembler::new(config), share, job_tx, args.min_free, args.stats_interval);
+    rx.run(&chunk_rx, &recycle_tx, &stop, &dropped);
+    drop(rx);
+    let _ = net_thread.join();
+    let _ = finisher.join();
+    info!("stopped");
+    Ok(())
+}

@@ -1,1 +1,159 @@
-fn main() {}
+//! `checkvalve-send`: pushes files and folder trees over a one-way UDP link with forward error
+//! correction. It never reads from the link: no acks, no retransmission requests, no handshake.
+
+mod produce;
+mod transmit;
+mod walk;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use checkvalve_common::interleave::InterleaveParams;
+use checkvalve_common::object::FecParams;
+use checkvalve_common::units::{parse_duration, parse_rate};
+use clap::Parser;
+use tracing::{error, info, warn};
+
+/// Bounded hand-off between producer and transmitter: a few groups, tens of MiB at most.
+const QUEUED_BATCHES: usize = 4;
+
+/// Push files and folder trees across a one-way link.
+#[derive(Debug, Parser)]
+#[command(name = "checkvalve-send", version, about)]
+struct Args {
+    /// Receiver (or simulator) address, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    to: String,
+    /// Output rate in bits per second (50k, 800M, 1G); counts IP and UDP headers.
+    #[arg(long, default_value = "100M", value_parser = parse_rate)]
+    rate: u64,
+    /// Reed-Solomon shape: K data shards and M parity shards per block (K + M <= 256).
+    #[arg(long, default_value = "64:22", value_name = "K:M")]
+    fec: FecSpec,
+    /// Largest shard payload in bytes; 1400 keeps datagrams under a 1500-byte MTU for IPv4 and IPv6.
+    #[arg(long, default_value_t = 1400)]
+    shard_size: u16,
+    /// Blocks per interleaving group: bursts are spread over this many blocks.
+    #[arg(long, default_value_t = 64)]
+    interleave: usize,
+    /// Interval between heartbeats.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// Files or folders to send; each lands under its name relative to its parent folder.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FecSpec(u8, u8);
+
+impl FromStr for FecSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (k, m) = s.split_once(':').ok_or("expected K:M, for example 64:22")?;
+        let k: u8 = k.trim().parse().map_err(|_| format!("bad K in {s:?}"))?;
+        let m: u8 = m.trim().parse().map_err(|_| format!("bad M in {s:?}"))?;
+        if k == 0 || usize::from(k) + usize::from(m) > 256 {
+            return Err("need K >= 1 and K + M <= 256".into());
+        }
+        Ok(FecSpec(k, m))
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn resolve(to: &str) -> Result<SocketAddr> {
+    to.to_socket_addrs()
+        .with_context(|| format!("cannot resolve {to:?}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{to:?} resolves to no address"))
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    let to = resolve(&args.to)?;
+    let fec = FecParams {
+        data_shards: args.fec.0,
+        parity_shards: args.fec.1,
+        shard_len: args.shard_size,
+    };
+    fec.validate().map_err(|e| anyhow!("{e}"))?;
+    if args.heartbeat.is_zero() {
+        bail!("--heartbeat must be positive");
+    }
+    let interleave = InterleaveParams {
+        depth: args.interleave.max(1),
+        ..InterleaveParams::default()
+    };
+    let walked = walk::walk(&args.paths)?;
+    let session = rand::random::<u64>() | 1;
+    let stop = transmit::stop_flag()?;
+    info!(
+        session = format_args!("{session:016x}"),
+        %to,
+        files = walked.entries.len(),
+        rate = args.rate,
+        fec = format_args!("{}:{}", fec.data_shards, fec.parity_shards),
+        "sending"
+    );
+    let started = Instant::now();
+    let mut tx = transmit::Transmitter::new(to, args.rate, session, args.heartbeat)?;
+    let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES);
+    let producer = {
+        let stop = Arc::clone(&stop);
+        let entries = walked.entries;
+        std::thread::Builder::new()
+            .name("produce".into())
+            .spawn(move || produce::produce(session, entries, fec, interleave, batch_tx, stop))
+            .context("cannot start the producer thread")?
+    };
+    tx.run(&batch_rx, &stop);
+    drop(batch_rx);
+    let produced = producer
+        .join()
+        .map_err(|_| anyhow!("producer thread panicked"))?;
+    let interrupted = stop.load(Ordering::Relaxed);
+    tx.finish(if interrupted { 1 } else { 3 });
+    let sent = tx.sent();
+    let secs = started.elapsed().as_secs_f64();
+    let failed = produced.failed + walked.failed as u64;
+    info!(
+        files = produced.files,
+        bytes = produced.bytes,
+        failed,
+        datagrams = sent.datagrams,
+        send_errors = sent.errors,
+        seconds = format_args!("{secs:.2}"),
+        goodput_mbps = format_args!("{:.1}", produced.bytes as f64 * 8.0 / secs.max(1e-9) / 1e6),
+        "done"
+    );
+    if interrupted {
+        warn!("interrupted: not every file was sent");
+        return Ok(ExitCode::from(130));
+    }
+    if failed > 0 {
+        error!("{failed} file(s) could not be sent; see the errors above");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,125 @@
+//! Parsing of the command-line quantities the three programs share: rates, percentages, durations, sizes.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// A quantity that could not be parsed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum UnitError {
+    /// Not a number with an accepted suffix.
+    #[error("cannot parse {input:?}: expected {expected}")]
+    Invalid {
+        /// What was given.
+        input: String,
+        /// What is accepted.
+        expected: &'static str,
+    },
+}
+
+fn invalid(input: &str, expected: &'static str) -> UnitError {
+    UnitError::Invalid {
+        input: input.to_owned(),
+        expected,
+    }
+}
+
+fn split_suffix(s: &str) -> (&str, &str) {
+    let at = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    (&s[..at], s[at..].trim())
+}
+
+/// Parses a bit rate such as `800M`, `1G`, `50k` or `1000000` (bits per second, decimal prefixes).
+pub fn parse_rate(s: &str) -> Result<u64, UnitError> {
+    const EXPECTED: &str = "bits per second such as 50k, 800M or 1G";
+    let (num, suffix) = split_suffix(s.trim());
+    let value: f64 = num.parse().map_err(|_| invalid(s, EXPECTED))?;
+    let mult = match suffix.trim_end_matches("bit/s").trim_end_matches("bps") {
+        "" => 1e0,
+        "k" | "K" => 1e3,
+        "m" | "M" => 1e6,
+        "g" | "G" => 1e9,
+        _ => return Err(invalid(s, EXPECTED)),
+    };
+    let bits = value * mult;
+    if !(bits >= 1.0 && bits < 1e13) {
+        return Err(invalid(s, EXPECTED));
+    }
+    Ok(bits as u64)
+}
+
+/// Parses a byte size such as `256k`, `64M`, `1G` or `4096` (binary prefixes: `k` = 1024).
+pub fn parse_size(s: &str) -> Result<u64, UnitError> {
+    const EXPECTED: &str = "bytes such as 4096, 256k, 64M or 1G";
+    let (num, suffix) = split_suffix(s.trim());
+    let value: f64 = num.parse().map_err(|_| invalid(s, EXPECTED))?;
+    let mult = match suffix.trim_end_matches(['B', 'i']) {
+        "" => 1u64,
+        "k" | "K" => 1 << 10,
+        "m" | "M" => 1 << 20,
+        "g" | "G" => 1 << 30,
+        "t" | "T" => 1 << 40,
+        _ => return Err(invalid(s, EXPECTED)),
+    };
+    let bytes = value * mult as f64;
+    if !(0.0..1.8e19).contains(&bytes) {
+        return Err(invalid(s, EXPECTED));
+    }
+    Ok(bytes as u64)
+}
+
+/// Parses a probability written `5%` or `0.05`, returning a fraction in `[0, 1]`.
+pub fn parse_percent(s: &str) -> Result<f64, UnitError> {
+    const EXPECTED: &str = "a percentage such as 5% or a fraction such as 0.05";
+    let t = s.trim();
+    let value = if let Some(p) = t.strip_suffix('%') {
+        p.trim().parse::<f64>().map_err(|_| invalid(s, EXPECTED))? / 100.0
+    } else {
+        t.parse::<f64>().map_err(|_| invalid(s, EXPECTED))?
+    };
+    if !(0.0..=1.0).contains(&value) {
+        return Err(invalid(s, EXPECTED));
+    }
+    Ok(value)
+}
+
+/// Parses a duration such as `250ms`, `10s`, `2m`, `1h` or `1.5s`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
+    const EXPECTED: &str = "a duration such as 250ms, 10s, 2m or 1h";
+    let (num, suffix) = split_suffix(s.trim());
+    let value: f64 = num.parse().map_err(|_| invalid(s, EXPECTED))?;
+    let secs = match suffix {
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(invalid(s, EXPECTED)),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| invalid(s, EXPECTED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_the_docs_promise() {
+        assert_eq!(parse_rate("800M"), Ok(800_000_000));
+        assert_eq!(parse_rate("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_rate("50k"), Ok(50_000));
+        assert_eq!(parse_rate("1.5Mbps"), Ok(1_500_000));
+        assert!(parse_rate("fast").is_err() && parse_rate("0").is_err());
+        assert_eq!(parse_size("256k"), Ok(262_144));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_percent("5%"), Ok(0.05));
+        assert_eq!(parse_percent("0.05"), Ok(0.05));
+        assert!(parse_percent("105%").is_err() && parse_percent("-1").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,213 @@
+//! The receive loop: feeds datagrams to the assembler and acts on its events.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
+
+use checkvalve_common::assembler::{Assembler, Event, ObjectKey};
+use checkvalve_common::link::LinkChange;
+use checkvalve_common::meta::{DIGEST_LEN, Head};
+use tracing::{debug, error, info, warn};
+
+use crate::net::Chunk;
+use crate::share::Share;
+
+/// A complete object on its way to verification and publication.
+pub struct Job {
+    key: ObjectKey,
+    file: Option<File>,
+    head: Head,
+    digest: [u8; DIGEST_LEN],
+}
+
+/// Verifies and publishes jobs until the channel closes. Runs on its own thread so hashing and
+/// fsync never hold up reception.
+pub fn finisher(share: Share, jobs: Receiver<Job>) {
+    for job in jobs {
+        match share.publish(job.key, job.file, &job.head, &job.digest) {
+            Ok(path) => info!(path = %job.head.path, size = job.head.size, target = %path.display(), "delivered"),
+            Err(e) => error!(path = %job.head.path, object = %job.key, "lost: not published: {e}"),
+        }
+    }
+}
+
+/// State of the receive loop.
+pub struct Receive {
+    asm: Assembler,
+    share: Share,
+    jobs: SyncSender<Job>,
+    files: HashMap<ObjectKey, File>,
+    names: HashMap<ObjectKey, String>,
+    /// Free space kept on the output filesystem; an object that would eat into it is refused.
+    min_free: u64,
+    stats_every: Duration,
+    last_stats: Instant,
+    reported_malformed: u64,
+}
+
+impl Receive {
+    /// Creates the loop state.
+    pub fn new(asm: Assembler, share: Share, jobs: SyncSender<Job>, min_free: u64, stats_every: Duration) -> Self {
+        Receive {
+            asm,
+            share,
+            jobs,
+            files: HashMap::new(),
+            names: HashMap::new(),
+            min_free,
+            stats_every,
+            last_stats: Instant::now(),
+            reported_malformed: 0,
+        }
+    }
+
+    /// Runs until `stop`, taking chunks from `rx` and returning them through `recycle`.
+    pub fn run(
+        &mut self,
+        rx: &Receiver<Chunk>,
+        recycle: &SyncSender<Chunk>,
+        stop: &AtomicBool,
+        net_dropped: &AtomicU64,
+    ) {
+        let mut last_tick = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(chunk) => {
+                    let now = Instant::now();
+                    for d in chunk.iter() {
+                        if let Err(e) = self.asm.handle_datagram(now, d) {
+                            debug!("datagram rejected: {e}");
+                        }
+                        self.drain_events();
+                    }
+                    let _ = recycle.try_send(chunk);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            if now - last_tick >= Duration::from_millis(100) {
+                last_tick = now;
+                self.asm.handle_timeout(now);
+                self.drain_events();
+                if now - self.last_stats >= self.stats_every {
+                    self.last_stats = now;
+                    self.log_stats(net_dropped.load(Ordering::Relaxed));
+                }
+            }
+        }
+        let open = self.asm.objects_in_progress();
+        if open > 0 {
+            warn!(objects = open, "stopping with objects in progress: they are not published");
+        }
+        for key in self.files.keys() {
+            self.share.discard(*key);
+        }
+        self.log_stats(net_dropped.load(Ordering::Relaxed));
+    }
+
+    fn log_stats(&mut self, net_dropped: u64) {
+        let c = self.asm.counters();
+        if c.malformed > self.reported_malformed {
+            warn!(count = c.malformed - self.reported_malformed, "malformed datagrams rejected (CRC, magic, version or length)");
+            self.reported_malformed = c.malformed;
+        }
+        for s in self.asm.session_stats() {
+            if let Some(hb) = s.last_heartbeat {
+                info!(
+                    session = format_args!("{:016x}", s.session),
+                    received = s.received,
+                    sender_sent = hb.datagrams_sent,
+                    objects_announced = hb.objects_sent,
+                    "link"
+                );
+            }
+        }
+        info!(
+            datagrams = c.datagrams,
+            blocks = c.blocks_decoded,
+            complete = c.objects_complete,
+            lost = c.objects_lost,
+            malformed = c.malformed,
+            inconsistent = c.inconsistent,
+            over_budget = c.over_budget,
+            dropped_behind = net_dropped,
+            "stats"
+        );
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(ev) = self.asm.poll_event() {
+            self.on_event(ev);
+        }
+    }
+
+    fn fail(&mut self, key: ObjectKey, what: std::fmt::Arguments<'_>) {
+        let path = self.names.remove(&key);
+        error!(path = path.as_deref().unwrap_or("(unknown)"), object = %key, "lost: {what}");
+        self.asm.abandon(key);
+        self.files.remove(&key);
+        self.share.discard(key);
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::SessionStarted { session, first_object } => {
+                info!(session = format_args!("{session:016x}"), first_object, "new sender session");
+            }
+            Event::Link(LinkChange::Up) => info!("link up: datagrams arriving"),
+            Event::Link(LinkChange::Silent(d)) => {
+                warn!(silent_for = ?d, "link silent: no datagram, not even a heartbeat");
+            }
+            Event::Head { key, head } => {
+                debug!(path = %head.path, size = head.size, object = %key, "incoming");
+                self.names.insert(key, head.path.clone());
+                if let Some(free) = self.share.free_bytes()
+                    && free < head.size.saturating_add(self.min_free)
+                {
+                    self.fail(key, format_args!("not enough disk space ({free} bytes free, {} needed)", head.size));
+                }
+            }
+            Event::Content { key, offset, data } => {
+                let file = match self.files.entry(key) {
+                    std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+                    std::collections::hash_map::Entry::Vacant(v) => self.share.create_temp(key).map(|f| v.insert(f)),
+                };
+                let result = file.and_then(|f| f.write_all_at(&data, offset));
+                if let Err(e) = result {
+                    self.fail(key, format_args!("cannot write temporary file: {e}"));
+                }
+            }
+            Event::Complete { key, head, digest } => {
+                self.names.remove(&key);
+                let job = Job {
+                    key,
+                    file: self.files.remove(&key),
+                    head,
+                    digest,
+                };
+                if self.jobs.send(job).is_err() {
+                    error!(object = %key, "publisher stopped");
+                }
+            }
+            Event::Abandoned { key, path, reason } => {
+                self.names.remove(&key);
+                self.files.remove(&key);
+                self.share.discard(key);
+                match path {
+                    Some(p) => warn!(path = %p, object = %key, "lost: {reason}"),
+                    None => warn!(object = %key, "lost (name unknown, metadata not recovered): {reason}"),
+                }
+            }
+            Event::Missing { session, first, last } => {
+                warn!(
+                    session = format_args!("{session:016x}"),
+                    first, last, "lost: objects {first}..={last} (names unknown): not one datagram arrived"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The transmitter: paces batches onto the link and interleaves heartbeats. Send-only by design.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use checkvalve_common::interleave::Batch;
+use checkvalve_common::pacer::Pacer;
+use checkvalve_common::wire::Heartbeat;
+use tracing::{debug, warn};
+
+/// Sleeping is coarse; shorter waits are left to the pacer's slack.
+const MIN_SLEEP: Duration = Duration::from_micros(200);
+
+/// Counters of what went onto the link.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Sent {
+    /// Datagrams sent, heartbeats included.
+    pub datagrams: u64,
+    /// Bytes sent (UDP payload).
+    pub bytes: u64,
+    /// Datagrams the kernel refused to send.
+    pub errors: u64,
+}
+
+/// Owns the link socket. It has no receive path: nothing is ever read from it.
+pub struct Transmitter {
+    socket: UdpSocket,
+    to: SocketAddr,
+    pacer: Pacer,
+    session: u64,
+    interval: Duration,
+    next_heartbeat: Instant,
+    heartbeat_seq: u64,
+    objects_sent: u64,
+    sent: Sent,
+    warned: bool,
+}
+
+impl Transmitter {
+    /// Opens a send socket toward `to`.
+    pub fn new(to: SocketAddr, rate_bps: u64, session: u64, interval: Duration) -> Result<Self> {
+        let local: SocketAddr = if to.is_ipv4() {
+            "0.0.0.0:0".parse()?
+        } else {
+            "[::]:0".parse()?
+        };
+        let socket = UdpSocket::bind(local).context("cannot open the link socket")?;
+        Ok(Transmitter {
+            socket,
+            to,
+            pacer: Pacer::new(rate_bps, Duration::from_millis(1)),
+            session,
+            interval,
+            next_heartbeat: Instant::now(),
+            heartbeat_seq: 0,
+            objects_sent: 0,
+            sent: Sent::default(),
+            warned: false,
+        })
+    }
+
+    /// What was sent so far.
+    pub fn sent(&self) -> Sent {
+        self.sent
+    }
+
+    /// Sends batches from `rx` until it closes or `stop` is raised, with heartbeats throughout.
+    pub fn run(&mut self, rx: &Receiver<Batch>, stop: &AtomicBool) {
+        self.heartbeat();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let wait = self.next_heartbeat.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
+                Ok(batch) => {
+                    for d in batch.iter() {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        self.paced_send(d);
+                    }
+                    self.objects_sent = self.objects_sent.max(batch.objects_end);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if Instant::now() >= self.next_heartbeat {
+                self.heartbeat();
+            }
+        }
+    }
+
+    /// Sends `count` closing heartbeats so the receiver learns the final object count.
+    pub fn finish(&mut self, count: usize) {
+        for i in 0..count {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            self.heartbeat();
+        }
+    }
+
+    fn paced_send(&mut self, datagram: &[u8]) {
+        loop {
+            let now = Instant::now();
+            if now >= self.next_heartbeat {
+                self.heartbeat();
+                continue;
+            }
+            let delay = self.pacer.delay(now);
+            if delay < MIN_SLEEP {
+                break;
+            }
+            std::thread::sleep(delay.min(self.next_heartbeat - now));
+        }
+        self.raw_send(datagram);
+    }
+
+    fn heartbeat(&mut self) {
+        let hb = Heartbeat {
+            session: self.session,
+            seq: self.heartbeat_seq,
+            datagrams_sent: self.sent.datagrams,
+            objects_sent: self.objects_sent,
+            interval_ms: self.interval.as_millis().min(u128::from(u32::MAX)) as u32,
+        };
+        self.heartbeat_seq += 1;
+        self.next_heartbeat = Instant::now() + self.interval;
+        debug!(seq = hb.seq, datagrams = hb.datagrams_sent, objects = hb.objects_sent, "heartbeat");
+        self.raw_send(&hb.to_bytes());
+    }
+
+    fn raw_send(&mut self, datagram: &[u8]) {
+        self.pacer.on_send(Instant::now(), datagram.len());
+        match self.socket.send_to(datagram, self.to) {
+            Ok(_) => {
+                self.sent.datagrams += 1;
+                self.sent.bytes += datagram.len() as u64;
+            }
+            Err(e) => {
+                self.sent.errors += 1;
+                if !self.warned {
+                    warn!("send to {} failed: {e} (further failures are only counted)", self.to);
+                    self.warned = true;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps `stop` shared with signal handlers.
+pub fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
+    }
+    Ok(stop)
+}
