@@ -1,1 +1,356 @@
-//! End-to-end helpers.
+//! End-to-end harness: builds and starts the real binaries on loopback, makes real trees of files,
+//! and stops everything it started, whatever happens to the test.
+
+use std::fs;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+/// Shard length and block size of the default FEC setting, for sizes around their edges.
+pub const SHARD: usize = 1400;
+/// Bytes per full content block at the defaults (64 x 1,400).
+pub const BLOCK: usize = 64 * SHARD;
+
+/// Path of one of the workspace binaries, built on first use.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        // The test executable lives in target/<profile>/deps; the binaries in target/<profile>.
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_path_buf();
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev".to_string(),
+            Some(other) => other.to_string(),
+            None => "dev".to_string(),
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--bins", "--profile", &profile])
+            .args(["-p", "checkvalve-send", "-p", "checkvalve-receive", "-p", "checkvalve-sim"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+        profile_dir
+    });
+    dir.join(name)
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    child: Option<Child>,
+    /// Where its standard error goes.
+    pub log: PathBuf,
+    /// Where its standard output goes.
+    pub out: PathBuf,
+}
+
+impl Proc {
+    /// Starts `bin` with `args`, logging to files in `dir` named after `tag`.
+    pub fn start(dir: &Path, tag: &str, bin: &Path, args: &[String]) -> Proc {
+        let log = dir.join(format!("{tag}.log"));
+        let out = dir.join(format!("{tag}.out"));
+        let child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out).expect("stdout file"))
+            .stderr(fs::File::create(&log).expect("log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        Proc {
+            child: Some(child),
+            log,
+            out,
+        }
+    }
+
+    /// Waits for the process to exit on its own, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {limit:?}; log:\n{}",
+                tail(&self.log)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit (at most 10 s).
+    pub fn stop(&mut self) -> ExitStatus {
+        if let Some(child) = &self.child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        }
+        self.wait(Duration::from_secs(10))
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The last lines of a log file, for failure messages.
+pub fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Writes `len` seeded random bytes to `path`, creating folders.
+pub fn write_file(path: &Path, len: usize, seed: u64) {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p).expect("mkdir");
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut data = vec![0u8; len];
+    rng.fill(&mut data[..]);
+    fs::write(path, data).expect("write file");
+}
+
+/// Builds a test tree under `root/name`: edge sizes around a shard and a block, nested folders,
+/// non-ASCII names, `count` files of log-uniform sizes up to 1 MiB, and one file of `big` bytes.
+pub fn make_tree(root: &Path, name: &str, count: usize, big: usize, seed: u64) -> PathBuf {
+    let top = root.join(name);
+    let edges = [
+        0,
+        1,
+        SHARD - 1,
+        SHARD,
+        SHARD + 1,
+        BLOCK - 1,
+        BLOCK,
+        BLOCK + 1,
+    ];
+    for (i, len) in edges.iter().enumerate() {
+        write_file(&top.join(format!("edges/size-{len}-{i}.bin")), *len, seed + i as u64);
+    }
+    write_file(&top.join("données/été/café-☕.csv"), 12_345, seed + 100);
+    write_file(&top.join("日本語/ファイル.txt"), 777, seed + 101);
+    write_file(&top.join("a/b/c/d/e/deep.log"), 3_000, seed + 102);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for i in 0..count {
+        let len = (2f64.powf(rng.random_range(0.0..20.0))) as usize;
+        let dir = format!("bulk/d{}", i % 7);
+        write_file(&top.join(format!("{dir}/f{i:04}.dat")), len, seed + 1000 + i as u64);
+    }
+    if big > 0 {
+        write_file(&top.join("big/historian-export.bin"), big, seed + 7);
+    }
+    top
+}
+
+/// Every regular file under `root`, as relative path and SHA-256.
+pub fn digest_tree(root: &Path) -> Vec<(String, [u8; 32])> {
+    fn visit(base: &Path, dir: &Path, out: &mut Vec<(String, [u8; 32])>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let ft = e.file_type().expect("file type");
+            if ft.is_dir() {
+                visit(base, &p, out);
+            } else if ft.is_file() {
+                let rel = p.strip_prefix(base).expect("prefix").to_string_lossy().into_owned();
+                let data = fs::read(&p).expect("read");
+                out.push((rel, Sha256::digest(&data).into()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    visit(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// The three programs wired together: sender -> simulator -> receiver.
+pub struct Rig {
+    /// Scratch folder holding sources, output and logs.
+    pub dir: tempfile::TempDir,
+    /// The receiver's output folder.
+    pub out: PathBuf,
+    /// The receiver.
+    pub receiver: Proc,
+    /// The simulator, if any.
+    pub sim: Option<Proc>,
+    /// Where the sender should send.
+    pub send_to: String,
+    /// Where the receiver listens.
+    pub receiver_addr: String,
+}
+
+impl Rig {
+    /// Starts a receiver, and a simulator in front of it with `sim_args` unless `None`.
+    pub fn start(sim_args: Option<&[&str]>, receiver_args: &[&str]) -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let rport = free_port();
+        let receiver_addr = format!("127.0.0.1:{rport}");
+        let mut rargs = vec![
+            "--bind".to_string(),
+            receiver_addr.clone(),
+            "--out".into(),
+            out.display().to_string(),
+            "--stats-interval".into(),
+            "1s".into(),
+        ];
+        rargs.extend(receiver_args.iter().map(|s| s.to_string()));
+        let receiver = Proc::start(dir.path(), "receiver", &bin("checkvalve-receive"), &rargs);
+        let (sim, send_to) = match sim_args {
+            Some(extra) => {
+                let sport = free_port();
+                let mut sargs = vec![
+                    "--bind".to_string(),
+                    format!("127.0.0.1:{sport}"),
+                    "--to".into(),
+                    receiver_addr.clone(),
+                ];
+                sargs.extend(extra.iter().map(|s| s.to_string()));
+                let sim = Proc::start(dir.path(), "sim", &bin("checkvalve-sim"), &sargs);
+                (Some(sim), format!("127.0.0.1:{sport}"))
+            }
+            None => (None, receiver_addr.clone()),
+        };
+        wait_for_log(&receiver, "receiving", Duration::from_secs(20));
+        if let Some(sim) = &sim {
+            wait_for_log(sim, "forwarding", Duration::from_secs(20));
+        }
+        Rig {
+            dir,
+            out,
+            receiver,
+            sim,
+            send_to,
+            receiver_addr,
+        }
+    }
+
+    /// Runs the sender on `paths` and returns its exit status (bounded by `limit`).
+    pub fn send(&self, paths: &[&Path], extra: &[&str], limit: Duration) -> ExitStatus {
+        let mut args = vec!["--to".to_string(), self.send_to.clone()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(paths.iter().map(|p| p.display().to_string()));
+        let mut sender = Proc::start(self.dir.path(), "sender", &bin("checkvalve-send"), &args);
+        sender.wait(limit)
+    }
+
+    /// Waits until the receiver has delivered or reported lost `expected` files, at most `limit`.
+    pub fn settle(&self, expected: usize, limit: Duration) -> Outcome {
+        let deadline = Instant::now() + limit;
+        loop {
+            let o = Outcome::parse(&self.receiver.log_text());
+            if o.delivered.len() + o.lost_named.len() + o.lost_unnamed >= expected {
+                return o;
+            }
+            if Instant::now() >= deadline {
+                return o;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the simulator and returns its JSON counters.
+    pub fn stop_sim(&mut self) -> serde_json::Value {
+        let sim = self.sim.as_mut().expect("a simulator");
+        assert!(sim.stop().success(), "simulator failed:\n{}", tail(&sim.log));
+        let text = fs::read_to_string(&sim.out).expect("sim stdout");
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("bad counters {text:?}: {e}"))
+    }
+}
+
+/// Waits until `proc`'s log contains `needle`.
+pub fn wait_for_log(proc: &Proc, needle: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !proc.log_text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in log within {limit:?}:\n{}",
+            tail(&proc.log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What the receiver's log says it did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Paths delivered.
+    pub delivered: Vec<String>,
+    /// Paths reported lost by name.
+    pub lost_named: Vec<String>,
+    /// Objects reported lost without a name (metadata not recovered, or nothing received).
+    pub lost_unnamed: usize,
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=");
+    let at = line.find(&key)? + key.len();
+    let rest = &line[at..];
+    Some(rest.split(' ').next().unwrap_or(rest))
+}
+
+impl Outcome {
+    /// Parses the receiver's log lines.
+    pub fn parse(log: &str) -> Outcome {
+        let mut o = Outcome::default();
+        for line in log.lines() {
+            if line.contains(" delivered") {
+                if let Some(p) = field(line, "path") {
+                    o.delivered.push(p.to_string());
+                }
+            } else if line.contains("lost") && (line.contains("WARN") || line.contains("ERROR")) {
+                if let (Some(first), Some(last)) = (field(line, "first"), field(line, "last")) {
+                    let (a, b): (u64, u64) = (first.parse().unwrap_or(0), last.parse().unwrap_or(0));
+                    o.lost_unnamed += (b - a + 1) as usize;
+                } else if let Some(p) = field(line, "path").filter(|p| *p != "(unknown)") {
+                    o.lost_named.push(p.to_string());
+                } else if line.contains("lost") {
+                    o.lost_unnamed += 1;
+                }
+            }
+        }
+        o
+    }
+}
