@@ -435,7 +435,8 @@ impl Assembler {
             session: h.session,
             object: h.object,
         };
-        let geometry = Geometry::from_header(&h).inspect_err(|_| self.counters.inconsistent += 1)?;
+        let geometry =
+            Geometry::from_header(&h).inspect_err(|_| self.counters.inconsistent += 1)?;
         let span = geometry
             .check_shard(h.block, h.parity_shards, h.shard)
             .inspect_err(|_| self.counters.inconsistent += 1)?;
@@ -492,7 +493,9 @@ impl Assembler {
         };
         if obj.geometry != geometry {
             self.counters.inconsistent += 1;
-            return Err(WireError::InvalidHeader("geometry differs from earlier shards"));
+            return Err(WireError::InvalidHeader(
+                "geometry differs from earlier shards",
+            ));
         }
         obj.last_activity = now;
         if obj.done.contains(u64::from(h.block)) {
@@ -501,31 +504,30 @@ impl Assembler {
         }
         let l = usize::from(geometry.shard_len);
         let n = span.data_shards + usize::from(h.parity_shards);
-        if !obj.blocks.contains_key(&h.block) {
-            if self.pending_bytes + n * l > self.config.max_pending_bytes {
-                self.counters.over_budget += 1;
-                return Ok(());
-            }
-            let mut buf = self.pool.pop().unwrap_or_default();
-            buf.clear();
-            buf.resize(n * l, 0);
-            self.pending_bytes += buf.len();
-            obj.blocks.insert(
-                h.block,
-                Pending {
+        let p = match obj.blocks.entry(h.block) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                if self.pending_bytes + n * l > self.config.max_pending_bytes {
+                    self.counters.over_budget += 1;
+                    return Ok(());
+                }
+                let mut buf = self.pool.pop().unwrap_or_default();
+                buf.clear();
+                buf.resize(n * l, 0);
+                self.pending_bytes += buf.len();
+                v.insert(Pending {
                     parity: h.parity_shards,
                     buf,
                     present: vec![false; n],
                     count: 0,
-                },
-            );
-        }
-        let Some(p) = obj.blocks.get_mut(&h.block) else {
-            return Ok(());
+                })
+            }
         };
         if p.parity != h.parity_shards {
             self.counters.inconsistent += 1;
-            return Err(WireError::InvalidHeader("parity count differs within a block"));
+            return Err(WireError::InvalidHeader(
+                "parity count differs within a block",
+            ));
         }
         let i = usize::from(h.shard);
         if p.present[i] {
@@ -553,7 +555,8 @@ impl Assembler {
             return Ok(());
         }
         self.counters.blocks_decoded += 1;
-        obj.done.insert(u64::from(h.block), u64::from(h.block) + 1, ());
+        obj.done
+            .insert(u64::from(h.block), u64::from(h.block) + 1, ());
         obj.done_count += 1;
         let data = &p.buf[..span.len];
         let mut bad_head = None;
@@ -597,8 +600,7 @@ impl Assembler {
                 self.release(obj);
             }
             self.counters.objects_complete += 1;
-            self.events
-                .push_back(Event::Complete { key, head, digest });
+            self.events.push_back(Event::Complete { key, head, digest });
         }
         Ok(())
     }
@@ -619,7 +621,8 @@ impl Assembler {
         let path = obj.head.as_ref().map(|h| h.path.clone());
         self.release(obj);
         self.counters.objects_lost += 1;
-        self.events.push_back(Event::Abandoned { key, path, reason });
+        self.events
+            .push_back(Event::Abandoned { key, path, reason });
     }
 
     fn release(&mut self, obj: Object) {

@@ -65,7 +65,9 @@ impl Batch {
     /// The datagrams, in transmission order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(self.ends.iter().copied()).map(|(s, e)| &self.bytes[s..e])
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(s, e)| &self.bytes[s..e])
     }
 }
 
@@ -143,7 +145,11 @@ impl Interleaver {
             bytes: Vec::with_capacity(bytes),
             ends: Vec::with_capacity(order.len()),
             blocks: coded.len(),
-            objects_end: coded.iter().map(|(b, _)| b.header.object + 1).max().unwrap_or(0),
+            objects_end: coded
+                .iter()
+                .map(|(b, _)| b.header.object + 1)
+                .max()
+                .unwrap_or(0),
         };
         for (_, i, j) in order {
             let (b, parity) = &coded[i];

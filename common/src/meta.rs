@@ -181,7 +181,13 @@ mod tests {
         ] {
             assert!(check_path(p).is_err(), "{p:?} accepted");
         }
-        for p in ["a", "a/b/c.txt", ".hidden", "a/.checkvalve", "日本/ファイル"] {
+        for p in [
+            "a",
+            "a/b/c.txt",
+            ".hidden",
+            "a/.checkvalve",
+            "日本/ファイル",
+        ] {
             assert!(check_path(p).is_ok(), "{p:?} refused");
         }
     }

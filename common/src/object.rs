@@ -32,9 +32,14 @@ impl Default for FecParams {
 impl FecParams {
     /// Checks that blocks of this shape fit the wire format.
     pub fn validate(&self) -> Result<(), ObjectError> {
-        let (k, m) = (usize::from(self.data_shards), usize::from(self.parity_shards));
+        let (k, m) = (
+            usize::from(self.data_shards),
+            usize::from(self.parity_shards),
+        );
         if k == 0 || k + m > MAX_SHARDS_PER_BLOCK {
-            return Err(ObjectError::BadParams("data shards must be >= 1 and K + M <= 256"));
+            return Err(ObjectError::BadParams(
+                "data shards must be >= 1 and K + M <= 256",
+            ));
         }
         if self.shard_len == 0 || usize::from(self.shard_len) > MAX_SHARD_LEN {
             return Err(ObjectError::BadParams("shard length out of range"));

@@ -44,7 +44,7 @@ pub fn parse_rate(s: &str) -> Result<u64, UnitError> {
         _ => return Err(invalid(s, EXPECTED)),
     };
     let bits = value * mult;
-    if !(bits >= 1.0 && bits < 1e13) {
+    if !(1.0..1e13).contains(&bits) {
         return Err(invalid(s, EXPECTED));
     }
     Ok(bits as u64)

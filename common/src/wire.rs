@@ -220,7 +220,9 @@ impl Heartbeat {
             });
         }
         if be_u32(bytes, 44) != 0 {
-            return Err(WireError::InvalidHeader("reserved heartbeat bytes are not 0"));
+            return Err(WireError::InvalidHeader(
+                "reserved heartbeat bytes are not 0",
+            ));
         }
         Ok(Heartbeat {
             session,

@@ -106,11 +106,22 @@ fn receive(datagrams: &[Vec<u8>], config: AssemblerConfig) -> (Outcome, Assemble
 fn sample_files() -> Vec<(String, Vec<u8>)> {
     let l = 1400;
     let block = 64 * l;
-    [0, 1, l - 1, l, l + 1, block - 1, block, block + 1, 5 * block + 17, 300_000]
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| (format!("dir/ñ-{i}.bin"), content(i as u64, n)))
-        .collect()
+    [
+        0,
+        1,
+        l - 1,
+        l,
+        l + 1,
+        block - 1,
+        block,
+        block + 1,
+        5 * block + 17,
+        300_000,
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, &n)| (format!("dir/ñ-{i}.bin"), content(i as u64, n)))
+    .collect()
 }
 
 fn expected(files: &[(String, Vec<u8>)]) -> HashMap<String, [u8; 32]> {
@@ -196,7 +207,10 @@ fn heavy_loss_names_what_it_loses_and_delivers_nothing_wrong() {
     for (path, data) in &out.delivered {
         assert_eq!(Some(data), expected(&files).get(path));
     }
-    assert!(out.delivered.len() < files.len(), "40% loss should cost files");
+    assert!(
+        out.delivered.len() < files.len(),
+        "40% loss should cost files"
+    );
     assert_eq!(out.delivered.len() + out.lost.len(), files.len());
     for (key, path) in &out.lost {
         assert_eq!(

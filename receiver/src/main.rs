@@ -83,12 +83,16 @@ fn run(args: Args) -> Result<()> {
     let (share, stale) = share::Share::open(&args.out)
         .with_context(|| format!("cannot use output folder {}", args.out.display()))?;
     if stale > 0 {
-        info!(count = stale, "removed unfinished temporary files from a previous run");
+        info!(
+            count = stale,
+            "removed unfinished temporary files from a previous run"
+        );
     }
     let socket = net::bind(bind, usize::try_from(args.rcvbuf).unwrap_or(usize::MAX))?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("cannot install signal handler")?;
     }
     info!(%bind, out = %share.root().display(), "receiving");
 
@@ -114,7 +118,13 @@ fn run(args: Args) -> Result<()> {
         max_content_len: args.max_object_size,
         ..AssemblerConfig::default()
     };
-    let mut rx = receive::Receive::new(Assembler::new(config), share, job_tx, args.min_free, args.stats_interval);
+    let mut rx = receive::Receive::new(
+        Assembler::new(config),
+        share,
+        job_tx,
+        args.min_free,
+        args.stats_interval,
+    );
     rx.run(&chunk_rx, &recycle_tx, &stop, &dropped);
     drop(rx);
     let _ = net_thread.join();

@@ -2,13 +2,13 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nix::sys::socket::{MsgFlags, recv, setsockopt, getsockopt, sockopt};
+use nix::sys::socket::{MsgFlags, getsockopt, recv, setsockopt, sockopt};
 use tracing::{info, warn};
 
 /// Datagrams moved per hand-off, so the channel costs little per datagram.
@@ -27,7 +27,9 @@ impl Chunk {
     /// The datagrams in arrival order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(self.ends.iter().copied()).map(|(s, e)| &self.buf[s..e])
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(s, e)| &self.buf[s..e])
     }
 
     fn clear(&mut self) {

@@ -28,7 +28,9 @@ pub struct Job {
 pub fn finisher(share: Share, jobs: Receiver<Job>) {
     for job in jobs {
         match share.publish(job.key, job.file, &job.head, &job.digest) {
-            Ok(path) => info!(path = %job.head.path, size = job.head.size, target = %path.display(), "delivered"),
+            Ok(path) => {
+                info!(path = %job.head.path, size = job.head.size, target = %path.display(), "delivered")
+            }
             Err(e) => error!(path = %job.head.path, object = %job.key, "lost: not published: {e}"),
         }
     }
@@ -50,7 +52,13 @@ pub struct Receive {
 
 impl Receive {
     /// Creates the loop state.
-    pub fn new(asm: Assembler, share: Share, jobs: SyncSender<Job>, min_free: u64, stats_every: Duration) -> Self {
+    pub fn new(
+        asm: Assembler,
+        share: Share,
+        jobs: SyncSender<Job>,
+        min_free: u64,
+        stats_every: Duration,
+    ) -> Self {
         Receive {
             asm,
             share,
@@ -101,7 +109,10 @@ impl Receive {
         }
         let open = self.asm.objects_in_progress();
         if open > 0 {
-            warn!(objects = open, "stopping with objects in progress: they are not published");
+            warn!(
+                objects = open,
+                "stopping with objects in progress: they are not published"
+            );
         }
         for key in self.files.keys() {
             self.share.discard(*key);
@@ -112,7 +123,10 @@ impl Receive {
     fn log_stats(&mut self, net_dropped: u64) {
         let c = self.asm.counters();
         if c.malformed > self.reported_malformed {
-            warn!(count = c.malformed - self.reported_malformed, "malformed datagrams rejected (CRC, magic, version or length)");
+            warn!(
+                count = c.malformed - self.reported_malformed,
+                "malformed datagrams rejected (CRC, magic, version or length)"
+            );
             self.reported_malformed = c.malformed;
         }
         for s in self.asm.session_stats() {
@@ -155,8 +169,14 @@ impl Receive {
 
     fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::SessionStarted { session, first_object } => {
-                info!(session = format_args!("{session:016x}"), first_object, "new sender session");
+            Event::SessionStarted {
+                session,
+                first_object,
+            } => {
+                info!(
+                    session = format_args!("{session:016x}"),
+                    first_object, "new sender session"
+                );
             }
             Event::Link(LinkChange::Up) => info!("link up: datagrams arriving"),
             Event::Link(LinkChange::Silent(d)) => {
@@ -168,13 +188,21 @@ impl Receive {
                 if let Some(free) = self.share.free_bytes()
                     && free < head.size.saturating_add(self.min_free)
                 {
-                    self.fail(key, format_args!("not enough disk space ({free} bytes free, {} needed)", head.size));
+                    self.fail(
+                        key,
+                        format_args!(
+                            "not enough disk space ({free} bytes free, {} needed)",
+                            head.size
+                        ),
+                    );
                 }
             }
             Event::Content { key, offset, data } => {
                 let file = match self.files.entry(key) {
                     std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
-                    std::collections::hash_map::Entry::Vacant(v) => self.share.create_temp(key).map(|f| v.insert(f)),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        self.share.create_temp(key).map(|f| v.insert(f))
+                    }
                 };
                 let result = file.and_then(|f| f.write_all_at(&data, offset));
                 if let Err(e) = result {
@@ -199,13 +227,21 @@ impl Receive {
                 self.share.discard(key);
                 match path {
                     Some(p) => warn!(path = %p, object = %key, "lost: {reason}"),
-                    None => warn!(object = %key, "lost (name unknown, metadata not recovered): {reason}"),
+                    None => {
+                        warn!(object = %key, "lost (name unknown, metadata not recovered): {reason}")
+                    }
                 }
             }
-            Event::Missing { session, first, last } => {
+            Event::Missing {
+                session,
+                first,
+                last,
+            } => {
                 warn!(
                     session = format_args!("{session:016x}"),
-                    first, last, "lost: objects {first}..={last} (names unknown): not one datagram arrived"
+                    first,
+                    last,
+                    "lost: objects {first}..={last} (names unknown): not one datagram arrived"
                 );
             }
         }

@@ -89,7 +89,7 @@ impl Share {
     pub fn free_bytes(&self) -> Option<u64> {
         nix::sys::statvfs::statvfs(&self.root)
             .ok()
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
     }
 
     /// Verifies the temporary file against `digest`, makes it durable, and renames it into place.
@@ -143,7 +143,8 @@ impl Share {
             return Err(PublishError::DigestMismatch);
         }
         if head.mtime_secs >= 0 {
-            let mtime = UNIX_EPOCH + Duration::new(head.mtime_secs as u64, head.mtime_nanos.min(999_999_999));
+            let mtime = UNIX_EPOCH
+                + Duration::new(head.mtime_secs as u64, head.mtime_nanos.min(999_999_999));
             let _ = file.set_modified(mtime);
         }
         file.sync_all()?;
@@ -221,17 +222,26 @@ mod tests {
     fn publishes_verified_files_and_refuses_bad_ones() {
         let dir = tempfile::tempdir().unwrap();
         let (share, _) = Share::open(dir.path()).unwrap();
-        let key = ObjectKey { session: 1, object: 1 };
+        let key = ObjectKey {
+            session: 1,
+            object: 1,
+        };
         let (h, d) = head("a/b/c.txt", b"hello");
         let f = write_temp(&share, key, b"hello");
         let p = share.publish(key, Some(f), &h, &d).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"hello");
         assert_eq!(p, share.root().join("a/b/c.txt"));
 
-        let key2 = ObjectKey { session: 1, object: 2 };
+        let key2 = ObjectKey {
+            session: 1,
+            object: 2,
+        };
         let f = write_temp(&share, key2, b"hellp");
         let (h, d) = head("x.txt", b"hello");
-        assert!(matches!(share.publish(key2, Some(f), &h, &d), Err(PublishError::DigestMismatch)));
+        assert!(matches!(
+            share.publish(key2, Some(f), &h, &d),
+            Err(PublishError::DigestMismatch)
+        ));
         assert!(!share.root().join("x.txt").exists());
         assert!(!share.temp_path(key2).exists());
     }
@@ -242,10 +252,16 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let (share, _) = Share::open(dir.path()).unwrap();
         std::os::unix::fs::symlink(outside.path(), share.root().join("evil")).unwrap();
-        let key = ObjectKey { session: 1, object: 3 };
+        let key = ObjectKey {
+            session: 1,
+            object: 3,
+        };
         let (h, d) = head("evil/owned.txt", b"x");
         let f = write_temp(&share, key, b"x");
-        assert!(matches!(share.publish(key, Some(f), &h, &d), Err(PublishError::SymlinkOnPath(_))));
+        assert!(matches!(
+            share.publish(key, Some(f), &h, &d),
+            Err(PublishError::SymlinkOnPath(_))
+        ));
         assert!(!outside.path().join("owned.txt").exists());
     }
 }

@@ -76,7 +76,11 @@ pub fn produce(
 }
 
 /// Moves `blocks` into the interleaver and any sealed batch into the channel.
-fn forward(inter: &mut Interleaver, blocks: &mut Vec<DataBlock>, tx: &SyncSender<Batch>) -> Result<()> {
+fn forward(
+    inter: &mut Interleaver,
+    blocks: &mut Vec<DataBlock>,
+    tx: &SyncSender<Batch>,
+) -> Result<()> {
     for b in blocks.drain(..) {
         if let Some(batch) = inter.push(b).context("parity encoding failed")? {
             tx.send(batch).context("transmitter stopped")?;
@@ -105,7 +109,10 @@ fn encode_file(
             return Ok(None);
         }
     };
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
     let head = Head {
         path: entry.name.clone(),
         size: meta.len(),

@@ -75,7 +75,9 @@ impl Transmitter {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            let wait = self.next_heartbeat.saturating_duration_since(Instant::now());
+            let wait = self
+                .next_heartbeat
+                .saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
                 Ok(batch) => {
                     for d in batch.iter() {
@@ -131,7 +133,12 @@ impl Transmitter {
         };
         self.heartbeat_seq += 1;
         self.next_heartbeat = Instant::now() + self.interval;
-        debug!(seq = hb.seq, datagrams = hb.datagrams_sent, objects = hb.objects_sent, "heartbeat");
+        debug!(
+            seq = hb.seq,
+            datagrams = hb.datagrams_sent,
+            objects = hb.objects_sent,
+            "heartbeat"
+        );
         self.raw_send(&hb.to_bytes());
     }
 
@@ -145,7 +152,10 @@ impl Transmitter {
             Err(e) => {
                 self.sent.errors += 1;
                 if !self.warned {
-                    warn!("send to {} failed: {e} (further failures are only counted)", self.to);
+                    warn!(
+                        "send to {} failed: {e} (further failures are only counted)",
+                        self.to
+                    );
                     self.warned = true;
                 }
             }
@@ -157,7 +167,8 @@ impl Transmitter {
 pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("cannot install signal handler")?;
     }
     Ok(stop)
 }

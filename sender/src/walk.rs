@@ -29,7 +29,8 @@ pub struct Walk {
 pub fn walk(paths: &[PathBuf]) -> Result<Walk> {
     let mut w = Walk::default();
     for arg in paths {
-        let abs = fs::canonicalize(arg).with_context(|| format!("cannot open {}", arg.display()))?;
+        let abs =
+            fs::canonicalize(arg).with_context(|| format!("cannot open {}", arg.display()))?;
         let Some(base) = abs.file_name().and_then(|n| n.to_str()) else {
             bail!("{} has no usable name to send it under", arg.display());
         };

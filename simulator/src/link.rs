@@ -147,7 +147,10 @@ impl Link {
             self.counters.dropped_loss += 1;
             return;
         }
-        if self.config.corrupt > 0.0 && self.rng.random_bool(self.config.corrupt) && !datagram.is_empty() {
+        if self.config.corrupt > 0.0
+            && self.rng.random_bool(self.config.corrupt)
+            && !datagram.is_empty()
+        {
             let bit = self.rng.random_range(0..datagram.len() * 8);
             datagram[bit / 8] ^= 1 << (bit % 8);
             self.counters.corrupted += 1;
@@ -159,11 +162,19 @@ impl Link {
             1
         };
         for i in 0..copies {
-            let d = if i + 1 == copies { std::mem::take(&mut datagram) } else { datagram.clone() };
+            let d = if i + 1 == copies {
+                std::mem::take(&mut datagram)
+            } else {
+                datagram.clone()
+            };
             if self.config.reorder > 0.0 && self.rng.random_bool(self.config.reorder) {
                 let countdown = self.rng.random_range(1..=self.config.reorder_max.max(1));
                 self.counters.reordered += 1;
-                self.held.push(Held { countdown, since: now, datagram: d });
+                self.held.push(Held {
+                    countdown,
+                    since: now,
+                    datagram: d,
+                });
             } else {
                 self.enqueue(now, d);
                 self.overtaken(now);
@@ -195,7 +206,8 @@ impl Link {
                     return;
                 }
                 let bits = ((d.len() + IP_UDP_OVERHEAD) * 8) as u128;
-                let done = free + Duration::from_nanos((bits * 1_000_000_000 / u128::from(rate.max(1))) as u64);
+                let done = free
+                    + Duration::from_nanos((bits * 1_000_000_000 / u128::from(rate.max(1))) as u64);
                 self.link_free = Some(done);
                 done
             }
@@ -216,7 +228,11 @@ impl Link {
 
     /// The next datagram due at `now`, if any.
     pub fn poll(&mut self, now: Instant) -> Option<Vec<u8>> {
-        while let Some(pos) = self.held.iter().position(|h| now.saturating_duration_since(h.since) >= MAX_HOLD) {
+        while let Some(pos) = self
+            .held
+            .iter()
+            .position(|h| now.saturating_duration_since(h.since) >= MAX_HOLD)
+        {
             let h = self.held.remove(pos);
             self.enqueue(now, h.datagram);
         }
@@ -277,14 +293,25 @@ mod tests {
 
     #[test]
     fn independent_loss_matches_its_rate() {
-        let (c, _, _) = run(LinkConfig { loss: 0.05, ..Default::default() }, 1, 200_000);
+        let (c, _, _) = run(
+            LinkConfig {
+                loss: 0.05,
+                ..Default::default()
+            },
+            1,
+            200_000,
+        );
         let rate = c.dropped as f64 / c.received as f64;
         assert!((rate - 0.05).abs() < 0.0025, "{rate}");
     }
 
     #[test]
     fn bursty_loss_matches_rate_and_mean_burst() {
-        let cfg = LinkConfig { loss: 0.02, burst: Some(10.0), ..Default::default() };
+        let cfg = LinkConfig {
+            loss: 0.02,
+            burst: Some(10.0),
+            ..Default::default()
+        };
         let (c, _, lost) = run(cfg, 2, 1_000_000);
         let rate = c.dropped as f64 / c.received as f64;
         assert!((rate - 0.02).abs() < 0.001, "rate {rate}");
@@ -300,18 +327,31 @@ mod tests {
 
     #[test]
     fn same_seed_same_decisions() {
-        let cfg = LinkConfig { loss: 0.1, reorder: 0.1, duplicate: 0.05, corrupt: 0.05, ..Default::default() };
+        let cfg = LinkConfig {
+            loss: 0.1,
+            reorder: 0.1,
+            duplicate: 0.05,
+            corrupt: 0.05,
+            ..Default::default()
+        };
         assert_eq!(run(cfg.clone(), 9, 10_000), run(cfg.clone(), 9, 10_000));
         assert_ne!(run(cfg.clone(), 9, 10_000).1, run(cfg, 10, 10_000).1);
     }
 
     #[test]
     fn reordering_is_bounded_and_loses_nothing() {
-        let cfg = LinkConfig { reorder: 0.2, reorder_max: 5, ..Default::default() };
+        let cfg = LinkConfig {
+            reorder: 0.2,
+            reorder_max: 5,
+            ..Default::default()
+        };
         let (c, out, _) = run(cfg, 3, 10_000);
         assert_eq!(out.len(), 10_000);
         assert!(c.reordered > 1500);
-        let seq: Vec<u32> = out.iter().map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]])).collect();
+        let seq: Vec<u32> = out
+            .iter()
+            .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
+            .collect();
         for (pos, &s) in seq.iter().enumerate() {
             assert!((pos as i64 - s as i64).abs() <= 6, "datagram {s} at {pos}");
         }
@@ -319,14 +359,21 @@ mod tests {
 
     #[test]
     fn rate_limit_paces_and_tail_drops() {
-        let cfg = LinkConfig { rate_bps: Some(8_000_000), queue_bytes: 10_000, ..Default::default() };
+        let cfg = LinkConfig {
+            rate_bps: Some(8_000_000),
+            queue_bytes: 10_000,
+            ..Default::default()
+        };
         let mut link = Link::new(cfg, 0);
         let t0 = Instant::now();
         for _ in 0..100 {
             link.push(t0, vec![0; 972]);
         }
         let c = link.counters();
-        assert_eq!(c.dropped_queue, 90, "a 10 kB queue holds 10 datagrams of 1 kB on the wire");
+        assert_eq!(
+            c.dropped_queue, 90,
+            "a 10 kB queue holds 10 datagrams of 1 kB on the wire"
+        );
         assert!(link.poll(t0).is_none());
         let mut times = Vec::new();
         let mut now = t0;

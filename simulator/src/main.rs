@@ -112,7 +112,8 @@ fn run(args: Args) -> Result<()> {
         .context("cannot open the forwarding socket")?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("cannot install signal handler")?;
     }
     info!(%bind, %to, ?config, seed = args.seed, "forwarding");
     let mut link = Link::new(config, args.seed);
@@ -123,7 +124,9 @@ fn run(args: Args) -> Result<()> {
         let now = Instant::now();
         let wait = link
             .next_due()
-            .map_or(Duration::from_millis(100), |due| due.saturating_duration_since(now))
+            .map_or(Duration::from_millis(100), |due| {
+                due.saturating_duration_since(now)
+            })
             .clamp(Duration::from_micros(50), Duration::from_millis(100));
         if wait != timeout {
             inbound.set_read_timeout(Some(wait))?;
@@ -131,7 +134,13 @@ fn run(args: Args) -> Result<()> {
         }
         match inbound.recv(&mut buf) {
             Ok(n) => link.push(Instant::now(), buf[..n].to_vec()),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => warn!("receive error: {e}"),
         }
         let now = Instant::now();

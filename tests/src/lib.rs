@@ -38,7 +38,14 @@ pub fn bin(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "--bins", "--profile", &profile])
-            .args(["-p", "checkvalve-send", "-p", "checkvalve-receive", "-p", "checkvalve-sim"])
+            .args([
+                "-p",
+                "checkvalve-send",
+                "-p",
+                "checkvalve-receive",
+                "-p",
+                "checkvalve-sim",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build");
@@ -166,7 +173,11 @@ pub fn make_tree(root: &Path, name: &str, count: usize, big: usize, seed: u64) -
         BLOCK + 1,
     ];
     for (i, len) in edges.iter().enumerate() {
-        write_file(&top.join(format!("edges/size-{len}-{i}.bin")), *len, seed + i as u64);
+        write_file(
+            &top.join(format!("edges/size-{len}-{i}.bin")),
+            *len,
+            seed + i as u64,
+        );
     }
     write_file(&top.join("données/été/café-☕.csv"), 12_345, seed + 100);
     write_file(&top.join("日本語/ファイル.txt"), 777, seed + 101);
@@ -175,7 +186,11 @@ pub fn make_tree(root: &Path, name: &str, count: usize, big: usize, seed: u64) -
     for i in 0..count {
         let len = (2f64.powf(rng.random_range(0.0..20.0))) as usize;
         let dir = format!("bulk/d{}", i % 7);
-        write_file(&top.join(format!("{dir}/f{i:04}.dat")), len, seed + 1000 + i as u64);
+        write_file(
+            &top.join(format!("{dir}/f{i:04}.dat")),
+            len,
+            seed + 1000 + i as u64,
+        );
     }
     if big > 0 {
         write_file(&top.join("big/historian-export.bin"), big, seed + 7);
@@ -193,7 +208,11 @@ pub fn digest_tree(root: &Path) -> Vec<(String, [u8; 32])> {
             if ft.is_dir() {
                 visit(base, &p, out);
             } else if ft.is_file() {
-                let rel = p.strip_prefix(base).expect("prefix").to_string_lossy().into_owned();
+                let rel = p
+                    .strip_prefix(base)
+                    .expect("prefix")
+                    .to_string_lossy()
+                    .into_owned();
                 let data = fs::read(&p).expect("read");
                 out.push((rel, Sha256::digest(&data).into()));
             }
@@ -294,7 +313,11 @@ impl Rig {
     /// Stops the simulator and returns its JSON counters.
     pub fn stop_sim(&mut self) -> serde_json::Value {
         let sim = self.sim.as_mut().expect("a simulator");
-        assert!(sim.stop().success(), "simulator failed:\n{}", tail(&sim.log));
+        assert!(
+            sim.stop().success(),
+            "simulator failed:\n{}",
+            tail(&sim.log)
+        );
         let text = fs::read_to_string(&sim.out).expect("sim stdout");
         serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("bad counters {text:?}: {e}"))
     }
@@ -342,7 +365,8 @@ impl Outcome {
                 }
             } else if line.contains("lost") && (line.contains("WARN") || line.contains("ERROR")) {
                 if let (Some(first), Some(last)) = (field(line, "first"), field(line, "last")) {
-                    let (a, b): (u64, u64) = (first.parse().unwrap_or(0), last.parse().unwrap_or(0));
+                    let (a, b): (u64, u64) =
+                        (first.parse().unwrap_or(0), last.parse().unwrap_or(0));
                     o.lost_unnamed += (b - a + 1) as usize;
                 } else if let Some(p) = field(line, "path").filter(|p| *p != "(unknown)") {
                     o.lost_named.push(p.to_string());

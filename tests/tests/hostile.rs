@@ -58,7 +58,10 @@ fn random_datagrams_neither_crash_nor_bloat_the_receiver_and_a_transfer_still_su
     let outcome = rig.settle(expected.len(), Duration::from_secs(30));
     assert_eq!(outcome.delivered.len(), expected.len(), "{outcome:?}");
     let log = rig.receiver.log_text();
-    assert!(log.contains("malformed datagrams rejected"), "garbage was not reported");
+    assert!(
+        log.contains("malformed datagrams rejected"),
+        "garbage was not reported"
+    );
 }
 
 /// Encodes one object whose metadata path is replaced, byte for byte, by `forged` after encoding.
@@ -71,7 +74,8 @@ fn forged_object(session: u64, safe: &str, forged: &str) -> Vec<Vec<u8>> {
         mtime_nanos: 0,
         kind: ObjectKind::File,
     };
-    let (mut enc, mut head_block) = ObjectEncoder::new(session, 0, &head, FecParams::default()).expect("encoder");
+    let (mut enc, mut head_block) =
+        ObjectEncoder::new(session, 0, &head, FecParams::default()).expect("encoder");
     let at = head_block
         .data
         .windows(safe.len())
@@ -85,14 +89,24 @@ fn forged_object(session: u64, safe: &str, forged: &str) -> Vec<Vec<u8>> {
     for b in blocks {
         assert!(inter.push(b).expect("push").is_none());
     }
-    inter.flush().expect("flush").expect("batch").iter().map(<[u8]>::to_vec).collect()
+    inter
+        .flush()
+        .expect("flush")
+        .expect("batch")
+        .iter()
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 #[test]
 fn unsafe_names_are_refused_and_logged() {
     let rig = Rig::start(None, &[]);
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let cases = [("aaaaaaaaaaa", "../../escap"), ("abc/defghij", "/etc/passwd"), ("x/y", "x//")];
+    let cases = [
+        ("aaaaaaaaaaa", "../../escap"),
+        ("abc/defghij", "/etc/passwd"),
+        ("x/y", "x//"),
+    ];
     for (i, (safe, forged)) in cases.iter().enumerate() {
         for d in forged_object(1000 + i as u64, safe, forged) {
             sock.send_to(&d, &rig.receiver_addr).expect("send");
@@ -104,7 +118,10 @@ fn unsafe_names_are_refused_and_logged() {
         if log.matches("unsafe path").count() >= cases.len() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "unsafe names not all refused:\n{log}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unsafe names not all refused:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!rig.dir.path().join("escap").exists());

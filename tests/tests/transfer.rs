@@ -19,7 +19,10 @@ fn assert_identical_through(sim: &[&str]) {
     let outcome = rig.settle(expected.len(), Duration::from_secs(60));
     let counters = rig.stop_sim();
     let got = digest_tree(&rig.out);
-    let got: Vec<_> = got.into_iter().filter(|(p, _)| !p.starts_with(".checkvalve")).collect();
+    let got: Vec<_> = got
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(".checkvalve"))
+        .collect();
     assert_eq!(
         got.len(),
         expected.len(),
@@ -52,7 +55,16 @@ fn two_percent_bursty_loss_delivers_a_tree_byte_identical() {
 #[test]
 fn reordering_duplication_and_corruption_are_absorbed() {
     assert_identical_through(&[
-        "--loss", "1%", "--reorder", "5%", "--duplicate", "2%", "--corrupt", "1%", "--seed", "8",
+        "--loss",
+        "1%",
+        "--reorder",
+        "5%",
+        "--duplicate",
+        "2%",
+        "--corrupt",
+        "1%",
+        "--seed",
+        "8",
     ]);
 }
 
@@ -77,18 +89,32 @@ fn forty_percent_loss_publishes_nothing_wrong_and_names_every_loss() {
         .filter(|(p, _)| !p.starts_with(".checkvalve"))
         .collect();
     for (path, digest) in &got {
-        assert_eq!(expected.get(path), Some(digest), "{path} differs from its source");
+        assert_eq!(
+            expected.get(path),
+            Some(digest),
+            "{path} differs from its source"
+        );
     }
     let tmp = rig.out.join(".checkvalve/tmp");
-    assert_eq!(std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0), 0, "temporary files left behind");
+    assert_eq!(
+        std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0),
+        0,
+        "temporary files left behind"
+    );
 
     // Every file is either delivered or named as lost.
-    assert!(got.len() < expected.len(), "40% loss with default FEC must lose the larger files");
+    assert!(
+        got.len() < expected.len(),
+        "40% loss with default FEC must lose the larger files"
+    );
     assert_eq!(outcome.lost_unnamed, 0, "a loss without a name");
     for path in expected.keys() {
         let delivered = got.contains_key(path);
         let named = outcome.lost_named.iter().any(|l| l == path);
-        assert!(delivered ^ named, "{path}: delivered={delivered} named_lost={named}");
+        assert!(
+            delivered ^ named,
+            "{path}: delivered={delivered} named_lost={named}"
+        );
     }
 }
 
@@ -120,6 +146,12 @@ fn a_symlink_planted_in_the_output_is_never_followed() {
     assert!(rig.send(&paths, &[], Duration::from_secs(60)).success());
     let outcome = rig.settle(2, Duration::from_secs(30));
     assert!(rig.out.join("fine/ok.txt").exists());
-    assert!(!outside.join("owned.txt").exists(), "wrote through a symlink");
-    assert!(outcome.lost_named.iter().any(|p| p == "evil/owned.txt"), "{outcome:?}");
+    assert!(
+        !outside.join("owned.txt").exists(),
+        "wrote through a symlink"
+    );
+    assert!(
+        outcome.lost_named.iter().any(|p| p == "evil/owned.txt"),
+        "{outcome:?}"
+    );
 }
