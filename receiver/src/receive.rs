@@ -28,9 +28,7 @@ pub struct Job {
 pub fn finisher(share: Share, jobs: Receiver<Job>) {
     for job in jobs {
         match share.publish(job.key, job.file, &job.head, &job.digest) {
-            Ok(path) => {
-                info!(path = %job.head.path, size = job.head.size, target = %path.display(), "delivered")
-            }
+            Ok(_) => info!(path = %job.head.path, size = job.head.size, "delivered"),
             Err(e) => error!(path = %job.head.path, object = %job.key, "lost: not published: {e}"),
         }
     }
