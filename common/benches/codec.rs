@@ -2,6 +2,8 @@
 //!
 //! `cargo bench -p checkvalve-common`
 
+#![allow(missing_docs)] // criterion_group! generates an undocumented public function
+
 use std::time::Instant;
 
 use checkvalve_common::assembler::{Assembler, AssemblerConfig, Event};
