@@ -18,10 +18,9 @@ use checkvalve_common::units::{parse_duration, parse_size};
 use clap::Parser;
 use tracing::{error, info};
 
-/// Chunks of up to 64 datagrams queued between the socket thread and the assembler.
-const QUEUED_CHUNKS: usize = 512;
-/// Complete objects queued for verification.
-const QUEUED_JOBS: usize = 64;
+/// Chunks of up to 64 datagrams queued between the socket thread and the assembler: 64K datagrams,
+/// about 95 MiB at the most, a second or more of traffic to ride out a stall of the disk.
+const QUEUED_CHUNKS: usize = 1024;
 
 /// Receive files from a one-way link into an output folder.
 #[derive(Debug, Parser)]
@@ -88,6 +87,7 @@ fn run(args: Args) -> Result<()> {
             "removed unfinished temporary files from a previous run"
         );
     }
+    raise_fd_limit();
     let socket = net::bind(bind, usize::try_from(args.rcvbuf).unwrap_or(usize::MAX))?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -105,7 +105,9 @@ fn run(args: Args) -> Result<()> {
             .name("net".into())
             .spawn(move || net::drain(socket, chunk_tx, recycle_rx, stop, dropped))?
     };
-    let (job_tx, job_rx) = std::sync::mpsc::sync_channel(QUEUED_JOBS);
+    // Unbounded on purpose: a job is a few hundred bytes naming a file already on disk, and the
+    // receive loop must never wait for hashing or fsync.
+    let (job_tx, job_rx) = std::sync::mpsc::channel();
     let finisher = {
         let share = share.clone();
         std::thread::Builder::new()
@@ -131,4 +133,14 @@ fn run(args: Args) -> Result<()> {
     let _ = finisher.join();
     info!("stopped");
     Ok(())
+}
+
+/// Every object in progress holds its temporary file open: allow as many as the hard limit permits.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }

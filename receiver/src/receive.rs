@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant};
 
 use checkvalve_common::assembler::{Assembler, Event, ObjectKey};
@@ -18,7 +18,6 @@ use crate::share::Share;
 /// A complete object on its way to verification and publication.
 pub struct Job {
     key: ObjectKey,
-    file: Option<File>,
     head: Head,
     digest: [u8; DIGEST_LEN],
 }
@@ -27,7 +26,7 @@ pub struct Job {
 /// fsync never hold up reception.
 pub fn finisher(share: Share, jobs: Receiver<Job>) {
     for job in jobs {
-        match share.publish(job.key, job.file, &job.head, &job.digest) {
+        match share.publish(job.key, &job.head, &job.digest) {
             Ok(_) => info!(path = %job.head.path, size = job.head.size, "delivered"),
             Err(e) => error!(path = %job.head.path, object = %job.key, "lost: not published: {e}"),
         }
@@ -38,7 +37,7 @@ pub fn finisher(share: Share, jobs: Receiver<Job>) {
 pub struct Receive {
     asm: Assembler,
     share: Share,
-    jobs: SyncSender<Job>,
+    jobs: Sender<Job>,
     files: HashMap<ObjectKey, File>,
     names: HashMap<ObjectKey, String>,
     /// Free space kept on the output filesystem; an object that would eat into it is refused.
@@ -53,7 +52,7 @@ impl Receive {
     pub fn new(
         asm: Assembler,
         share: Share,
-        jobs: SyncSender<Job>,
+        jobs: Sender<Job>,
         min_free: u64,
         stats_every: Duration,
     ) -> Self {
@@ -209,12 +208,9 @@ impl Receive {
             }
             Event::Complete { key, head, digest } => {
                 self.names.remove(&key);
-                let job = Job {
-                    key,
-                    file: self.files.remove(&key),
-                    head,
-                    digest,
-                };
+                // Closing our handle first: the publisher reopens the file by its temporary path.
+                self.files.remove(&key);
+                let job = Job { key, head, digest };
                 if self.jobs.send(job).is_err() {
                     error!(object = %key, "publisher stopped");
                 }

@@ -98,11 +98,10 @@ impl Share {
     pub fn publish(
         &self,
         key: ObjectKey,
-        file: Option<File>,
         head: &Head,
         digest: &[u8; DIGEST_LEN],
     ) -> Result<PathBuf, PublishError> {
-        let result = self.verify_and_rename(key, file, head, digest);
+        let result = self.verify_and_rename(key, head, digest);
         if result.is_err() {
             self.discard(key);
         }
@@ -112,14 +111,16 @@ impl Share {
     fn verify_and_rename(
         &self,
         key: ObjectKey,
-        file: Option<File>,
         head: &Head,
         digest: &[u8; DIGEST_LEN],
     ) -> Result<PathBuf, PublishError> {
-        let mut file = match file {
-            Some(f) => f,
-            None => self.create_temp(key)?,
-        };
+        // An empty file never had content written, so its temporary file may not exist yet.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.temp_path(key))?;
         file.set_len(head.size)?;
         file.seek(SeekFrom::Start(0))?;
         let mut hasher = Sha256::new();
@@ -228,7 +229,11 @@ mod tests {
         };
         let (h, d) = head("a/b/c.txt", b"hello");
         let f = write_temp(&share, key, b"hello");
-        let p = share.publish(key, Some(f), &h, &d).unwrap();
+        let p = {
+            drop(f);
+            share.publish(key, &h, &d)
+        }
+        .unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"hello");
         assert_eq!(p, share.root().join("a/b/c.txt"));
 
@@ -239,7 +244,10 @@ mod tests {
         let f = write_temp(&share, key2, b"hellp");
         let (h, d) = head("x.txt", b"hello");
         assert!(matches!(
-            share.publish(key2, Some(f), &h, &d),
+            {
+                drop(f);
+                share.publish(key2, &h, &d)
+            },
             Err(PublishError::DigestMismatch)
         ));
         assert!(!share.root().join("x.txt").exists());
@@ -259,7 +267,10 @@ mod tests {
         let (h, d) = head("evil/owned.txt", b"x");
         let f = write_temp(&share, key, b"x");
         assert!(matches!(
-            share.publish(key, Some(f), &h, &d),
+            {
+                drop(f);
+                share.publish(key, &h, &d)
+            },
             Err(PublishError::SymlinkOnPath(_))
         ));
         assert!(!outside.path().join("owned.txt").exists());

@@ -35,6 +35,14 @@ fn assert_identical_through(sim: &[&str]) {
     assert!(outcome.lost_named.is_empty() && outcome.lost_unnamed == 0);
     assert!(rig.receiver.stop().success());
     eprintln!("sim counters: {counters}");
+    let log = rig.receiver.log_text();
+    eprintln!(
+        "{}",
+        log.lines()
+            .filter(|l| l.contains(" stats "))
+            .next_back()
+            .unwrap_or("")
+    );
 }
 
 #[test]
