@@ -1,70 +1,162 @@
-//! `checkvalve-sim`: forwards datagrams one way through a seeded model of a lossy link.
-//! The listening socket never sends; the forwarding socket never reads.
+//! `checkvalve-sim`: forwards datagrams one way through a seeded model of a lossy link, and runs
+//! sweeps of the real sender and receiver through it.
 
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
-use checkvalve_sim::link::{Link, LinkConfig};
-use clap::Parser;
-use tracing::{error, info, warn};
+use anyhow::{Context, Result, anyhow, bail};
+use checkvalve_sim::forward::{Forwarder, Options};
+use checkvalve_sim::link::{LinkConfig, Loss, Schedule};
+use checkvalve_sim::sweep::{self, SweepOptions};
+use checkvalve_sim::{scenario, units};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use tracing::{error, info};
 
 /// Forward datagrams one way through a lossy link model.
 #[derive(Debug, Parser)]
-#[command(name = "checkvalve-sim", version, about)]
-struct Args {
+#[command(name = "checkvalve-sim", version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    link: LinkArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the real sender and receiver through a range of loss rates; write CSV and SVG.
+    Sweep(SweepArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+struct LinkArgs {
     /// Address to listen on (the sender's --to), HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
-    bind: String,
+    bind: Option<String>,
     /// Where to forward (the receiver's --bind), HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
-    to: String,
+    to: Option<String>,
+    /// Play a TOML scenario (a timeline of phases) instead of the link options below.
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<PathBuf>,
     /// Long-run loss rate, `5%` or `0.05`.
-    #[arg(long, default_value = "0", value_parser = parse_percent)]
-    loss: f64,
-    /// Mean loss-burst length in datagrams (Gilbert-Elliott); without it losses are independent.
+    #[arg(long, value_parser = percent)]
+    loss: Option<f64>,
+    /// Mean loss-burst length in datagrams (Gilbert model); without it losses are independent.
     #[arg(long)]
     burst: Option<f64>,
+    /// Gilbert-Elliott P(good -> bad) per datagram (with --ge-r; replaces --loss/--burst).
+    #[arg(long, requires = "ge_r", conflicts_with_all = ["loss", "burst"])]
+    ge_p: Option<f64>,
+    /// Gilbert-Elliott P(bad -> good) per datagram.
+    #[arg(long, requires = "ge_p")]
+    ge_r: Option<f64>,
+    /// Gilbert-Elliott loss probability in the good state.
+    #[arg(long, default_value_t = 0.0, requires = "ge_p")]
+    ge_loss_good: f64,
+    /// Gilbert-Elliott loss probability in the bad state.
+    #[arg(long, default_value_t = 1.0, requires = "ge_p")]
+    ge_loss_bad: f64,
     /// Share of datagrams reordered.
-    #[arg(long, default_value = "0", value_parser = parse_percent)]
+    #[arg(long, default_value = "0", value_parser = percent)]
     reorder: f64,
     /// Most later datagrams that may overtake a reordered one.
     #[arg(long, default_value_t = 8)]
     reorder_max: usize,
     /// Share of datagrams duplicated.
-    #[arg(long, default_value = "0", value_parser = parse_percent)]
+    #[arg(long, default_value = "0", value_parser = percent)]
     duplicate: f64,
     /// Share of datagrams with one bit flipped.
-    #[arg(long, default_value = "0", value_parser = parse_percent)]
+    #[arg(long, default_value = "0", value_parser = percent)]
     corrupt: f64,
+    /// Share of datagrams cut short at a random length.
+    #[arg(long, default_value = "0", value_parser = percent)]
+    truncate: f64,
+    /// Drop datagrams larger than this (IP packet size, payload + 28).
+    #[arg(long)]
+    mtu: Option<usize>,
     /// Link rate in bits per second (50k, 800M, 1G); unlimited if absent.
-    #[arg(long, value_parser = parse_rate)]
+    #[arg(long, value_parser = rate)]
     rate: Option<u64>,
     /// Link buffer in bytes when rate-limited; overflow is tail-dropped.
-    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    #[arg(long, default_value = "1M", value_parser = size)]
     queue: u64,
     /// Fixed one-way delay (250ms, 1s).
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = duration)]
     delay: Duration,
-    /// Seed of every random decision.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Extra random delay, uniform in [0, JITTER) per datagram (reorders when above the spacing).
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    jitter: Duration,
+    /// Cut the link: AT+LENGTH from start, e.g. `30s+5s`; may be repeated.
+    #[arg(long, value_name = "AT+LENGTH", value_parser = outage)]
+    outage: Vec<(Duration, Duration)>,
+    /// Seed of every random decision (overrides a scenario's seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write every forwarded datagram to this pcap file.
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// Interval of the live statistics line on stderr; 0 turns it off.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    stats_interval: Duration,
+    /// Live statistics as JSON lines.
+    #[arg(long)]
+    stats_json: bool,
 }
 
-fn parse_percent(s: &str) -> Result<f64, String> {
-    checkvalve_sim::units::parse_percent(s).map_err(|e| e.to_string())
+#[derive(Debug, ClapArgs)]
+struct SweepArgs {
+    /// Loss rates to try, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0%,2%,5%,10%,15%,20%,25%,30%", value_parser = percent)]
+    loss: Vec<f64>,
+    /// Mean burst lengths to try; 1 means independent loss.
+    #[arg(long, value_delimiter = ',', default_value = "1,10")]
+    burst: Vec<f64>,
+    /// Sender FEC setting.
+    #[arg(long, default_value = "64:22")]
+    fec: String,
+    /// Sender rate.
+    #[arg(long, default_value = "200M")]
+    rate: String,
+    /// Files in the test tree.
+    #[arg(long, default_value_t = 24)]
+    files: usize,
+    /// Largest file; sizes spread log-uniformly from 1 byte up to it.
+    #[arg(long, default_value = "4M", value_parser = size)]
+    max_file: u64,
+    /// Output folder for sweep.csv, sweep.svg and per-point logs.
+    #[arg(long, default_value = "sweep-out")]
+    out: PathBuf,
+    /// Seed of the link decisions and of the test tree.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Receiver object timeout (how long a point waits for lost files to be declared).
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    object_timeout: Duration,
+    /// Folder with checkvalve-send and checkvalve-receive (default: next to this program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
 }
-fn parse_rate(s: &str) -> Result<u64, String> {
-    checkvalve_sim::units::parse_rate(s).map_err(|e| e.to_string())
+
+fn percent(s: &str) -> Result<f64, String> {
+    units::parse_percent(s).map_err(|e| e.to_string())
 }
-fn parse_size(s: &str) -> Result<u64, String> {
-    checkvalve_sim::units::parse_size(s).map_err(|e| e.to_string())
+fn rate(s: &str) -> Result<u64, String> {
+    units::parse_rate(s).map_err(|e| e.to_string())
 }
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    checkvalve_sim::units::parse_duration(s).map_err(|e| e.to_string())
+fn size(s: &str) -> Result<u64, String> {
+    units::parse_size(s).map_err(|e| e.to_string())
+}
+fn duration(s: &str) -> Result<Duration, String> {
+    units::parse_duration(s).map_err(|e| e.to_string())
+}
+fn outage(s: &str) -> Result<(Duration, Duration), String> {
+    let (at, len) = s.split_once('+').ok_or("expected AT+LENGTH, e.g. 30s+5s")?;
+    Ok((duration(at)?, duration(len)?))
 }
 
 fn main() -> ExitCode {
@@ -76,7 +168,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(Args::parse()) {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Sweep(args)) => run_sweep(args),
+        None => run_link(cli.link),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -92,68 +189,104 @@ fn resolve(s: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{s:?} resolves to no address"))
 }
 
-fn run(args: Args) -> Result<()> {
-    let bind = resolve(&args.bind)?;
-    let to = resolve(&args.to)?;
-    let config = LinkConfig {
-        loss: args.loss,
-        burst: args.burst,
-        reorder: args.reorder,
-        reorder_max: args.reorder_max,
-        duplicate: args.duplicate,
-        corrupt: args.corrupt,
-        rate_bps: args.rate,
-        queue_bytes: usize::try_from(args.queue).unwrap_or(usize::MAX),
-        delay: args.delay,
+fn schedule(a: &LinkArgs) -> Result<(Schedule, Option<u64>)> {
+    if let Some(path) = &a.scenario {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut s = scenario::parse(&text).with_context(|| format!("in {}", path.display()))?;
+        s.schedule.outages.extend(a.outage.iter().copied());
+        return Ok((s.schedule, s.seed));
+    }
+    let loss = match (a.ge_p, a.ge_r) {
+        (Some(p), Some(r)) => Loss::GilbertElliott {
+            p,
+            r,
+            loss_good: a.ge_loss_good,
+            loss_bad: a.ge_loss_bad,
+        },
+        _ => match a.burst {
+            Some(b) if b < 1.0 => bail!("--burst must be at least 1"),
+            Some(b) => Loss::bursty(a.loss.unwrap_or(0.0), b),
+            None => Loss::Independent(a.loss.unwrap_or(0.0)),
+        },
     };
-    let inbound = UdpSocket::bind(bind).with_context(|| format!("cannot bind {bind}"))?;
-    checkvalve_sim::socket::grow_receive_buffer(&inbound, 64 << 20);
-    let outbound = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
-        .context("cannot open the forwarding socket")?;
+    let mut s = Schedule::constant(LinkConfig {
+        loss,
+        reorder: a.reorder,
+        reorder_max: a.reorder_max.max(1),
+        duplicate: a.duplicate,
+        corrupt: a.corrupt,
+        truncate: a.truncate,
+        mtu: a.mtu,
+        rate_bps: a.rate,
+        queue_bytes: usize::try_from(a.queue).unwrap_or(usize::MAX),
+        delay: a.delay,
+        jitter: a.jitter,
+        down: false,
+    });
+    s.outages = a.outage.clone();
+    Ok((s, None))
+}
+
+fn run_link(a: LinkArgs) -> Result<()> {
+    let (Some(bind), Some(to)) = (&a.bind, &a.to) else {
+        bail!("--bind and --to are required (or use the sweep subcommand)");
+    };
+    let (schedule, scenario_seed) = schedule(&a)?;
+    let seed = a.seed.or(scenario_seed).unwrap_or(1);
+    let options = Options {
+        bind: resolve(bind)?,
+        to: resolve(to)?,
+        schedule,
+        seed,
+        pcap: a.pcap.clone(),
+        stats_every: (!a.stats_interval.is_zero()).then_some(a.stats_interval),
+        stats_json: a.stats_json,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .context("cannot install signal handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
     }
-    info!(%bind, %to, ?config, seed = args.seed, "forwarding");
-    let mut link = Link::new(config, args.seed);
-    let mut buf = vec![0u8; 65_535];
-    let mut timeout = Duration::ZERO;
-    let mut send_errors = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        let wait = link
-            .next_due()
-            .map_or(Duration::from_millis(100), |due| {
-                due.saturating_duration_since(now)
-            })
-            .clamp(Duration::from_micros(50), Duration::from_millis(100));
-        if wait != timeout {
-            inbound.set_read_timeout(Some(wait))?;
-            timeout = wait;
-        }
-        match inbound.recv(&mut buf) {
-            Ok(n) => link.push(Instant::now(), buf[..n].to_vec()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => warn!("receive error: {e}"),
-        }
-        let now = Instant::now();
-        while let Some(d) = link.poll(now) {
-            if outbound.send_to(&d, to).is_err() {
-                send_errors += 1;
-            }
+    let phases: Vec<String> = options.schedule.phases.iter().map(|p| p.name.clone()).collect();
+    let forwarder = Forwarder::bind(options.clone())?;
+    info!(bind = %options.bind, to = %options.to, seed, ?phases, "forwarding");
+    let report = forwarder.run(&stop)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+fn run_sweep(a: SweepArgs) -> Result<()> {
+    let bin_dir = match a.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow!("cannot locate the program folder"))?,
+    };
+    for b in ["checkvalve-send", "checkvalve-receive"] {
+        if !bin_dir.join(b).exists() {
+            bail!("{b} not found in {} (build with cargo build --release, or pass --bin-dir)", bin_dir.display());
         }
     }
-    let c = link.counters();
-    if send_errors > 0 {
-        warn!(send_errors, "some forwarded datagrams could not be sent");
-    }
-    println!("{}", serde_json::to_string(&c)?);
+    let o = SweepOptions {
+        losses: a.loss,
+        bursts: a.burst,
+        fec: a.fec,
+        rate: a.rate,
+        files: a.files.max(1),
+        max_file: a.max_file,
+        out: a.out,
+        seed: a.seed,
+        object_timeout: a.object_timeout,
+        bin_dir,
+    };
+    let points = sweep::run(&o)?;
+    let first_loss = points.iter().find(|p| p.delivery_ratio() < 1.0);
+    info!(
+        csv = %o.out.join("sweep.csv").display(),
+        svg = %o.out.join("sweep.svg").display(),
+        points = points.len(),
+        first_below_100 = first_loss.map(|p| format!("{:.1}% loss, {}", p.loss * 100.0, p.burst_label())).unwrap_or_else(|| "none".into()),
+        "sweep done"
+    );
     Ok(())
 }

@@ -1,0 +1,167 @@
+//! The forwarding loop: the only I/O around the link model. The listening socket only receives;
+//! the forwarding socket only sends.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::socket::{MsgFlags, recv};
+use tracing::{info, warn};
+
+use crate::link::{Counters, Link, Schedule};
+use crate::pcap::Capture;
+use crate::report::Report;
+
+/// Datagrams taken from the socket before the link is polled again.
+const BATCH: usize = 64;
+
+/// How to run the forwarder.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where the sender sends.
+    pub bind: SocketAddr,
+    /// Where to forward.
+    pub to: SocketAddr,
+    /// The link's timeline.
+    pub schedule: Schedule,
+    /// Seed of every decision.
+    pub seed: u64,
+    /// Capture of the forwarded datagrams.
+    pub pcap: Option<PathBuf>,
+    /// Interval of the live statistics line (`None`: no live line).
+    pub stats_every: Option<Duration>,
+    /// Live statistics as JSON lines instead of text.
+    pub stats_json: bool,
+}
+
+/// A bound forwarder, ready to run.
+pub struct Forwarder {
+    inbound: UdpSocket,
+    outbound: UdpSocket,
+    options: Options,
+}
+
+impl Forwarder {
+    /// Binds both sockets (so the caller knows the port is open before traffic starts).
+    pub fn bind(options: Options) -> Result<Forwarder> {
+        let inbound = UdpSocket::bind(options.bind)
+            .with_context(|| format!("cannot bind {}", options.bind))?;
+        crate::socket::grow_receive_buffer(&inbound, 64 << 20);
+        let local: SocketAddr = if options.to.is_ipv4() {
+            "0.0.0.0:0".parse()?
+        } else {
+            "[::]:0".parse()?
+        };
+        let outbound = UdpSocket::bind(local).context("cannot open the forwarding socket")?;
+        Ok(Forwarder {
+            inbound,
+            outbound,
+            options,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.inbound.local_addr()?)
+    }
+
+    /// Forwards until `stop` is raised, then returns the report.
+    pub fn run(self, stop: &AtomicBool) -> Result<Report> {
+        let o = &self.options;
+        let start = Instant::now();
+        let mut link = Link::new(o.schedule.clone(), o.seed, start);
+        let mut capture = match &o.pcap {
+            Some(path) => {
+                let mut from = self.outbound.local_addr()?;
+                if from.ip().is_unspecified() {
+                    from.set_ip(if o.to.is_ipv4() {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                Some(Capture::create(path, from, o.to).with_context(|| format!("cannot create {}", path.display()))?)
+            }
+            None => None,
+        };
+        let fd = self.inbound.as_raw_fd();
+        let mut buf = vec![0u8; 65_535];
+        let mut timeout = Duration::ZERO;
+        let mut send_errors = 0u64;
+        let mut last_stats = (start, Counters::default());
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let wait = link
+                .next_due()
+                .map_or(Duration::from_millis(100), |due| due.saturating_duration_since(now))
+                .clamp(Duration::from_micros(50), Duration::from_millis(100));
+            if wait != timeout {
+                self.inbound.set_read_timeout(Some(wait))?;
+                timeout = wait;
+            }
+            // The first read waits; the rest take only what is already queued.
+            let mut flags = MsgFlags::empty();
+            for _ in 0..BATCH {
+                match recv(fd, &mut buf, flags) {
+                    Ok(n) => link.push(Instant::now(), buf[..n].to_vec()),
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break,
+                }
+                flags = MsgFlags::MSG_DONTWAIT;
+            }
+            let now = Instant::now();
+            while let Some(d) = link.poll(now) {
+                if self.outbound.send_to(&d, o.to).is_err() {
+                    send_errors += 1;
+                }
+                if let Some(c) = capture.as_mut() {
+                    c.record(&d).context("cannot write the capture")?;
+                }
+            }
+            if let Some(every) = o.stats_every
+                && now - last_stats.0 >= every
+            {
+                live_stats(&link, now, start, &mut last_stats, o.stats_json);
+            }
+        }
+        if let Some(c) = capture {
+            c.finish().context("cannot finish the capture")?;
+        }
+        if send_errors > 0 {
+            warn!(send_errors, "some forwarded datagrams could not be sent (receiver not listening?)");
+        }
+        Ok(Report::new(&link, o.seed, start.elapsed()))
+    }
+}
+
+fn live_stats(link: &Link, now: Instant, start: Instant, last: &mut (Instant, Counters), json: bool) {
+    let c = link.counters();
+    let dt = (now - last.0).as_secs_f64();
+    let fwd_bytes = c.bytes_out - last.1.bytes_out + (c.forwarded - last.1.forwarded) * 28;
+    let mbps = fwd_bytes as f64 * 8.0 / dt / 1e6;
+    let phase = &link.schedule().phases[link.phase_at(now)].name;
+    let t = (now - start).as_secs_f64();
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::json!({"t": t, "phase": phase, "counters": c, "mbps": mbps})
+        );
+    } else {
+        info!(
+            t = format_args!("{t:.1}"),
+            phase = %phase,
+            received = c.received,
+            forwarded = c.forwarded,
+            dropped = c.dropped,
+            loss = c.dropped_loss,
+            outage = c.dropped_outage,
+            queue = c.dropped_queue,
+            mbps = format_args!("{mbps:.1}"),
+            "stats"
+        );
+    }
+    *last = (now, c);
+}
