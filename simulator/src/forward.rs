@@ -83,7 +83,10 @@ impl Forwarder {
                         std::net::Ipv6Addr::LOCALHOST.into()
                     });
                 }
-                Some(Capture::create(path, from, o.to).with_context(|| format!("cannot create {}", path.display()))?)
+                Some(
+                    Capture::create(path, from, o.to)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                )
             }
             None => None,
         };
@@ -96,7 +99,9 @@ impl Forwarder {
             let now = Instant::now();
             let wait = link
                 .next_due()
-                .map_or(Duration::from_millis(100), |due| due.saturating_duration_since(now))
+                .map_or(Duration::from_millis(100), |due| {
+                    due.saturating_duration_since(now)
+                })
                 .clamp(Duration::from_micros(50), Duration::from_millis(100));
             if wait != timeout {
                 self.inbound.set_read_timeout(Some(wait))?;
@@ -131,13 +136,22 @@ impl Forwarder {
             c.finish().context("cannot finish the capture")?;
         }
         if send_errors > 0 {
-            warn!(send_errors, "some forwarded datagrams could not be sent (receiver not listening?)");
+            warn!(
+                send_errors,
+                "some forwarded datagrams could not be sent (receiver not listening?)"
+            );
         }
         Ok(Report::new(&link, o.seed, start.elapsed()))
     }
 }
 
-fn live_stats(link: &Link, now: Instant, start: Instant, last: &mut (Instant, Counters), json: bool) {
+fn live_stats(
+    link: &Link,
+    now: Instant,
+    start: Instant,
+    last: &mut (Instant, Counters),
+    json: bool,
+) {
     let c = link.counters();
     let dt = (now - last.0).as_secs_f64();
     let fwd_bytes = c.bytes_out - last.1.bytes_out + (c.forwarded - last.1.forwarded) * 28;

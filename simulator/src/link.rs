@@ -376,7 +376,10 @@ impl Link {
             self.dropped(phase, Drop::Outage);
             return;
         }
-        if cfg.mtu.is_some_and(|mtu| datagram.len() + IP_UDP_OVERHEAD > mtu) {
+        if cfg
+            .mtu
+            .is_some_and(|mtu| datagram.len() + IP_UDP_OVERHEAD > mtu)
+        {
             self.dropped(phase, Drop::Mtu);
             return;
         }
@@ -445,14 +448,15 @@ impl Link {
             Some(rate) => {
                 let rate = rate.max(1);
                 let free = self.link_free.map_or(now, |f| f.max(now));
-                let backlog =
-                    free.saturating_duration_since(now).as_nanos() * u128::from(rate) / 8_000_000_000;
+                let backlog = free.saturating_duration_since(now).as_nanos() * u128::from(rate)
+                    / 8_000_000_000;
                 if backlog + d.len() as u128 > queue_bytes as u128 {
                     self.dropped(phase, Drop::Queue);
                     return;
                 }
                 let bits = ((d.len() + IP_UDP_OVERHEAD) * 8) as u128;
-                let done = free + Duration::from_nanos((bits * 1_000_000_000 / u128::from(rate)) as u64);
+                let done =
+                    free + Duration::from_nanos((bits * 1_000_000_000 / u128::from(rate)) as u64);
                 self.link_free = Some(done);
                 done
             }
@@ -563,7 +567,10 @@ mod tests {
                 "rate {measured} for {rate}"
             );
             let mb = mean_burst(&lost);
-            assert!((mb / burst - 1.0).abs() < 0.05, "mean burst {mb} for {burst}");
+            assert!(
+                (mb / burst - 1.0).abs() < 0.05,
+                "mean burst {mb} for {burst}"
+            );
             assert!(c.longest_burst as f64 > burst);
         }
     }
@@ -578,7 +585,11 @@ mod tests {
         };
         let (c, _, _) = run(config(loss), 4, 1_000_000);
         let measured = c.dropped as f64 / c.received as f64;
-        assert!((measured / loss.mean() - 1.0).abs() < 0.05, "{measured} vs {}", loss.mean());
+        assert!(
+            (measured / loss.mean() - 1.0).abs() < 0.05,
+            "{measured} vs {}",
+            loss.mean()
+        );
     }
 
     #[test]

@@ -18,7 +18,12 @@ use tracing::{error, info};
 
 /// Forward datagrams one way through a lossy link model.
 #[derive(Debug, Parser)]
-#[command(name = "checkvalve-sim", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "checkvalve-sim",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -191,7 +196,8 @@ fn resolve(s: &str) -> Result<SocketAddr> {
 
 fn schedule(a: &LinkArgs) -> Result<(Schedule, Option<u64>)> {
     if let Some(path) = &a.scenario {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let mut s = scenario::parse(&text).with_context(|| format!("in {}", path.display()))?;
         s.schedule.outages.extend(a.outage.iter().copied());
         return Ok((s.schedule, s.seed));
@@ -244,9 +250,15 @@ fn run_link(a: LinkArgs) -> Result<()> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("cannot install signal handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("cannot install signal handler")?;
     }
-    let phases: Vec<String> = options.schedule.phases.iter().map(|p| p.name.clone()).collect();
+    let phases: Vec<String> = options
+        .schedule
+        .phases
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
     let forwarder = Forwarder::bind(options.clone())?;
     info!(bind = %options.bind, to = %options.to, seed, ?phases, "forwarding");
     let report = forwarder.run(&stop)?;
@@ -264,7 +276,10 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     };
     for b in ["checkvalve-send", "checkvalve-receive"] {
         if !bin_dir.join(b).exists() {
-            bail!("{b} not found in {} (build with cargo build --release, or pass --bin-dir)", bin_dir.display());
+            bail!(
+                "{b} not found in {} (build with cargo build --release, or pass --bin-dir)",
+                bin_dir.display()
+            );
         }
     }
     let o = SweepOptions {

@@ -29,7 +29,8 @@ impl Capture {
             datalink: DataLink::RAW,
             ..PcapHeader::default()
         };
-        let writer = PcapWriter::with_header(BufWriter::new(File::create(path)?), header).map_err(pcap_err)?;
+        let writer = PcapWriter::with_header(BufWriter::new(File::create(path)?), header)
+            .map_err(pcap_err)?;
         Ok(Capture {
             writer,
             from,
@@ -56,7 +57,9 @@ impl Capture {
         builder
             .write(&mut self.frame, payload)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let packet = PcapPacket::new(ts, self.frame.len() as u32, &self.frame);
         self.writer.write_packet(&packet).map_err(pcap_err)?;
         Ok(())

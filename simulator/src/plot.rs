@@ -29,7 +29,10 @@ pub fn draw(points: &[Point], title: &str, path: &Path) -> Result<()> {
     bursts.dedup();
 
     let mut ratio = ChartBuilder::on(&top)
-        .caption(format!("{title}: files delivered intact"), ("sans-serif", 20))
+        .caption(
+            format!("{title}: files delivered intact"),
+            ("sans-serif", 20),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -42,7 +45,10 @@ pub fn draw(points: &[Point], title: &str, path: &Path) -> Result<()> {
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     ratio
-        .draw_series(LineSeries::new([(0.0, 100.0), (max_loss, 100.0)], BLACK.mix(0.3)))
+        .draw_series(LineSeries::new(
+            [(0.0, 100.0), (max_loss, 100.0)],
+            BLACK.mix(0.3),
+        ))
         .map_err(|e| anyhow!("{e}"))?;
     let mut goodput = ChartBuilder::on(&bottom)
         .caption(format!("{title}: goodput"), ("sans-serif", 20))
@@ -60,28 +66,40 @@ pub fn draw(points: &[Point], title: &str, path: &Path) -> Result<()> {
     for (i, b) in bursts.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let series: Vec<&Point> = points.iter().filter(|p| &p.burst_label() == b).collect();
-        let r: Vec<(f64, f64)> = series.iter().map(|p| (p.loss * 100.0, p.delivery_ratio() * 100.0)).collect();
-        let g: Vec<(f64, f64)> = series.iter().map(|p| (p.loss * 100.0, p.goodput_mbps)).collect();
+        let r: Vec<(f64, f64)> = series
+            .iter()
+            .map(|p| (p.loss * 100.0, p.delivery_ratio() * 100.0))
+            .collect();
+        let g: Vec<(f64, f64)> = series
+            .iter()
+            .map(|p| (p.loss * 100.0, p.goodput_mbps))
+            .collect();
         ratio
             .draw_series(LineSeries::new(r.clone(), color.stroke_width(2)))
             .map_err(|e| anyhow!("{e}"))?
             .label(b.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
         ratio
-            .draw_series(r.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))
+            .draw_series(
+                r.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
+            )
             .map_err(|e| anyhow!("{e}"))?;
         goodput
             .draw_series(LineSeries::new(g.clone(), color.stroke_width(2)))
             .map_err(|e| anyhow!("{e}"))?;
         goodput
-            .draw_series(g.iter().map(|&(x, y)| Circle::new((x, y), 4, color.filled())))
+            .draw_series(
+                g.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
+            )
             .map_err(|e| anyhow!("{e}"))?;
         if let Some(first) = series.iter().find(|p| p.delivery_ratio() < 1.0) {
             let x = first.loss * 100.0;
             ratio
                 .draw_series(std::iter::once(Text::new(
-                    format!("{b}: below 100% from {x:.1}%"),
-                    (x, 8.0 + 8.0 * i as f64),
+                    format!("{b}: below 100% from {x:.1}% loss"),
+                    (max_loss * 0.3, 25.0 - 9.0 * i as f64),
                     ("sans-serif", 14).into_font().color(&color),
                 )))
                 .map_err(|e| anyhow!("{e}"))?;

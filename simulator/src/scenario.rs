@@ -137,7 +137,9 @@ pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
         });
     }
     if spec.repeat && phases.iter().any(|p| p.duration.is_none()) {
-        return Err(ScenarioError::Timeline("repeat = true needs a duration on every phase"));
+        return Err(ScenarioError::Timeline(
+            "repeat = true needs a duration on every phase",
+        ));
     }
     let mut outages = Vec::new();
     for o in &spec.outages {
@@ -240,11 +242,15 @@ mod tests {
 
     #[test]
     fn reports_mistakes_clearly() {
-        let e = parse("[[phase]]\nloss = \"5 percent\"\n").unwrap_err().to_string();
+        let e = parse("[[phase]]\nloss = \"5 percent\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("phase-1") && e.contains("5 percent"), "{e}");
         let e = parse("[[phase]]\nlos = \"5%\"\n").unwrap_err().to_string();
         assert!(e.contains("los"), "{e}");
-        let e = parse("[[phase]]\nname = \"a\"\n[[phase]]\nname = \"b\"\n").unwrap_err().to_string();
+        let e = parse("[[phase]]\nname = \"a\"\n[[phase]]\nname = \"b\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("duration"), "{e}");
         assert!(parse("seed = 1\n").is_err());
     }

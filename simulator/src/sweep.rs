@@ -136,13 +136,22 @@ impl Drop for Guard {
 }
 
 /// Writes the seeded test tree; returns (relative path, content) of every file.
-fn make_tree(root: &Path, files: usize, max_file: u64, seed: u64) -> Result<Vec<(String, Vec<u8>)>> {
+fn make_tree(
+    root: &Path,
+    files: usize,
+    max_file: u64,
+    seed: u64,
+) -> Result<Vec<(String, Vec<u8>)>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::new();
     let max_exp = (max_file.max(2) as f64).log2();
     for i in 0..files {
         // Spread sizes evenly in log scale so small and large files are both represented.
-        let exp = if files > 1 { max_exp * i as f64 / (files - 1) as f64 } else { max_exp };
+        let exp = if files > 1 {
+            max_exp * i as f64 / (files - 1) as f64
+        } else {
+            max_exp
+        };
         let len = 2f64.powf(exp) as usize;
         let mut data = vec![0u8; len];
         rng.fill(&mut data[..]);
@@ -156,7 +165,14 @@ fn make_tree(root: &Path, files: usize, max_file: u64, seed: u64) -> Result<Vec<
 }
 
 /// Runs one point of the sweep.
-fn run_point(o: &SweepOptions, src: &Path, tree: &[(String, Vec<u8>)], loss: f64, burst: f64, n: usize) -> Result<Point> {
+fn run_point(
+    o: &SweepOptions,
+    src: &Path,
+    tree: &[(String, Vec<u8>)],
+    loss: f64,
+    burst: f64,
+    n: usize,
+) -> Result<Point> {
     let work = o.out.join(format!("point-{n:02}"));
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
@@ -164,7 +180,10 @@ fn run_point(o: &SweepOptions, src: &Path, tree: &[(String, Vec<u8>)], loss: f64
     let receiver = Command::new(o.bin_dir.join("checkvalve-receive"))
         .args(["--bind", &recv_addr.to_string(), "--out"])
         .arg(work.join("out"))
-        .args(["--object-timeout", &format!("{}ms", o.object_timeout.as_millis())])
+        .args([
+            "--object-timeout",
+            &format!("{}ms", o.object_timeout.as_millis()),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(work.join("receiver.log"))?)
@@ -172,7 +191,11 @@ fn run_point(o: &SweepOptions, src: &Path, tree: &[(String, Vec<u8>)], loss: f64
         .context("cannot start checkvalve-receive")?;
     let _receiver = Guard(receiver);
 
-    let loss_model = if burst > 1.0 { Loss::bursty(loss, burst) } else { Loss::Independent(loss) };
+    let loss_model = if burst > 1.0 {
+        Loss::bursty(loss, burst)
+    } else {
+        Loss::Independent(loss)
+    };
     let forwarder = Forwarder::bind(Options {
         bind: "127.0.0.1:0".parse()?,
         to: recv_addr,
@@ -196,7 +219,14 @@ fn run_point(o: &SweepOptions, src: &Path, tree: &[(String, Vec<u8>)], loss: f64
 
     let started = Instant::now();
     let status = Command::new(o.bin_dir.join("checkvalve-send"))
-        .args(["--to", &sim_addr.to_string(), "--rate", &o.rate, "--fec", &o.fec])
+        .args([
+            "--to",
+            &sim_addr.to_string(),
+            "--rate",
+            &o.rate,
+            "--fec",
+            &o.fec,
+        ])
         .arg(src.join("tree"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -205,7 +235,10 @@ fn run_point(o: &SweepOptions, src: &Path, tree: &[(String, Vec<u8>)], loss: f64
         .context("cannot run checkvalve-send")?;
     let seconds = started.elapsed().as_secs_f64();
     if !status.success() {
-        bail!("sender failed ({status}); see {}", work.join("sender.log").display());
+        bail!(
+            "sender failed ({status}); see {}",
+            work.join("sender.log").display()
+        );
     }
 
     // Wait until every file arrived, or the receiver had time to declare the rest lost.
@@ -229,7 +262,9 @@ fn run_point(o: &SweepOptions, src: &Path, tree: &[(String, Vec<u8>)], loss: f64
         std::thread::sleep(Duration::from_millis(200));
     };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let report = link.join().map_err(|_| anyhow::anyhow!("link thread panicked"))??;
+    let report = link
+        .join()
+        .map_err(|_| anyhow::anyhow!("link thread panicked"))??;
     let bytes: u64 = tree.iter().map(|(_, d)| d.len() as u64).sum();
     Ok(Point {
         loss,

@@ -38,10 +38,7 @@ fn assert_identical_through(sim: &[&str]) {
     let log = rig.receiver.log_text();
     eprintln!(
         "{}",
-        log.lines()
-            .filter(|l| l.contains(" stats "))
-            .next_back()
-            .unwrap_or("")
+        log.lines().rfind(|l| l.contains(" stats ")).unwrap_or("")
     );
 }
 
