@@ -286,7 +286,9 @@ pub struct Link {
     line_bytes: usize,
     link_free: Option<Instant>,
     phases: Vec<Counters>,
+    /// Consecutive drops so far, and the phase they belong to (a burst does not span phases).
     run: u64,
+    run_phase: usize,
 }
 
 impl Link {
@@ -305,6 +307,7 @@ impl Link {
             link_free: None,
             phases: vec![Counters::default(); n],
             run: 0,
+            run_phase: 0,
         }
     }
 
@@ -360,6 +363,10 @@ impl Link {
             Drop::Outage => c.dropped_outage += 1,
             Drop::Queue => c.dropped_queue += 1,
             Drop::Mtu => c.dropped_mtu += 1,
+        }
+        if self.run_phase != phase {
+            self.run = 0;
+            self.run_phase = phase;
         }
         self.run += 1;
         c.longest_burst = c.longest_burst.max(self.run);
