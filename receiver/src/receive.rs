@@ -45,6 +45,8 @@ pub struct Receive {
     stats_every: Duration,
     last_stats: Instant,
     reported_malformed: u64,
+    /// Datagram count at the last statistics line: an idle receiver does not repeat itself.
+    reported_datagrams: Option<u64>,
 }
 
 impl Receive {
@@ -66,6 +68,7 @@ impl Receive {
             stats_every,
             last_stats: Instant::now(),
             reported_malformed: 0,
+            reported_datagrams: None,
         }
     }
 
@@ -100,7 +103,7 @@ impl Receive {
                 self.drain_events();
                 if now - self.last_stats >= self.stats_every {
                     self.last_stats = now;
-                    self.log_stats(net_dropped.load(Ordering::Relaxed));
+                    self.log_stats(net_dropped.load(Ordering::Relaxed), false);
                 }
             }
         }
@@ -114,11 +117,15 @@ impl Receive {
         for key in self.files.keys() {
             self.share.discard(*key);
         }
-        self.log_stats(net_dropped.load(Ordering::Relaxed));
+        self.log_stats(net_dropped.load(Ordering::Relaxed), true);
     }
 
-    fn log_stats(&mut self, net_dropped: u64) {
+    fn log_stats(&mut self, net_dropped: u64, always: bool) {
         let c = self.asm.counters();
+        if !always && self.reported_datagrams == Some(c.datagrams) {
+            return;
+        }
+        self.reported_datagrams = Some(c.datagrams);
         if c.malformed > self.reported_malformed {
             warn!(
                 count = c.malformed - self.reported_malformed,
