@@ -165,7 +165,7 @@ impl Receive {
 
     fn fail(&mut self, key: ObjectKey, what: std::fmt::Arguments<'_>) {
         let path = self.names.remove(&key);
-        error!(path = path.as_deref().unwrap_or("(unknown)"), object = %key, "lost: {what}");
+        error!(path = %path.as_deref().unwrap_or("(unknown)"), object = %key, "lost: {what}");
         self.asm.abandon(key);
         self.files.remove(&key);
         self.share.discard(key);

@@ -243,8 +243,18 @@ pub struct Rig {
 impl Rig {
     /// Starts a receiver, and a simulator in front of it with `sim_args` unless `None`.
     pub fn start(sim_args: Option<&[&str]>, receiver_args: &[&str]) -> Rig {
+        Rig::start_with(sim_args, receiver_args, |_| {})
+    }
+
+    /// Like [`Rig::start`], calling `prepare` with the output folder path before the receiver starts.
+    pub fn start_with(
+        sim_args: Option<&[&str]>,
+        receiver_args: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("out");
+        prepare(&out);
         let rport = free_port();
         let receiver_addr = format!("127.0.0.1:{rport}");
         let mut rargs = vec![

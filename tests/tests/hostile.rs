@@ -131,3 +131,71 @@ fn unsafe_names_are_refused_and_logged() {
         .collect();
     assert!(published.is_empty(), "{published:?}");
 }
+
+/// Unmounts a filesystem when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_costs_only_the_file_that_does_not_fit() {
+    let mut mount = None;
+    let rig = Rig::start_with(None, &["--min-free", "0"], |out| {
+        std::fs::create_dir_all(out).expect("mkdir");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+            .arg(out)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            mount = Some(Mount(out.to_path_buf()));
+        }
+    });
+    if mount.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to mount a small tmpfs (run as root)"
+        );
+        eprintln!("cannot mount tmpfs (not root?): skipped");
+        return;
+    }
+    let src = rig.dir.path().join("src");
+    checkvalve_tests::write_file(&src.join("before/a.csv"), 100_000, 1);
+    checkvalve_tests::write_file(&src.join("huge/dump.bin"), 12 << 20, 2);
+    checkvalve_tests::write_file(&src.join("after/b.csv"), 100_000, 3);
+    for (i, part) in ["before", "huge", "after"].iter().enumerate() {
+        assert!(
+            rig.send(&[&src.join(part)], &[], Duration::from_secs(60))
+                .success()
+        );
+        rig.settle(i + 1, Duration::from_secs(30));
+    }
+    let outcome = rig.settle(3, Duration::from_secs(30));
+    assert!(rig.receiver.pid().is_some(), "receiver died");
+    assert_eq!(outcome.lost_named, ["huge/dump.bin"], "{outcome:?}");
+    assert!(
+        rig.receiver.log_text().contains("not enough disk space")
+            || rig.receiver.log_text().contains("No space left")
+    );
+    for f in ["before/a.csv", "after/b.csv"] {
+        assert_eq!(
+            std::fs::read(rig.out.join(f)).expect("delivered"),
+            std::fs::read(src.join(f)).expect("source"),
+            "{f}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(rig.out.join(".checkvalve/tmp"))
+            .expect("tmp")
+            .count(),
+        0
+    );
+    drop(rig);
+}
