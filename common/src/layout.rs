@@ -76,7 +76,7 @@ impl Geometry {
 
     /// Total blocks: head, content and digest.
     pub fn block_count(&self) -> u64 {
-        self.content_blocks() + 2
+        self.content_blocks().saturating_add(2)
     }
 
     /// Where block `b` sits, or `None` if the object has no such block.
@@ -139,6 +139,22 @@ mod tests {
         let b4 = g.block(4).unwrap();
         assert_eq!((b4.section, b4.data_shards), (Section::Digest, 4));
         assert!(g.block(5).is_none());
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_without_overflow() {
+        let h = ShardHeader {
+            session: 1,
+            object: 0,
+            block: 0,
+            shard: 0,
+            data_shards: 1,
+            parity_shards: 0,
+            shard_len: 1,
+            head_len: 1,
+            content_len: u64::MAX,
+        };
+        assert!(Geometry::from_header(&h).is_err());
     }
 
     #[test]

@@ -158,15 +158,15 @@ impl ShardHeader {
             head_len: be_u16(bytes, 34),
             content_len: be_u64(bytes, 36),
         };
-        if bytes[31] != 0 {
-            return Err(WireError::InvalidHeader("reserved byte 31 is not 0"));
-        }
         let expected = SHARD_OVERHEAD + usize::from(h.shard_len);
         if bytes.len() != expected {
             return Err(WireError::LengthMismatch {
                 expected,
                 actual: bytes.len(),
             });
+        }
+        if bytes[31] != 0 {
+            return Err(WireError::InvalidHeader("reserved byte 31 is not 0"));
         }
         h.validate()?;
         Ok((h, &bytes[SHARD_HEADER_LEN..bytes.len() - CRC_LEN]))

@@ -338,6 +338,42 @@ proptest! {
         }
     }
 
+    /// Datagrams with a valid CRC but arbitrary header fields (a forging or buggy sender) are
+    /// rejected or absorbed without a panic, and state stays within its bounds.
+    #[test]
+    fn forged_headers_with_valid_crc_are_harmless(
+        headers in prop::collection::vec(
+            (any::<u64>(), any::<u32>(), any::<u8>(), any::<u8>(), any::<u8>(), 1u16..48, any::<u16>(),
+             prop_oneof![any::<u64>(), 0u64..100_000, Just(u64::MAX)]),
+            1..300),
+    ) {
+        let config = AssemblerConfig { max_pending_bytes: 1 << 20, max_objects: 16, ..AssemblerConfig::default() };
+        let mut asm = Assembler::new(config);
+        let t0 = Instant::now();
+        for (i, (object, block, shard, k, m, l, head_len, content_len)) in headers.into_iter().enumerate() {
+            let h = wire::ShardHeader {
+                session: (i % 3) as u64,
+                object: object % 8,
+                block: block % 4,
+                shard,
+                data_shards: k,
+                parity_shards: m,
+                shard_len: l,
+                head_len,
+                content_len,
+            };
+            let mut d = Vec::new();
+            h.emit(&vec![i as u8; usize::from(l)], &mut d);
+            let _ = asm.handle_datagram(t0, &d);
+            while asm.poll_event().is_some() {}
+            prop_assert!(asm.pending_bytes() <= 1 << 20);
+            prop_assert!(asm.objects_in_progress() <= 16);
+        }
+        asm.handle_timeout(t0 + Duration::from_secs(60));
+        prop_assert_eq!(asm.objects_in_progress(), 0);
+        prop_assert_eq!(asm.pending_bytes(), 0);
+    }
+
     /// Random bytes never crash the assembler nor grow its state.
     #[test]
     fn random_datagrams_are_harmless(blobs in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..1600), 1..200)) {

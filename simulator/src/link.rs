@@ -658,6 +658,46 @@ mod tests {
     }
 
     #[test]
+    fn delay_and_jitter_stay_within_their_bounds() {
+        let cfg = LinkConfig {
+            delay: Duration::from_millis(20),
+            jitter: Duration::from_millis(5),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let mut link = Link::new(Schedule::constant(cfg), 6, t0);
+        for i in 0..2000u64 {
+            link.push(t0 + Duration::from_micros(i * 10), vec![0; 8]);
+        }
+        assert!(link.poll(t0 + Duration::from_millis(20)).is_none());
+        let mut seen = 0;
+        let mut late = Duration::ZERO;
+        while let Some(due) = link.next_due() {
+            while link.poll(due).is_some() {
+                seen += 1;
+                late = late.max(due - t0);
+            }
+        }
+        assert_eq!(seen, 2000);
+        // Last arrival at 19.99 ms, plus 20 ms delay, plus under 5 ms of jitter.
+        assert!(late < Duration::from_micros(19_990 + 25_000), "{late:?}");
+        assert!(late > Duration::from_millis(40));
+    }
+
+    #[test]
+    fn duplication_matches_its_rate_and_copies_are_identical() {
+        let cfg = LinkConfig {
+            duplicate: 0.1,
+            ..Default::default()
+        };
+        let (c, out, _) = run(cfg, 8, 100_000);
+        assert!((c.duplicated as f64 / 100_000.0 - 0.1).abs() < 0.005);
+        assert_eq!(out.len() as u64, 100_000 + c.duplicated);
+        let doubles = out.windows(2).filter(|w| w[0] == w[1]).count() as u64;
+        assert_eq!(doubles, c.duplicated);
+    }
+
+    #[test]
     fn rate_limit_paces_and_tail_drops() {
         let cfg = LinkConfig {
             rate_bps: Some(8_000_000),
