@@ -1,6 +1,7 @@
 //! `checkvalve-receive`: rebuilds what crossed a one-way link, verifies it end to end, and
 //! publishes it atomically into an output folder. It never sends anything.
 
+mod manifest;
 mod net;
 mod receive;
 mod share;
@@ -47,6 +48,9 @@ struct Args {
     /// Kernel receive buffer to ask for.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     rcvbuf: u64,
+    /// Manifest of outcomes, one JSON line per file [default: OUT/.checkvalve/manifest.jsonl].
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
     /// Interval between statistics lines.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     stats_interval: Duration,
@@ -87,6 +91,16 @@ fn run(args: Args) -> Result<()> {
             "removed unfinished temporary files from a previous run"
         );
     }
+    let manifest_path = args.manifest.clone().unwrap_or_else(|| {
+        share
+            .root()
+            .join(checkvalve_common::meta::STATE_DIR)
+            .join("manifest.jsonl")
+    });
+    let manifest = Arc::new(
+        manifest::Manifest::open(&manifest_path)
+            .with_context(|| format!("cannot open manifest {}", manifest_path.display()))?,
+    );
     raise_fd_limit();
     let socket = net::bind(bind, usize::try_from(args.rcvbuf).unwrap_or(usize::MAX))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -94,7 +108,7 @@ fn run(args: Args) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("cannot install signal handler")?;
     }
-    info!(%bind, out = %share.root().display(), "receiving");
+    info!(%bind, out = %share.root().display(), manifest = %manifest_path.display(), "receiving");
 
     let dropped = Arc::new(AtomicU64::new(0));
     let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel(QUEUED_CHUNKS);
@@ -109,10 +123,10 @@ fn run(args: Args) -> Result<()> {
     // receive loop must never wait for hashing or fsync.
     let (job_tx, job_rx) = std::sync::mpsc::channel();
     let finisher = {
-        let share = share.clone();
+        let (share, manifest) = (share.clone(), Arc::clone(&manifest));
         std::thread::Builder::new()
             .name("publish".into())
-            .spawn(move || receive::finisher(share, job_rx))?
+            .spawn(move || receive::finisher(share, manifest, job_rx))?
     };
     let config = AssemblerConfig {
         object_timeout: args.object_timeout,
@@ -123,6 +137,7 @@ fn run(args: Args) -> Result<()> {
     let mut rx = receive::Receive::new(
         Assembler::new(config),
         share,
+        manifest,
         job_tx,
         args.min_free,
         args.stats_interval,

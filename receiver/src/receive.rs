@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use checkvalve_common::link::LinkChange;
 use checkvalve_common::meta::{DIGEST_LEN, Head};
 use tracing::{debug, error, info, warn};
 
+use crate::manifest::Manifest;
 use crate::net::Chunk;
 use crate::share::Share;
 
@@ -24,11 +26,23 @@ pub struct Job {
 
 /// Verifies and publishes jobs until the channel closes. Runs on its own thread so hashing and
 /// fsync never hold up reception.
-pub fn finisher(share: Share, jobs: Receiver<Job>) {
+pub fn finisher(share: Share, manifest: Arc<Manifest>, jobs: Receiver<Job>) {
     for job in jobs {
+        let object = job.key.to_string();
         match share.publish(job.key, &job.head, &job.digest) {
-            Ok(_) => info!(path = %job.head.path, size = job.head.size, "delivered"),
-            Err(e) => error!(path = %job.head.path, object = %job.key, "lost: not published: {e}"),
+            Ok(_) => {
+                info!(path = %job.head.path, size = job.head.size, "delivered");
+                manifest.delivered(&object, &job.head, &job.digest);
+            }
+            Err(e) => {
+                error!(path = %job.head.path, object, "lost: not published: {e}");
+                manifest.lost(
+                    &object,
+                    Some(&job.head.path),
+                    Some(job.head.size),
+                    format!("not published: {e}"),
+                );
+            }
         }
     }
 }
@@ -37,9 +51,11 @@ pub fn finisher(share: Share, jobs: Receiver<Job>) {
 pub struct Receive {
     asm: Assembler,
     share: Share,
+    manifest: Arc<Manifest>,
     jobs: Sender<Job>,
     files: HashMap<ObjectKey, File>,
-    names: HashMap<ObjectKey, String>,
+    /// Path and size of objects whose head arrived, for naming them if they fail.
+    names: HashMap<ObjectKey, (String, u64)>,
     /// Free space kept on the output filesystem; an object that would eat into it is refused.
     min_free: u64,
     stats_every: Duration,
@@ -54,6 +70,7 @@ impl Receive {
     pub fn new(
         asm: Assembler,
         share: Share,
+        manifest: Arc<Manifest>,
         jobs: Sender<Job>,
         min_free: u64,
         stats_every: Duration,
@@ -61,6 +78,7 @@ impl Receive {
         Receive {
             asm,
             share,
+            manifest,
             jobs,
             files: HashMap::new(),
             names: HashMap::new(),
@@ -164,8 +182,15 @@ impl Receive {
     }
 
     fn fail(&mut self, key: ObjectKey, what: std::fmt::Arguments<'_>) {
-        let path = self.names.remove(&key);
-        error!(path = %path.as_deref().unwrap_or("(unknown)"), object = %key, "lost: {what}");
+        let named = self.names.remove(&key);
+        let path = named.as_ref().map(|(p, _)| p.as_str());
+        error!(path = %path.unwrap_or("(unknown)"), object = %key, "lost: {what}");
+        self.manifest.lost(
+            &key.to_string(),
+            path,
+            named.as_ref().map(|(_, s)| *s),
+            what.to_string(),
+        );
         self.asm.abandon(key);
         self.files.remove(&key);
         self.share.discard(key);
@@ -188,7 +213,7 @@ impl Receive {
             }
             Event::Head { key, head } => {
                 debug!(path = %head.path, size = head.size, object = %key, "incoming");
-                self.names.insert(key, head.path.clone());
+                self.names.insert(key, (head.path.clone(), head.size));
                 if let Some(free) = self.share.free_bytes()
                     && free < head.size.saturating_add(self.min_free)
                 {
@@ -223,15 +248,17 @@ impl Receive {
                 }
             }
             Event::Abandoned { key, path, reason } => {
-                self.names.remove(&key);
+                let size = self.names.remove(&key).map(|(_, s)| s);
                 self.files.remove(&key);
                 self.share.discard(key);
-                match path {
+                match &path {
                     Some(p) => warn!(path = %p, object = %key, "lost: {reason}"),
                     None => {
                         warn!(object = %key, "lost (name unknown, metadata not recovered): {reason}")
                     }
                 }
+                self.manifest
+                    .lost(&key.to_string(), path.as_deref(), size, reason.to_string());
             }
             Event::Missing {
                 session,
@@ -243,6 +270,12 @@ impl Receive {
                     first,
                     last,
                     "lost: objects {first}..={last} (names unknown): not one datagram arrived"
+                );
+                self.manifest.lost(
+                    &format!("{session:016x}-{first}..={last}"),
+                    None,
+                    None,
+                    "not one datagram arrived".into(),
                 );
             }
         }
