@@ -27,8 +27,9 @@ fn random_datagrams_neither_crash_nor_bloat_the_receiver_and_a_transfer_still_su
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let mut rng = ChaCha8Rng::seed_from_u64(99);
     let mut buf = vec![0u8; 1500];
-    let mut rss_after_warmup = 0;
-    for round in 0..20 {
+    // 400,000 datagrams, about 300 MB: far more than the receiver may hold (its socket-thread
+    // queue is bounded to 64K datagrams, about 95 MiB), so retaining them would show.
+    for _ in 0..40 {
         for i in 0..10_000 {
             let len = rng.random_range(0..1500);
             rng.fill(&mut buf[..len]);
@@ -38,16 +39,14 @@ fn random_datagrams_neither_crash_nor_bloat_the_receiver_and_a_transfer_still_su
             }
             let _ = sock.send_to(&buf[..len], &rig.receiver_addr);
         }
-        std::thread::sleep(Duration::from_millis(20));
-        if round == 2 {
-            rss_after_warmup = rss_kib(pid);
-        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(500));
     let rss_end = rss_kib(pid);
+    eprintln!("receiver RSS after the flood: {rss_end} KiB");
     assert!(
-        rss_end < rss_after_warmup + 20 * 1024,
-        "receiver memory grew from {rss_after_warmup} KiB to {rss_end} KiB under garbage"
+        rss_end < 160 * 1024,
+        "receiver memory reached {rss_end} KiB under garbage"
     );
     assert!(rig.receiver.pid().is_some());
 
