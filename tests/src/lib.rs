@@ -5,7 +5,7 @@ use std::fs;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -53,6 +53,16 @@ pub fn bin(name: &str) -> PathBuf {
         profile_dir
     });
     dir.join(name)
+}
+
+/// Holds the machine for one end-to-end test at a time.
+///
+/// Two transfers at once compete for two cores and turn CPU contention into socket-buffer loss.
+/// Under `cargo nextest` each test is its own process and the `end-to-end` test group serialises
+/// them; under `cargo test` the tests of one binary are threads, and this lock does it.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A free UDP port on 127.0.0.1.
@@ -238,6 +248,7 @@ pub struct Rig {
     pub send_to: String,
     /// Where the receiver listens.
     pub receiver_addr: String,
+    _serial: MutexGuard<'static, ()>,
 }
 
 impl Rig {
@@ -252,6 +263,7 @@ impl Rig {
         receiver_args: &[&str],
         prepare: impl FnOnce(&Path),
     ) -> Rig {
+        let serial = serial();
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("out");
         prepare(&out);
@@ -293,6 +305,7 @@ impl Rig {
             sim,
             send_to,
             receiver_addr,
+            _serial: serial,
         }
     }
 

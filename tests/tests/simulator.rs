@@ -4,7 +4,7 @@ use std::net::UdpSocket;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use checkvalve_tests::{Proc, bin, free_port, wait_for_log};
+use checkvalve_tests::{Proc, bin, free_port, serial, wait_for_log};
 use pcap_file::pcap::PcapReader;
 use serde_json::Value;
 
@@ -77,6 +77,7 @@ fn without_timing(mut v: Value) -> Value {
 
 #[test]
 fn same_seed_and_input_give_identical_counters_and_pcap_and_tshark_agrees() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tmp");
     let mut runs = Vec::new();
     for run in 0..2 {
@@ -150,6 +151,7 @@ fn same_seed_and_input_give_identical_counters_and_pcap_and_tshark_agrees() {
 
 #[test]
 fn the_simulator_never_sends_anything_back_toward_the_sender() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tmp");
     // Forward to a port where nothing listens, so ICMP errors come back to the simulator too.
     let dead = format!("127.0.0.1:{}", free_port());
@@ -193,6 +195,7 @@ fn the_simulator_never_sends_anything_back_toward_the_sender() {
 
 #[test]
 fn the_rate_limit_holds_within_3_percent() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tmp");
     let rate = 20_000_000f64;
     let (mut sim, sink, addr) = start_sim(dir.path(), "sim", &["--rate", "20M", "--queue", "256k"]);
@@ -247,6 +250,7 @@ fn the_rate_limit_holds_within_3_percent() {
 
 #[test]
 fn a_sweep_over_six_loss_rates_writes_csv_and_svg() {
+    let _serial = serial();
     let dir = tempfile::tempdir().expect("tmp");
     let out = dir.path().join("sweep");
     let mut sweep = Proc::start(
