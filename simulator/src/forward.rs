@@ -17,6 +17,8 @@ use crate::report::Report;
 
 /// Datagrams taken from the socket before the link is polled again.
 const BATCH: usize = 64;
+/// Forwarded datagram buffers kept for reuse, so steady forwarding does not allocate.
+const POOL: usize = 4096;
 
 /// How to run the forwarder.
 #[derive(Debug, Clone)]
@@ -92,6 +94,7 @@ impl Forwarder {
         };
         let fd = self.inbound.as_raw_fd();
         let mut buf = vec![0u8; 65_535];
+        let mut pool: Vec<Vec<u8>> = Vec::new();
         let mut timeout = Duration::ZERO;
         let mut send_errors = 0u64;
         let mut last_stats = (start, Counters::default());
@@ -111,7 +114,12 @@ impl Forwarder {
             let mut flags = MsgFlags::empty();
             for _ in 0..BATCH {
                 match recv(fd, &mut buf, flags) {
-                    Ok(n) => link.push(Instant::now(), buf[..n].to_vec()),
+                    Ok(n) => {
+                        let mut d = pool.pop().unwrap_or_default();
+                        d.clear();
+                        d.extend_from_slice(&buf[..n]);
+                        link.push(Instant::now(), d);
+                    }
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(_) => break,
                 }
@@ -124,6 +132,9 @@ impl Forwarder {
                 }
                 if let Some(c) = capture.as_mut() {
                     c.record(&d).context("cannot write the capture")?;
+                }
+                if pool.len() < POOL {
+                    pool.push(d);
                 }
             }
             if let Some(every) = o.stats_every
