@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
         .collect();
     g.bench_function("reassemble 64:22 at 5% loss (parse + decode)", |b| {
         b.iter(|| {
-            let mut asm = Assembler::new(AssemblerConfig::default());
+            let mut asm = Assembler::new(AssemblerConfig::default(), Instant::now());
             let now = Instant::now();
             let mut done = false;
             for d in &lossy {

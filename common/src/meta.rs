@@ -4,7 +4,7 @@ use bincode::{Decode, Encode};
 use thiserror::Error;
 
 /// Longest encoded head accepted, so that one head always fits the 16-bit `head_len` field.
-pub const MAX_HEAD_LEN: usize = 8192;
+pub const MAX_HEAD_LEN: usize = crate::wire::MAX_HEAD_LEN;
 /// Longest relative path accepted, in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
 /// Longest single path component accepted, in bytes (the usual filesystem limit).
@@ -138,10 +138,34 @@ pub fn check_path(path: &str) -> Result<(), MetaError> {
             "." | ".." => return bad("dot component"),
             c if c.len() > MAX_COMPONENT_LEN => return bad("component too long"),
             STATE_DIR if i == 0 => return bad("inside the receiver's state folder"),
+            c if windows_reserved(c) => return bad("a name Windows cannot hold"),
             _ => {}
         }
     }
     Ok(())
+}
+
+/// Names vendors reading the share over SMB from Windows could not open: device names (with any
+/// extension), names ending in a dot or a space, and the characters Windows forbids.
+fn windows_reserved(component: &str) -> bool {
+    const DEVICES: [&str; 4] = ["CON", "PRN", "AUX", "NUL"];
+    if component.ends_with('.') || component.ends_with(' ') {
+        return true;
+    }
+    if component.contains(['<', '>', ':', '"', '|', '?', '*']) {
+        return true;
+    }
+    let stem = component.split('.').next().unwrap_or(component).trim_end();
+    let upper = stem.to_ascii_uppercase();
+    if DEVICES.contains(&upper.as_str()) {
+        return true;
+    }
+    let numbered = |prefix: &str| {
+        upper
+            .strip_prefix(prefix)
+            .is_some_and(|d| d.len() == 1 && d.as_bytes()[0].is_ascii_digit() && d != "0")
+    };
+    numbered("COM") || numbered("LPT")
 }
 
 #[cfg(test)]
@@ -178,6 +202,15 @@ mod tests {
             "a\\..\\b",
             ".checkvalve/tmp/x",
             "a\nb",
+            "CON",
+            "logs/nul.txt",
+            "aux.tar.gz",
+            "com1",
+            "LPT9.log",
+            "a/b.",
+            "a/b ",
+            "what?.txt",
+            "a:b",
         ] {
             assert!(check_path(p).is_err(), "{p:?} accepted");
         }
@@ -187,6 +220,10 @@ mod tests {
             ".hidden",
             "a/.checkvalve",
             "日本/ファイル",
+            "console.log",
+            "com10",
+            "nullable.csv",
+            "com0",
         ] {
             assert!(check_path(p).is_ok(), "{p:?} refused");
         }

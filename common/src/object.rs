@@ -5,7 +5,9 @@ use thiserror::Error;
 
 use crate::layout::Geometry;
 use crate::meta::{DIGEST_LEN, Head, MetaError};
-use crate::wire::{MAX_SHARD_LEN, MAX_SHARDS_PER_BLOCK, ShardHeader};
+use crate::wire::{
+    MAX_SHARD_LEN, MAX_SHARDS_PER_BLOCK, MIN_SHARD_LEN, RESERVED_OBJECT, ShardHeader,
+};
 
 /// FEC shape chosen by the sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +43,10 @@ impl FecParams {
                 "data shards must be >= 1 and K + M <= 256",
             ));
         }
-        if self.shard_len == 0 || usize::from(self.shard_len) > MAX_SHARD_LEN {
-            return Err(ObjectError::BadParams("shard length out of range"));
+        if !(MIN_SHARD_LEN..=MAX_SHARD_LEN).contains(&usize::from(self.shard_len)) {
+            return Err(ObjectError::BadParams(
+                "shard length out of range (32 to 65,459)",
+            ));
         }
         Ok(())
     }
@@ -121,6 +125,9 @@ impl ObjectEncoder {
         params: FecParams,
     ) -> Result<(Self, DataBlock), ObjectError> {
         params.validate()?;
+        if object == RESERVED_OBJECT {
+            return Err(ObjectError::BadParams("object number 2^64-1 is reserved"));
+        }
         let head_bytes = head.encode()?;
         let widest = (head_bytes.len() as u64)
             .max(DIGEST_LEN as u64)

@@ -57,6 +57,7 @@ impl<V: Copy> RangeMap<V> {
         if s < x {
             self.ranges.insert(s, (x, v));
         }
+        // `x < e`, so `x + 1` cannot overflow.
         if x + 1 < e {
             self.ranges.insert(x + 1, (e, v));
         }
@@ -73,6 +74,16 @@ impl<V: Copy> RangeMap<V> {
         hit.into_iter()
             .filter_map(|s| self.ranges.remove(&s).map(|(e, v)| (s, e, v)))
             .collect()
+    }
+
+    /// Removes and returns the lowest range.
+    pub fn pop_first(&mut self) -> Option<(u64, u64, V)> {
+        self.ranges.pop_first().map(|(s, (e, v))| (s, e, v))
+    }
+
+    /// Every range, lowest first.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64, V)> + '_ {
+        self.ranges.iter().map(|(&s, &(e, v))| (s, e, v))
     }
 
     /// Number of disjoint ranges.

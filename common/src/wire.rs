@@ -23,6 +23,13 @@ pub const HEARTBEAT_LEN: usize = 52;
 pub const MAX_DATAGRAM_LEN: usize = 65_507;
 /// Largest shard length that still fits in one UDP datagram.
 pub const MAX_SHARD_LEN: usize = MAX_DATAGRAM_LEN - SHARD_OVERHEAD;
+/// Shortest shard length a sender produces (every object's head is longer, see the spec §3):
+/// anything shorter only multiplies a receiver's per-shard bookkeeping.
+pub const MIN_SHARD_LEN: usize = 32;
+/// Longest encoded metadata head (the spec's limit; equals `meta::MAX_HEAD_LEN`).
+pub const MAX_HEAD_LEN: usize = 8192;
+/// The one object number never used, so that `object + 1` always exists.
+pub const RESERVED_OBJECT: u64 = u64::MAX;
 /// Reed-Solomon over GF(2^8) allows at most this many shards (data + parity) per block.
 pub const MAX_SHARDS_PER_BLOCK: usize = 256;
 
@@ -133,11 +140,15 @@ impl ShardHeader {
         if self.data_shards == 0 {
             return Err(WireError::InvalidHeader("data_shards is 0"));
         }
-        if self.shard_len == 0 || usize::from(self.shard_len) > MAX_SHARD_LEN {
+        let l = usize::from(self.shard_len);
+        if !(MIN_SHARD_LEN..=MAX_SHARD_LEN).contains(&l) {
             return Err(WireError::InvalidHeader("shard_len out of range"));
         }
-        if self.head_len == 0 {
-            return Err(WireError::InvalidHeader("head_len is 0"));
+        if self.head_len == 0 || usize::from(self.head_len) > MAX_HEAD_LEN {
+            return Err(WireError::InvalidHeader("head_len out of range"));
+        }
+        if self.object == RESERVED_OBJECT {
+            return Err(WireError::InvalidHeader("object number 2^64-1 is reserved"));
         }
         Ok(())
     }
@@ -284,7 +295,7 @@ mod tests {
             shard: 5,
             data_shards: 64,
             parity_shards: 22,
-            shard_len: 4,
+            shard_len: 32,
             head_len: 60,
             content_len: 1000,
         }
@@ -293,9 +304,9 @@ mod tests {
     #[test]
     fn shard_round_trips() {
         let mut out = Vec::new();
-        header().emit(b"abcd", &mut out);
-        assert_eq!(out.len(), SHARD_OVERHEAD + 4);
-        assert_eq!(parse(&out), Ok(Datagram::Shard(header(), &b"abcd"[..])));
+        header().emit(&[7; 32], &mut out);
+        assert_eq!(out.len(), SHARD_OVERHEAD + 32);
+        assert_eq!(parse(&out), Ok(Datagram::Shard(header(), &[7u8; 32][..])));
     }
 
     #[test]
@@ -315,7 +326,7 @@ mod tests {
     #[test]
     fn unknown_flags_are_rejected_even_with_a_valid_crc() {
         let mut out = Vec::new();
-        header().emit(b"abcd", &mut out);
+        header().emit(&[7; 32], &mut out);
         out[7] = 1;
         let n = out.len() - CRC_LEN;
         let crc = crc32fast::hash(&out[..n]);
@@ -326,10 +337,55 @@ mod tests {
     #[test]
     fn length_must_match_the_header() {
         let mut out = Vec::new();
-        header().emit(b"abcd", &mut out);
+        header().emit(&[7; 32], &mut out);
         out.truncate(out.len() - CRC_LEN - 1);
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         assert!(matches!(parse(&out), Err(WireError::LengthMismatch { .. })));
+    }
+
+    fn reemit(h: ShardHeader) -> Result<(), WireError> {
+        let mut out = Vec::new();
+        h.emit(&vec![0; usize::from(h.shard_len)], &mut out);
+        parse(&out).map(|_| ())
+    }
+
+    #[test]
+    fn field_limits_are_enforced() {
+        assert!(
+            reemit(ShardHeader {
+                shard_len: 31,
+                ..header()
+            })
+            .is_err()
+        );
+        assert!(
+            reemit(ShardHeader {
+                head_len: 8193,
+                ..header()
+            })
+            .is_err()
+        );
+        assert!(
+            reemit(ShardHeader {
+                head_len: 8192,
+                ..header()
+            })
+            .is_ok()
+        );
+        assert!(
+            reemit(ShardHeader {
+                object: u64::MAX,
+                ..header()
+            })
+            .is_err()
+        );
+        assert!(
+            reemit(ShardHeader {
+                object: u64::MAX - 1,
+                ..header()
+            })
+            .is_ok()
+        );
     }
 }

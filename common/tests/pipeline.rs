@@ -23,6 +23,17 @@ fn content(seed: u64, len: usize) -> Vec<u8> {
 
 /// Encodes `files` as one transfer and returns its datagrams in transmission order.
 fn encode(files: &[(String, Vec<u8>)], fec: FecParams, il: InterleaveParams) -> Vec<Vec<u8>> {
+    encode_as(SESSION, 0, files, fec, il)
+}
+
+/// Like [`encode`], as objects `first..` of `session`.
+fn encode_as(
+    session: u64,
+    first: u64,
+    files: &[(String, Vec<u8>)],
+    fec: FecParams,
+    il: InterleaveParams,
+) -> Vec<Vec<u8>> {
     let mut inter = Interleaver::new(il);
     let mut out = Vec::new();
     let mut take = |batch: Option<checkvalve_common::interleave::Batch>| {
@@ -38,7 +49,8 @@ fn encode(files: &[(String, Vec<u8>)], fec: FecParams, il: InterleaveParams) -> 
             mtime_nanos: 0,
             kind: ObjectKind::File,
         };
-        let (mut enc, head_block) = ObjectEncoder::new(SESSION, i as u64, &head, fec).unwrap();
+        let (mut enc, head_block) =
+            ObjectEncoder::new(session, first + i as u64, &head, fec).unwrap();
         let mut blocks = vec![head_block];
         for chunk in data.chunks(10_000) {
             enc.push(chunk, &mut blocks).unwrap();
@@ -63,7 +75,7 @@ struct Outcome {
 /// Feeds datagrams to an assembler, then lets every timeout expire.
 fn receive(datagrams: &[Vec<u8>], config: AssemblerConfig) -> (Outcome, Assembler) {
     let t0 = Instant::now();
-    let mut asm = Assembler::new(config);
+    let mut asm = Assembler::new(config, Instant::now());
     let mut files: HashMap<ObjectKey, Vec<u8>> = HashMap::new();
     let mut out = Outcome::default();
     let mut drain = |asm: &mut Assembler, out: &mut Outcome| {
@@ -77,7 +89,9 @@ fn receive(datagrams: &[Vec<u8>], config: AssemblerConfig) -> (Outcome, Assemble
                     }
                     f[offset as usize..end].copy_from_slice(&data);
                 }
-                Event::Complete { key, head, digest } => {
+                Event::Complete {
+                    key, head, digest, ..
+                } => {
                     let mut f = files.remove(&key).unwrap_or_default();
                     f.resize(head.size as usize, 0);
                     let actual: [u8; 32] = sha2::Sha256::digest(&f).into();
@@ -258,10 +272,10 @@ fn memory_bound_holds_under_a_flood_of_block_starts() {
         ..AssemblerConfig::default()
     };
     let t0 = Instant::now();
-    let mut asm = Assembler::new(config);
+    let mut asm = Assembler::new(config, Instant::now());
     for d in &parity_only {
         let _ = asm.handle_datagram(t0, d);
-        assert!(asm.pending_bytes() <= 1 << 20);
+        assert!(asm.held_bytes() <= 1 << 20);
     }
     assert!(asm.counters().over_budget > 0);
     asm.handle_timeout(t0 + Duration::from_secs(60));
@@ -343,18 +357,22 @@ proptest! {
     #[test]
     fn forged_headers_with_valid_crc_are_harmless(
         headers in prop::collection::vec(
-            (any::<u64>(), any::<u32>(), any::<u8>(), any::<u8>(), any::<u8>(), 1u16..48, any::<u16>(),
+            (prop_oneof![any::<u64>(), 0u64..8, Just(u64::MAX), Just(u64::MAX - 1)],
+             prop_oneof![any::<u32>(), 0u32..4, Just(u32::MAX)],
+             any::<u8>(), any::<u8>(), any::<u8>(),
+             prop_oneof![0u16..=64, any::<u16>(), Just(u16::MAX)],
+             any::<u16>(),
              prop_oneof![any::<u64>(), 0u64..100_000, Just(u64::MAX)]),
             1..300),
     ) {
         let config = AssemblerConfig { max_pending_bytes: 1 << 20, max_objects: 16, ..AssemblerConfig::default() };
-        let mut asm = Assembler::new(config);
+        let mut asm = Assembler::new(config, Instant::now());
         let t0 = Instant::now();
         for (i, (object, block, shard, k, m, l, head_len, content_len)) in headers.into_iter().enumerate() {
             let h = wire::ShardHeader {
                 session: (i % 3) as u64,
-                object: object % 8,
-                block: block % 4,
+                object,
+                block,
                 shard,
                 data_shards: k,
                 parity_shards: m,
@@ -366,8 +384,9 @@ proptest! {
             h.emit(&vec![i as u8; usize::from(l)], &mut d);
             let _ = asm.handle_datagram(t0, &d);
             while asm.poll_event().is_some() {}
-            prop_assert!(asm.pending_bytes() <= 1 << 20);
+            prop_assert!(asm.held_bytes() <= 1 << 20);
             prop_assert!(asm.objects_in_progress() <= 16);
+            prop_assert!(asm.counters().objects_lost < u64::MAX);
         }
         asm.handle_timeout(t0 + Duration::from_secs(60));
         prop_assert_eq!(asm.objects_in_progress(), 0);
@@ -377,7 +396,7 @@ proptest! {
     /// Random bytes never crash the assembler nor grow its state.
     #[test]
     fn random_datagrams_are_harmless(blobs in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..1600), 1..200)) {
-        let mut asm = Assembler::new(AssemblerConfig::default());
+        let mut asm = Assembler::new(AssemblerConfig::default(), Instant::now());
         let t0 = Instant::now();
         for b in &blobs {
             prop_assert!(asm.handle_datagram(t0, b).is_err());
@@ -385,4 +404,244 @@ proptest! {
         prop_assert_eq!(asm.objects_in_progress(), 0);
         prop_assert_eq!(asm.pending_bytes(), 0);
     }
+}
+
+/// Events of `asm` so far.
+fn events(asm: &mut Assembler) -> Vec<Event> {
+    std::iter::from_fn(|| asm.poll_event()).collect()
+}
+
+fn completes(evs: &[Event]) -> Vec<ObjectKey> {
+    evs.iter()
+        .filter_map(|e| match e {
+            Event::Complete { key, .. } => Some(*key),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_last_object_numbers_complete_once_and_lose_nothing() {
+    let files = vec![("edge.bin".to_string(), content(3, 5000))];
+    let il = InterleaveParams::default();
+    let t0 = Instant::now();
+    let mut asm = Assembler::new(AssemblerConfig::default(), t0);
+    // u64::MAX - 1 is the highest object number; its datagrams, repeated, complete it once.
+    let dg = encode_as(7, u64::MAX - 1, &files, FecParams::default(), il);
+    for _ in 0..3 {
+        for d in &dg {
+            asm.handle_datagram(t0, d).unwrap();
+        }
+    }
+    let evs = events(&mut asm);
+    assert_eq!(completes(&evs).len(), 1, "{evs:?}");
+    asm.handle_timeout(t0 + Duration::from_secs(3600));
+    let evs = events(&mut asm);
+    // The objects below it were heard of only through it: they are reported missing once, and
+    // the count saturates instead of wrapping.
+    let missing: Vec<_> = evs
+        .iter()
+        .filter(|e| matches!(e, Event::Missing { .. }))
+        .collect();
+    assert!(missing.len() <= 1, "{evs:?}");
+    assert!(!evs.iter().any(|e| matches!(e, Event::Abandoned { .. })));
+    assert_eq!(asm.pending_bytes(), 0);
+    // u64::MAX itself is refused on the wire.
+    let mut h = match wire::parse(&dg[0]).unwrap() {
+        wire::Datagram::Shard(h, _) => h,
+        _ => unreachable!(),
+    };
+    h.object = u64::MAX;
+    let mut d = Vec::new();
+    h.emit(&vec![0; usize::from(h.shard_len)], &mut d);
+    assert!(matches!(
+        asm.handle_datagram(t0, &d),
+        Err(WireError::InvalidHeader(_))
+    ));
+}
+
+#[test]
+fn a_flood_of_new_sessions_does_not_evict_one_making_progress() {
+    let files = vec![("big.bin".to_string(), content(9, 64 * 1400 * 30))];
+    let dg = encode(&files, FecParams::default(), InterleaveParams::default());
+    let config = AssemblerConfig {
+        max_sessions: 4,
+        ..AssemblerConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut asm = Assembler::new(config, t0);
+    let junk = encode_as(
+        0,
+        0,
+        &[("junk".to_string(), content(1, 3000))],
+        FecParams::default(),
+        InterleaveParams::default(),
+    );
+    let mut delivered = 0;
+    for (i, d) in dg.iter().enumerate() {
+        let now = t0 + Duration::from_micros(i as u64);
+        asm.handle_datagram(now, d).unwrap();
+        // After every real datagram, ten from fresh sessions (a valid shard re-labelled).
+        for j in 0..10u64 {
+            let mut f = junk[1].clone();
+            f[8..16].copy_from_slice(&(1_000_000 + i as u64 * 10 + j).to_be_bytes());
+            let n = f.len() - 4;
+            let crc = crc32fast::hash(&f[..n]);
+            f[n..].copy_from_slice(&crc.to_be_bytes());
+            let _ = asm.handle_datagram(now, &f);
+        }
+        delivered += completes(&events(&mut asm)).len();
+        assert!(asm.sessions() <= 4);
+    }
+    assert_eq!(delivered, 1, "the real transfer was lost to the flood");
+    assert!(asm.counters().refused_sessions > 0 || asm.counters().evicted_sessions > 0);
+}
+
+#[test]
+fn no_session_takes_the_budget_from_another() {
+    // Session A only ever sends parity of distinct blocks, so its blocks never decode and pile up.
+    let big = vec![("a".to_string(), content(2, 64 * 1400 * 200))];
+    let hog: Vec<Vec<u8>> = encode_as(
+        1,
+        0,
+        &big,
+        FecParams::default(),
+        InterleaveParams::default(),
+    )
+    .into_iter()
+    .filter(|d| matches!(wire::parse(d), Ok(wire::Datagram::Shard(h, _)) if h.shard >= 64))
+    .collect();
+    let files = vec![("b".to_string(), content(3, 64 * 1400 * 8))];
+    let good = encode_as(
+        2,
+        0,
+        &files,
+        FecParams::default(),
+        InterleaveParams::default(),
+    );
+    let config = AssemblerConfig {
+        max_pending_bytes: 8 << 20,
+        ..AssemblerConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut asm = Assembler::new(config, t0);
+    for d in &hog {
+        let _ = asm.handle_datagram(t0, d);
+    }
+    for d in &good {
+        asm.handle_datagram(t0, d).unwrap();
+    }
+    assert_eq!(completes(&events(&mut asm)).len(), 1);
+    assert!(asm.held_bytes() <= 8 << 20);
+}
+
+#[test]
+fn a_huge_heartbeat_interval_cannot_silence_the_alarm() {
+    use checkvalve_common::link::LinkChange;
+    let t0 = Instant::now();
+    let mut asm = Assembler::new(AssemblerConfig::default(), t0);
+    let hb = wire::Heartbeat {
+        session: 5,
+        seq: 1_000,
+        datagrams_sent: 1,
+        objects_sent: 0,
+        interval_ms: u32::MAX,
+    };
+    asm.handle_datagram(t0, &hb.to_bytes()).unwrap();
+    asm.handle_timeout(t0 + Duration::from_secs(181));
+    let evs = events(&mut asm);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, Event::Link(LinkChange::Silent(_)))),
+        "{evs:?}"
+    );
+}
+
+#[test]
+fn objects_before_the_first_heard_of_a_session_started_after_us_are_lost() {
+    let files: Vec<_> = (0..4)
+        .map(|i| (format!("f{i}"), content(i, 2000)))
+        .collect();
+    let dg = encode(&files, FecParams::default(), InterleaveParams::default());
+    let t0 = Instant::now();
+    let mut asm = Assembler::new(AssemblerConfig::default(), t0);
+    // The receiver has listened for a minute; the sender starts, its first two objects are lost.
+    let t1 = t0 + Duration::from_secs(60);
+    let hb = wire::Heartbeat {
+        session: SESSION,
+        seq: 2,
+        datagrams_sent: 10,
+        objects_sent: 4,
+        interval_ms: 1000,
+    };
+    for d in dg
+        .iter()
+        .filter(|d| matches!(wire::parse(d), Ok(wire::Datagram::Shard(h, _)) if h.object >= 2))
+    {
+        asm.handle_datagram(t1, d).unwrap();
+    }
+    asm.handle_datagram(t1, &hb.to_bytes()).unwrap();
+    asm.handle_timeout(t1 + Duration::from_secs(60));
+    let evs = events(&mut asm);
+    assert_eq!(completes(&evs).len(), 2);
+    assert!(
+        evs.iter().any(|e| matches!(
+            e,
+            Event::Missing {
+                first: 0,
+                last: 1,
+                ..
+            }
+        )),
+        "{evs:?}"
+    );
+
+    // A session that was already running when we started: nothing before it is claimed lost.
+    let mut asm = Assembler::new(AssemblerConfig::default(), t0);
+    let old = wire::Heartbeat { seq: 500, ..hb };
+    asm.handle_datagram(t1, &old.to_bytes()).unwrap();
+    for d in dg
+        .iter()
+        .filter(|d| matches!(wire::parse(d), Ok(wire::Datagram::Shard(h, _)) if h.object >= 2))
+    {
+        asm.handle_datagram(t1, d).unwrap();
+    }
+    asm.handle_timeout(t1 + Duration::from_secs(60));
+    let evs = events(&mut asm);
+    assert!(
+        !evs.iter().any(|e| matches!(e, Event::Missing { .. })),
+        "{evs:?}"
+    );
+}
+
+#[test]
+fn stopping_reports_every_object_in_progress() {
+    let files: Vec<_> = (0..3)
+        .map(|i| (format!("f{i}"), content(i, 200_000)))
+        .collect();
+    let dg = encode(&files, FecParams::default(), InterleaveParams::default());
+    let t0 = Instant::now();
+    let mut asm = Assembler::new(AssemblerConfig::default(), t0);
+    for d in &dg[..dg.len() / 2] {
+        asm.handle_datagram(t0, d).unwrap();
+    }
+    let mut evs = events(&mut asm);
+    asm.shutdown();
+    evs.extend(events(&mut asm));
+    let stopped = evs
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Abandoned {
+                    reason: Abandon::ReceiverStopped,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(stopped + completes(&evs).len(), 3, "{evs:?}");
+    assert!(stopped > 0);
+    assert_eq!(asm.objects_in_progress(), 0);
+    assert_eq!(asm.pending_bytes(), 0);
 }

@@ -27,7 +27,7 @@ fn vector_datagrams() -> Vec<String> {
     let fec = FecParams {
         data_shards: 4,
         parity_shards: 2,
-        shard_len: 8,
+        shard_len: 32,
     };
     let (mut enc, head_block) = ObjectEncoder::new(SESSION, 0, &head, fec).unwrap();
     let mut blocks = vec![head_block];
@@ -105,7 +105,7 @@ fn spec_datagrams_decode_with_two_data_shards_lost_per_block() {
         .filter(|d| d[28] >= 2)
         .collect();
     assert_eq!(kept.len(), spec.len() - 6);
-    let mut asm = Assembler::new(AssemblerConfig::default());
+    let mut asm = Assembler::new(AssemblerConfig::default(), Instant::now());
     let now = Instant::now();
     let mut content = Vec::new();
     let mut complete = None;

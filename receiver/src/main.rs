@@ -3,6 +3,8 @@
 
 mod manifest;
 mod net;
+mod publish;
+mod ratelimit;
 mod receive;
 mod share;
 
@@ -10,8 +12,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use checkvalve_common::assembler::{Assembler, AssemblerConfig};
@@ -19,41 +21,44 @@ use checkvalve_common::units::{parse_duration, parse_size};
 use clap::Parser;
 use tracing::{error, info};
 
-/// Chunks of up to 64 datagrams queued between the socket thread and the assembler: 64K datagrams,
-/// about 95 MiB at the most, a second or more of traffic to ride out a stall of the disk.
-const QUEUED_CHUNKS: usize = 1024;
-
 /// Receive files from a one-way link into an output folder.
 #[derive(Debug, Parser)]
 #[command(name = "checkvalve-receive", version, about)]
 struct Args {
-    /// Address to listen on, HOST:PORT.
+    /// Address to listen on, HOST:PORT (port 0 picks a free one; the log says which).
     #[arg(long, value_name = "HOST:PORT")]
     bind: String,
-    /// Output folder (vendor-visible); state lives in its hidden `.checkvalve` folder.
+    /// Output folder (vendor-visible).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// State folder: lock, temporary files, manifest [default: OUT/.checkvalve].
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
     /// Give up on an object after this long without a new datagram for it.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     object_timeout: Duration,
     /// Largest file accepted.
     #[arg(long, default_value = "1T", value_parser = parse_size)]
     max_object_size: u64,
-    /// Most memory held in partly received blocks.
+    /// Memory for datagrams queued and blocks in progress (a quarter queues datagrams); the
+    /// receiver's resident memory stays below this plus about 32 MiB.
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     max_pending: u64,
-    /// Free space always left on the output filesystem.
+    /// Free space always left on the output filesystem (half of it is kept for the manifest).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     min_free: u64,
     /// Kernel receive buffer to ask for.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     rcvbuf: u64,
-    /// Manifest of outcomes, one JSON line per file [default: OUT/.checkvalve/manifest.jsonl].
+    /// Manifest of outcomes, one JSON line per file [default: STATE/manifest.jsonl].
     #[arg(long, value_name = "FILE")]
     manifest: Option<PathBuf>,
     /// Interval between statistics lines.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     stats_interval: Duration,
+    /// Objects lost without a name are recorded as one manifest record per session per interval.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    aggregate_interval: Duration,
 }
 
 fn main() -> ExitCode {
@@ -75,6 +80,9 @@ fn main() -> ExitCode {
 }
 
 fn resolve(s: &str) -> Result<SocketAddr> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
     s.to_socket_addrs()
         .with_context(|| format!("cannot resolve {s:?}"))?
         .next()
@@ -83,69 +91,71 @@ fn resolve(s: &str) -> Result<SocketAddr> {
 
 fn run(args: Args) -> Result<()> {
     let bind = resolve(&args.bind)?;
-    let (share, stale) = share::Share::open(&args.out)
+    let (share, stale) = share::Share::open(&args.out, args.state.as_deref())
         .with_context(|| format!("cannot use output folder {}", args.out.display()))?;
+    let share = Arc::new(share);
     if stale > 0 {
         info!(
             count = stale,
             "removed unfinished temporary files from a previous run"
         );
     }
-    let manifest_path = args.manifest.clone().unwrap_or_else(|| {
-        share
-            .root()
-            .join(checkvalve_common::meta::STATE_DIR)
-            .join("manifest.jsonl")
-    });
+    let manifest_path = args
+        .manifest
+        .clone()
+        .unwrap_or_else(|| share.state().join("manifest.jsonl"));
     let manifest = Arc::new(
-        manifest::Manifest::open(&manifest_path)
+        manifest::Manifest::open(&manifest_path, args.min_free)
             .with_context(|| format!("cannot open manifest {}", manifest_path.display()))?,
     );
     raise_fd_limit();
-    let socket = net::bind(bind, usize::try_from(args.rcvbuf).unwrap_or(usize::MAX))?;
+    let budget = usize::try_from(args.max_pending).unwrap_or(usize::MAX);
+    let queue_bytes = budget / 4;
+    let (socket, local) = net::bind(bind, usize::try_from(args.rcvbuf).unwrap_or(usize::MAX))?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("cannot install signal handler")?;
     }
-    info!(%bind, out = %share.root().display(), manifest = %manifest_path.display(), "receiving");
 
     let dropped = Arc::new(AtomicU64::new(0));
-    let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel(QUEUED_CHUNKS);
-    let (recycle_tx, recycle_rx) = std::sync::mpsc::sync_channel(QUEUED_CHUNKS);
+    let (free_tx, free_rx) = net::chunk_pool(queue_bytes / net::CHUNK_BYTES);
+    let (full_tx, full_rx) = std::sync::mpsc::channel();
+    let queued = Arc::new(AtomicUsize::new(0));
     let net_thread = {
-        let (stop, dropped) = (Arc::clone(&stop), Arc::clone(&dropped));
+        let (stop, dropped, queued) =
+            (Arc::clone(&stop), Arc::clone(&dropped), Arc::clone(&queued));
         std::thread::Builder::new()
             .name("net".into())
-            .spawn(move || net::drain(socket, chunk_tx, recycle_rx, stop, dropped))?
+            .spawn(move || net::drain(socket, full_tx, free_rx, queued, stop, dropped))?
     };
-    // Unbounded on purpose: a job is a few hundred bytes naming a file already on disk, and the
-    // receive loop must never wait for hashing or fsync.
-    let (job_tx, job_rx) = std::sync::mpsc::channel();
-    let finisher = {
-        let (share, manifest) = (share.clone(), Arc::clone(&manifest));
-        std::thread::Builder::new()
-            .name("publish".into())
-            .spawn(move || receive::finisher(share, manifest, job_rx))?
-    };
+    let reserved = Arc::new(AtomicU64::new(0));
+    let publisher = publish::Publisher::start(
+        Arc::clone(&share),
+        Arc::clone(&manifest),
+        Arc::clone(&reserved),
+    )?;
     let config = AssemblerConfig {
         object_timeout: args.object_timeout,
-        max_pending_bytes: usize::try_from(args.max_pending).unwrap_or(usize::MAX),
+        max_pending_bytes: budget - queue_bytes,
         max_content_len: args.max_object_size,
         ..AssemblerConfig::default()
     };
-    let mut rx = receive::Receive::new(
-        Assembler::new(config),
-        share,
-        manifest,
-        job_tx,
+    info!(bind = %local, out = %share.root().display(), state = %share.state().display(), manifest = %manifest_path.display(), "receiving");
+    let rx = receive::Receive::new(
+        Assembler::new(config, Instant::now()),
+        receive::Outputs {
+            share,
+            manifest,
+            publisher,
+            reserved,
+        },
         args.min_free,
         args.stats_interval,
+        args.aggregate_interval,
     );
-    rx.run(&chunk_rx, &recycle_tx, &stop, &dropped);
-    drop(rx);
+    rx.run(&full_rx, &free_tx, &queued, &stop, &dropped);
     let _ = net_thread.join();
-    let _ = finisher.join();
     info!("stopped");
     Ok(())
 }

@@ -1,25 +1,30 @@
-//! The manifest: one JSON line per file delivered or lost, for vendors and for monitoring.
+//! The manifest: one JSON line per outcome, for vendors and for monitoring.
 //!
 //! Each record is written with a single `write` on a file opened for appending, so lines from the
-//! receive loop and the publisher never interleave and a reader never sees half a record.
+//! receive loop and the publishers never interleave and a reader never sees half a record. Records
+//! are only written while the filesystem keeps half of `--min-free` free, so that a flood of
+//! outcomes cannot fill the disk; what is not written is counted and logged.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use checkvalve_common::meta::{DIGEST_LEN, Head};
 use serde::Serialize;
 use tracing::error;
+
+use crate::ratelimit::Limiter;
 
 /// One line of the manifest.
 #[derive(Debug, Serialize)]
 struct Record<'a> {
     /// When the outcome was decided (RFC 3339, UTC).
     time: String,
-    /// `delivered` or `lost`.
+    /// `delivered`, `superseded` or `lost`.
     status: &'static str,
     /// Path under the output folder, when known.
     path: Option<&'a str>,
@@ -27,30 +32,45 @@ struct Record<'a> {
     size: Option<u64>,
     /// SHA-256 of the delivered content, hex.
     sha256: Option<String>,
-    /// Sender session and object number(s).
+    /// Sender session and object number (`SESSION-OBJECT`), or the session alone for an
+    /// aggregate record.
     object: &'a str,
-    /// Why it was lost.
+    /// Objects the record stands for (1 but for aggregate records of unnamed losses).
+    objects: u64,
+    /// Why it was lost or superseded.
     reason: Option<String>,
 }
 
 /// Append-only record of outcomes.
 pub struct Manifest {
-    file: Mutex<File>,
-    failed: AtomicBool,
+    file: Mutex<(File, Limiter)>,
+    min_free: u64,
+    dropped: AtomicU64,
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
 impl Manifest {
-    /// Opens (creating if needed) the manifest at `path` for appending.
-    pub fn open(path: &Path) -> io::Result<Manifest> {
+    /// Opens (creating if needed) the manifest at `path` for appending; records stop while the
+    /// filesystem has less than `min_free / 2` bytes free.
+    pub fn open(path: &Path, min_free: u64) -> io::Result<Manifest> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Manifest {
-            file: Mutex::new(file),
-            failed: AtomicBool::new(false),
+            file: Mutex::new((file, Limiter::new(Duration::from_secs(60), 1))),
+            min_free,
+            dropped: AtomicU64::new(0),
         })
+    }
+
+    /// Records not written for lack of space or because of an error.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     fn write(&self, record: &Record<'_>) {
@@ -59,40 +79,74 @@ impl Manifest {
             Err(e) => return error!("cannot encode manifest record: {e}"),
         };
         line.push(b'\n');
-        let result = match self.file.lock() {
-            Ok(mut f) => f.write_all(&line),
-            Err(_) => Err(io::Error::other("manifest lock poisoned")),
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, limiter) = &mut *guard;
+        let free = nix::sys::statvfs::fstatvfs(file.as_fd())
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+            .unwrap_or(u64::MAX);
+        let result = if free < (self.min_free / 2).saturating_add(line.len() as u64) {
+            Err(io::Error::other(format!(
+                "only {free} bytes free, below half of --min-free"
+            )))
+        } else {
+            file.write_all(&line)
         };
-        // Say it once: a full disk would otherwise repeat this for every file.
-        if let Err(e) = result
-            && !self.failed.swap(true, Ordering::Relaxed)
-        {
-            error!("cannot write the manifest (further failures are not repeated): {e}");
+        if let Err(e) = result {
+            let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(suppressed) = limiter.allow() {
+                error!(
+                    dropped_total = total,
+                    suppressed, "manifest record not written: {e}"
+                );
+            }
         }
     }
 
     /// Records a verified, published file.
     pub fn delivered(&self, object: &str, head: &Head, digest: &[u8; DIGEST_LEN]) {
         self.write(&Record {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            time: now(),
             status: "delivered",
             path: Some(&head.path),
             size: Some(head.size),
             sha256: Some(hex(digest)),
             object,
+            objects: 1,
             reason: None,
         });
     }
 
-    /// Records a file (or a run of objects) that will not be delivered.
-    pub fn lost(&self, object: &str, path: Option<&str>, size: Option<u64>, reason: String) {
+    /// Records a verified file not published because newer content for its path already was.
+    pub fn superseded(&self, object: &str, head: &Head, digest: &[u8; DIGEST_LEN]) {
         self.write(&Record {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            time: now(),
+            status: "superseded",
+            path: Some(&head.path),
+            size: Some(head.size),
+            sha256: Some(hex(digest)),
+            object,
+            objects: 1,
+            reason: Some("newer content for this path was already published".into()),
+        });
+    }
+
+    /// Records `objects` objects (one, or an aggregate) that will not be delivered.
+    pub fn lost(
+        &self,
+        object: &str,
+        objects: u64,
+        path: Option<&str>,
+        size: Option<u64>,
+        reason: String,
+    ) {
+        self.write(&Record {
+            time: now(),
             status: "lost",
             path,
             size,
             sha256: None,
             object,
+            objects,
             reason: Some(reason),
         });
     }

@@ -1,29 +1,46 @@
 //! The link socket and the thread that drains it. Receive-only by design: nothing here can send.
+//!
+//! Datagrams are received straight into a fixed set of chunk buffers that circulate between this
+//! thread and the assembler, so the queue between them is bounded in bytes by construction. When
+//! every chunk is in use the assembler is behind: datagrams are then read and counted as dropped,
+//! so that the kernel buffer keeps draining and the loss stays visible.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nix::sys::socket::{MsgFlags, getsockopt, recv, setsockopt, sockopt};
 use tracing::{info, warn};
 
-/// Datagrams moved per hand-off, so the channel costs little per datagram.
-const CHUNK_DATAGRAMS: usize = 64;
+use crate::ratelimit::Limiter;
+
 /// Largest UDP payload.
 const MAX_UDP: usize = 65_535;
+/// Bytes of one chunk buffer: room for hundreds of ordinary datagrams per hand-off.
+pub const CHUNK_BYTES: usize = 512 << 10;
 
-/// A run of received datagrams in one buffer; recycled between the threads.
-#[derive(Debug, Default)]
+/// A run of received datagrams in one fixed buffer; recycled between the threads.
+#[derive(Debug)]
 pub struct Chunk {
     buf: Vec<u8>,
+    len: usize,
     ends: Vec<usize>,
 }
 
 impl Chunk {
+    /// An empty chunk with its buffer allocated once.
+    pub fn new() -> Self {
+        Chunk {
+            buf: vec![0; CHUNK_BYTES],
+            len: 0,
+            ends: Vec::with_capacity(1024),
+        }
+    }
+
     /// The datagrams in arrival order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
@@ -33,16 +50,17 @@ impl Chunk {
     }
 
     fn clear(&mut self) {
-        self.buf.clear();
+        self.len = 0;
         self.ends.clear();
     }
 }
 
-/// Binds the link socket and asks for a large receive buffer.
-pub fn bind(addr: SocketAddr, want_rcvbuf: usize) -> Result<UdpSocket> {
+/// Binds the link socket and asks for a large receive buffer; returns it with its bound address.
+pub fn bind(addr: SocketAddr, want_rcvbuf: usize) -> Result<(UdpSocket, SocketAddr)> {
     let socket = UdpSocket::bind(addr).with_context(|| format!("cannot bind {addr}"))?;
+    let local = socket.local_addr()?;
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-    // As root, SO_RCVBUFFORCE may exceed net.core.rmem_max; otherwise the plain request is capped.
+    // SO_RCVBUFFORCE (CAP_NET_ADMIN) may exceed net.core.rmem_max; otherwise the request is capped.
     if setsockopt(&socket, sockopt::RcvBufForce, &want_rcvbuf).is_err() {
         let _ = setsockopt(&socket, sockopt::RcvBuf, &want_rcvbuf);
     }
@@ -58,49 +76,86 @@ pub fn bind(addr: SocketAddr, want_rcvbuf: usize) -> Result<UdpSocket> {
     } else {
         info!(bytes = granted, "receive buffer");
     }
-    Ok(socket)
+    Ok((socket, local))
 }
 
-/// Drains the socket into chunks until `stop`; counts datagrams dropped because the assembler lags.
+/// The chunk pool: `count` chunks ready to be filled.
+pub fn chunk_pool(count: usize) -> (Sender<Chunk>, Receiver<Chunk>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..count.max(2) {
+        let _ = tx.send(Chunk::new());
+    }
+    (tx, rx)
+}
+
+/// Drains the socket into free chunks until `stop`; counts datagrams dropped because no chunk
+/// was free (the assembler is behind). `queued` counts chunks handed over and not yet taken.
 pub fn drain(
     socket: UdpSocket,
-    tx: SyncSender<Chunk>,
-    recycled: Receiver<Chunk>,
+    full: Sender<Chunk>,
+    free: Receiver<Chunk>,
+    queued: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
 ) {
     let fd = socket.as_raw_fd();
     let mut scratch = vec![0u8; MAX_UDP];
-    let mut warned = false;
+    let mut behind = Limiter::new(Duration::from_secs(10), 1);
+    let mut spare = None;
     while !stop.load(Ordering::Relaxed) {
-        let mut chunk = recycled.try_recv().unwrap_or_default();
+        let next = match spare.take() {
+            Some(c) => Ok(c),
+            None => free.try_recv(),
+        };
+        let mut chunk = match next {
+            Ok(c) => c,
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => {
+                if let Ok(n) = recv(fd, &mut scratch, MsgFlags::empty())
+                    && n > 0
+                {
+                    let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    if let Some(suppressed) = behind.allow() {
+                        warn!(
+                            dropped_total = total,
+                            suppressed,
+                            "receiver falling behind: dropping datagrams (FEC repairs what it can)"
+                        );
+                    }
+                }
+                continue;
+            }
+        };
         chunk.clear();
-        // The first read waits (up to the socket timeout); the rest only take what is queued.
-        let mut flags = MsgFlags::empty();
-        while chunk.ends.len() < CHUNK_DATAGRAMS {
-            match recv(fd, &mut scratch, flags) {
+        // A chunk goes as soon as the socket is empty if the assembler is waiting for it; while
+        // the assembler is busy with earlier chunks, this one keeps filling (waiting at most the
+        // socket timeout), so that the bounded set of chunks is not spent a few datagrams each.
+        while chunk.buf.len() - chunk.len >= MAX_UDP {
+            let busy = queued.load(Ordering::Acquire) > 0;
+            let flags = if chunk.ends.is_empty() || busy {
+                MsgFlags::empty()
+            } else {
+                MsgFlags::MSG_DONTWAIT
+            };
+            match recv(fd, &mut chunk.buf[chunk.len..], flags) {
                 Ok(n) => {
-                    chunk.buf.extend_from_slice(&scratch[..n]);
-                    chunk.ends.push(chunk.buf.len());
-                    flags = MsgFlags::MSG_DONTWAIT;
+                    chunk.len += n;
+                    chunk.ends.push(chunk.len);
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => break,
             }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
         }
         if chunk.ends.is_empty() {
+            spare = Some(chunk);
             continue;
         }
-        match tx.try_send(chunk) {
-            Ok(()) => {}
-            Err(TrySendError::Full(c)) => {
-                dropped.fetch_add(c.ends.len() as u64, Ordering::Relaxed);
-                if !warned {
-                    warn!("assembler falling behind: dropping datagrams (counted in the stats)");
-                    warned = true;
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => return,
+        queued.fetch_add(1, Ordering::AcqRel);
+        if full.send(chunk).is_err() {
+            return;
         }
     }
 }

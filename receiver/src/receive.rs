@@ -1,65 +1,68 @@
 //! The receive loop: feeds datagrams to the assembler and acts on its events.
 
-use std::collections::HashMap;
-use std::fs::File;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use checkvalve_common::assembler::{Assembler, Event, ObjectKey};
 use checkvalve_common::link::LinkChange;
-use checkvalve_common::meta::{DIGEST_LEN, Head};
 use tracing::{debug, error, info, warn};
 
 use crate::manifest::Manifest;
 use crate::net::Chunk;
-use crate::share::Share;
+use crate::publish::{Job, Publisher};
+use crate::ratelimit::Limiter;
+use crate::share::{Share, Temp};
 
-/// A complete object on its way to verification and publication.
-pub struct Job {
-    key: ObjectKey,
-    head: Head,
-    digest: [u8; DIGEST_LEN],
+/// Sessions with unnamed losses aggregated separately per interval; the rest share one record.
+const AGGREGATED_SESSIONS: usize = 64;
+
+/// Unnamed losses of one session within the current interval.
+#[derive(Debug, Default)]
+struct Unnamed {
+    objects: u64,
+    /// A few of the ranges, for the record.
+    ranges: Vec<(u64, u64)>,
+    reason: String,
 }
 
-/// Verifies and publishes jobs until the channel closes. Runs on its own thread so hashing and
-/// fsync never hold up reception.
-pub fn finisher(share: Share, manifest: Arc<Manifest>, jobs: Receiver<Job>) {
-    for job in jobs {
-        let object = job.key.to_string();
-        match share.publish(job.key, &job.head, &job.digest) {
-            Ok(_) => {
-                info!(path = %job.head.path, size = job.head.size, "delivered");
-                manifest.delivered(&object, &job.head, &job.digest);
-            }
-            Err(e) => {
-                error!(path = %job.head.path, object, "lost: not published: {e}");
-                manifest.lost(
-                    &object,
-                    Some(&job.head.path),
-                    Some(job.head.size),
-                    format!("not published: {e}"),
-                );
-            }
-        }
-    }
+/// Rate limits of the loop's repeated log lines.
+struct Limits {
+    sessions: Limiter,
+    named: Limiter,
+    unnamed: Limiter,
+}
+
+/// What the loop needs besides the assembler.
+pub struct Outputs {
+    /// The share.
+    pub share: Arc<Share>,
+    /// The manifest.
+    pub manifest: Arc<Manifest>,
+    /// The publisher lanes.
+    pub publisher: Publisher,
+    /// Bytes of objects in progress or queued for publication (their announced sizes).
+    pub reserved: Arc<AtomicU64>,
 }
 
 /// State of the receive loop.
 pub struct Receive {
     asm: Assembler,
-    share: Share,
-    manifest: Arc<Manifest>,
-    jobs: Sender<Job>,
-    files: HashMap<ObjectKey, File>,
+    out: Outputs,
+    files: HashMap<ObjectKey, Temp>,
     /// Path and size of objects whose head arrived, for naming them if they fail.
     names: HashMap<ObjectKey, (String, u64)>,
-    /// Free space kept on the output filesystem; an object that would eat into it is refused.
+    /// Free space kept on the output filesystem beyond everything in progress.
     min_free: u64,
     stats_every: Duration,
     last_stats: Instant,
+    aggregate_every: Duration,
+    last_aggregate: Instant,
+    unnamed: BTreeMap<u64, Unnamed>,
+    limits: Limits,
     reported_malformed: u64,
     /// Datagram count at the last statistics line: an idle receiver does not repeat itself.
     reported_datagrams: Option<u64>,
@@ -69,32 +72,40 @@ impl Receive {
     /// Creates the loop state.
     pub fn new(
         asm: Assembler,
-        share: Share,
-        manifest: Arc<Manifest>,
-        jobs: Sender<Job>,
+        out: Outputs,
         min_free: u64,
         stats_every: Duration,
+        aggregate_every: Duration,
     ) -> Self {
+        let window = Duration::from_secs(10);
         Receive {
             asm,
-            share,
-            manifest,
-            jobs,
+            out,
             files: HashMap::new(),
             names: HashMap::new(),
             min_free,
             stats_every,
             last_stats: Instant::now(),
+            aggregate_every,
+            last_aggregate: Instant::now(),
+            unnamed: BTreeMap::new(),
+            limits: Limits {
+                sessions: Limiter::new(window, 10),
+                named: Limiter::new(window, 100),
+                unnamed: Limiter::new(window, 10),
+            },
             reported_malformed: 0,
             reported_datagrams: None,
         }
     }
 
-    /// Runs until `stop`, taking chunks from `rx` and returning them through `recycle`.
+    /// Runs until `stop`, taking chunks from `rx` and returning them through `free`; then reports
+    /// everything still in progress and lets the publishers finish.
     pub fn run(
-        &mut self,
+        mut self,
         rx: &Receiver<Chunk>,
-        recycle: &SyncSender<Chunk>,
+        free: &Sender<Chunk>,
+        queued: &AtomicUsize,
         stop: &AtomicBool,
         net_dropped: &AtomicU64,
     ) {
@@ -102,6 +113,7 @@ impl Receive {
         while !stop.load(Ordering::Relaxed) {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(chunk) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
                     let now = Instant::now();
                     for d in chunk.iter() {
                         if let Err(e) = self.asm.handle_datagram(now, d) {
@@ -109,7 +121,7 @@ impl Receive {
                         }
                         self.drain_events();
                     }
-                    let _ = recycle.try_send(chunk);
+                    let _ = free.send(chunk);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -119,6 +131,10 @@ impl Receive {
                 last_tick = now;
                 self.asm.handle_timeout(now);
                 self.drain_events();
+                if now - self.last_aggregate >= self.aggregate_every {
+                    self.last_aggregate = now;
+                    self.flush_unnamed();
+                }
                 if now - self.last_stats >= self.stats_every {
                     self.last_stats = now;
                     self.log_stats(net_dropped.load(Ordering::Relaxed), false);
@@ -129,13 +145,17 @@ impl Receive {
         if open > 0 {
             warn!(
                 objects = open,
-                "stopping with objects in progress: they are not published"
+                "stopping with objects in progress: they are recorded as lost"
             );
         }
-        for key in self.files.keys() {
-            self.share.discard(*key);
+        self.asm.shutdown();
+        self.drain_events();
+        self.flush_unnamed();
+        for (_, temp) in self.files.drain() {
+            self.out.share.discard(temp);
         }
         self.log_stats(net_dropped.load(Ordering::Relaxed), true);
+        self.out.publisher.finish();
     }
 
     fn log_stats(&mut self, net_dropped: u64, always: bool) {
@@ -170,7 +190,12 @@ impl Receive {
             malformed = c.malformed,
             inconsistent = c.inconsistent,
             over_budget = c.over_budget,
+            refused_sessions = c.refused_sessions,
+            evicted_sessions = c.evicted_sessions,
+            preempted_blocks = c.preempted_blocks,
+            held_bytes = self.asm.held_bytes(),
             dropped_behind = net_dropped,
+            manifest_dropped = self.out.manifest.dropped(),
             "stats"
         );
     }
@@ -181,19 +206,98 @@ impl Receive {
         }
     }
 
-    fn fail(&mut self, key: ObjectKey, what: std::fmt::Arguments<'_>) {
+    /// Forgets an object's name and releases its space reservation.
+    fn unname(&mut self, key: ObjectKey) -> Option<(String, u64)> {
         let named = self.names.remove(&key);
-        let path = named.as_ref().map(|(p, _)| p.as_str());
-        error!(path = %path.unwrap_or("(unknown)"), object = %key, "lost: {what}");
-        self.manifest.lost(
-            &key.to_string(),
-            path,
-            named.as_ref().map(|(_, s)| *s),
-            what.to_string(),
-        );
+        if let Some((_, size)) = &named {
+            self.out.reserved.fetch_sub(*size, Ordering::Relaxed);
+        }
+        named
+    }
+
+    /// Gives up an object for a local reason (disk), and records it.
+    fn fail(&mut self, key: ObjectKey, what: String) {
+        let named = self.unname(key).map(|(p, s)| (p, Some(s)));
         self.asm.abandon(key);
-        self.files.remove(&key);
-        self.share.discard(key);
+        if let Some(temp) = self.files.remove(&key) {
+            self.out.share.discard(temp);
+        }
+        self.record_loss(key, named, what);
+    }
+
+    fn record_loss(
+        &mut self,
+        key: ObjectKey,
+        named: Option<(String, Option<u64>)>,
+        reason: String,
+    ) {
+        match named {
+            Some((path, size)) => {
+                if let Some(suppressed) = self.limits.named.allow() {
+                    error!(path = %path, object = %key, suppressed, "lost: {reason}");
+                }
+                self.out
+                    .manifest
+                    .lost(&key.to_string(), 1, Some(&path), size, reason);
+            }
+            None => self.add_unnamed(key.session, key.object, key.object, reason),
+        }
+    }
+
+    /// Objects lost without a name are recorded per session and interval, not one by one: a
+    /// flood of forged objects must not become a flood of records.
+    fn add_unnamed(&mut self, session: u64, first: u64, last: u64, reason: String) {
+        let slot =
+            if self.unnamed.len() < AGGREGATED_SESSIONS || self.unnamed.contains_key(&session) {
+                session
+            } else {
+                0
+            };
+        let u = self.unnamed.entry(slot).or_default();
+        u.objects = u.objects.saturating_add(last - first).saturating_add(1);
+        if u.ranges.len() < 8 {
+            u.ranges.push((first, last));
+        }
+        if u.reason.is_empty() {
+            u.reason = reason;
+        }
+    }
+
+    fn flush_unnamed(&mut self) {
+        for (session, u) in std::mem::take(&mut self.unnamed) {
+            let ranges: Vec<String> = u
+                .ranges
+                .iter()
+                .map(|&(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}..={b}")
+                    }
+                })
+                .collect();
+            let more = if u.objects > u.ranges.len() as u64 {
+                ", ..."
+            } else {
+                ""
+            };
+            let reason = format!(
+                "name unknown: {} (objects {}{more})",
+                u.reason,
+                ranges.join(", ")
+            );
+            if let Some(suppressed) = self.limits.unnamed.allow() {
+                warn!(
+                    session = format_args!("{session:016x}"),
+                    objects = u.objects,
+                    suppressed,
+                    "lost: {reason}"
+                );
+            }
+            self.out
+                .manifest
+                .lost(&format!("{session:016x}"), u.objects, None, None, reason);
+        }
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -201,11 +305,14 @@ impl Receive {
             Event::SessionStarted {
                 session,
                 first_object,
+                after_us,
             } => {
-                info!(
-                    session = format_args!("{session:016x}"),
-                    first_object, "new sender session"
-                );
+                if let Some(suppressed) = self.limits.sessions.allow() {
+                    info!(
+                        session = format_args!("{session:016x}"),
+                        first_object, after_us, suppressed, "new sender session"
+                    );
+                }
             }
             Event::Link(LinkChange::Up) => info!("link up: datagrams arriving"),
             Event::Link(LinkChange::Silent(d)) => {
@@ -213,71 +320,82 @@ impl Receive {
             }
             Event::Head { key, head } => {
                 debug!(path = %head.path, size = head.size, object = %key, "incoming");
+                let reserved = self.out.reserved.fetch_add(head.size, Ordering::Relaxed);
                 self.names.insert(key, (head.path.clone(), head.size));
-                if let Some(free) = self.share.free_bytes()
-                    && free < head.size.saturating_add(self.min_free)
-                {
-                    self.fail(
-                        key,
-                        format_args!(
-                            "not enough disk space ({free} bytes free, {} needed)",
-                            head.size
-                        ),
-                    );
+                if let Some(free) = self.out.share.free_bytes() {
+                    let needed = reserved
+                        .saturating_add(head.size)
+                        .saturating_add(self.min_free);
+                    if free < needed {
+                        self.fail(
+                            key,
+                            format!(
+                                "not enough disk space ({free} bytes free; {} needed with {reserved} in progress and --min-free {})",
+                                head.size, self.min_free
+                            ),
+                        );
+                    }
                 }
             }
             Event::Content { key, offset, data } => {
-                let file = match self.files.entry(key) {
+                let temp = match self.files.entry(key) {
                     std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
                     std::collections::hash_map::Entry::Vacant(v) => {
-                        self.share.create_temp(key).map(|f| v.insert(f))
+                        self.out.share.create_temp(key).map(|t| v.insert(t))
                     }
                 };
-                let result = file.and_then(|f| f.write_all_at(&data, offset));
+                let result = temp.and_then(|t| t.file.write_all_at(&data, offset));
                 if let Err(e) = result {
-                    self.fail(key, format_args!("cannot write temporary file: {e}"));
+                    self.fail(key, format!("cannot write temporary file: {e}"));
                 }
             }
-            Event::Complete { key, head, digest } => {
+            Event::Complete {
+                key,
+                head,
+                digest,
+                precedence,
+            } => {
+                // The reservation passes to the publisher, which releases it.
                 self.names.remove(&key);
-                // Closing our handle first: the publisher reopens the file by its temporary path.
-                self.files.remove(&key);
-                let job = Job { key, head, digest };
-                if self.jobs.send(job).is_err() {
-                    error!(object = %key, "publisher stopped");
+                let temp = match self.files.remove(&key) {
+                    Some(t) => Ok(t),
+                    // An empty file never had content written.
+                    None => self.out.share.create_temp(key),
+                };
+                match temp {
+                    Ok(temp) => self.out.publisher.send(Job {
+                        key,
+                        head,
+                        digest,
+                        precedence,
+                        temp,
+                    }),
+                    Err(e) => {
+                        self.out.reserved.fetch_sub(head.size, Ordering::Relaxed);
+                        self.record_loss(
+                            key,
+                            Some((head.path, Some(head.size))),
+                            format!("cannot create temporary file: {e}"),
+                        );
+                    }
                 }
             }
             Event::Abandoned { key, path, reason } => {
-                let size = self.names.remove(&key).map(|(_, s)| s);
-                self.files.remove(&key);
-                self.share.discard(key);
-                match &path {
-                    Some(p) => warn!(path = %p, object = %key, "lost: {reason}"),
-                    None => {
-                        warn!(object = %key, "lost (name unknown, metadata not recovered): {reason}")
-                    }
+                let named = self.unname(key);
+                if let Some(temp) = self.files.remove(&key) {
+                    self.out.share.discard(temp);
                 }
-                self.manifest
-                    .lost(&key.to_string(), path.as_deref(), size, reason.to_string());
+                let named = match (named, path) {
+                    (Some((p, s)), _) => Some((p, Some(s))),
+                    (None, p) => p.map(|p| (p, None)),
+                };
+                self.record_loss(key, named, reason.to_string());
             }
             Event::Missing {
                 session,
                 first,
                 last,
-            } => {
-                warn!(
-                    session = format_args!("{session:016x}"),
-                    first,
-                    last,
-                    "lost: objects {first}..={last} (names unknown): not one datagram arrived"
-                );
-                self.manifest.lost(
-                    &format!("{session:016x}-{first}..={last}"),
-                    None,
-                    None,
-                    "not one datagram arrived".into(),
-                );
-            }
+            } => self.add_unnamed(session, first, last, "not one datagram arrived".into()),
         }
     }
 }

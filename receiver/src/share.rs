@@ -1,15 +1,49 @@
-//! The vendor-visible output folder: temporary files in a hidden state folder, verification, and
-//! atomic publication under the final name.
+//! The vendor-visible output folder and the receiver's state folder: exclusive temporary files,
+//! verification through the descriptor that was written, and atomic publication beneath the share.
+//!
+//! Every path below the share is resolved relative to a descriptor of the share with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so that no symbolic link or rename planted
+//! in the share can send a write elsewhere. A temporary file is created with `O_EXCL` under a name
+//! used once, is written, hashed and synced through the one descriptor, and that same file (checked
+//! by inode) is what gets renamed into place.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use checkvalve_common::assembler::ObjectKey;
+use checkvalve_common::assembler::{ObjectKey, Precedence};
 use checkvalve_common::meta::{DIGEST_LEN, Head, STATE_DIR};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2, renameat};
+use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
+use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
+
+/// Paths whose newest published version is remembered, to settle late arrivals of older content.
+const REMEMBERED_PATHS: usize = 65_536;
+
+/// Why the share could not be opened.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    /// Another receiver holds the state folder's lock.
+    #[error("another receiver is using the state folder {0} (its lock file is held)")]
+    Locked(PathBuf),
+    /// A filesystem error, with the path it concerns.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
 
 /// Why a file could not be published.
 #[derive(Debug, Error)]
@@ -27,37 +61,146 @@ pub enum PublishError {
     },
     /// A folder on the way is a symbolic link (it could lead outside the output folder).
     #[error("{0} is a symbolic link: refusing to write through it")]
-    SymlinkOnPath(PathBuf),
+    SymlinkOnPath(String),
     /// Something on the way is not a folder, or the target is a folder.
     #[error("{0} is in the way")]
-    InTheWay(PathBuf),
+    InTheWay(String),
+    /// The folder holds a name that differs only by case, which Windows readers could not tell apart.
+    #[error("{existing:?} already exists in that folder and differs only by case")]
+    CaseClash {
+        /// The name already there.
+        existing: String,
+    },
+    /// Newer content for the same path (by the senders' order) was already published.
+    #[error("superseded: newer content for this path was already published")]
+    Superseded,
+    /// The temporary file was replaced between verification and rename.
+    #[error("temporary file replaced under the verifier")]
+    Replaced,
     /// Any other filesystem error.
     #[error("{0}")]
     Io(#[from] io::Error),
 }
 
-/// The output folder and its hidden state folder.
-#[derive(Debug, Clone)]
+impl From<Errno> for PublishError {
+    fn from(e: Errno) -> Self {
+        PublishError::Io(io::Error::from(e))
+    }
+}
+
+/// A temporary file in the state folder, created exclusively and used once.
+#[derive(Debug)]
+pub struct Temp {
+    /// The open file: every write, the hash and the sync go through it.
+    pub file: File,
+    name: String,
+}
+
+/// Newest published precedence per path, bounded.
+#[derive(Debug, Default)]
+struct Newest {
+    map: HashMap<String, Precedence>,
+    order: VecDeque<String>,
+}
+
+impl Newest {
+    fn get(&self, path: &str) -> Option<Precedence> {
+        self.map.get(path).copied()
+    }
+
+    fn set(&mut self, path: &str, p: Precedence) {
+        if self.map.insert(path.to_owned(), p).is_none() {
+            self.order.push_back(path.to_owned());
+            while self.order.len() > REMEMBERED_PATHS {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// The output folder and the state folder.
+#[derive(Debug)]
 pub struct Share {
     root: PathBuf,
-    tmp: PathBuf,
+    root_dir: OwnedFd,
+    state: PathBuf,
+    tmp_dir: OwnedFd,
+    nonce: u64,
+    next_temp: AtomicU64,
+    /// Serialises the precedence check with the rename it allows.
+    newest: Mutex<Newest>,
+    _lock: File,
+}
+
+fn beneath() -> ResolveFlag {
+    ResolveFlag::RESOLVE_BENEATH
+        | ResolveFlag::RESOLVE_NO_SYMLINKS
+        | ResolveFlag::RESOLVE_NO_MAGICLINKS
+}
+
+fn open_dir_beneath(dir: BorrowedFd<'_>, name: &str) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(beneath());
+    openat2(dir, name, how)
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd, OpenError> {
+    let how = OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC);
+    openat2(nix::fcntl::AT_FDCWD, path, how).map_err(|e| OpenError::Io {
+        path: path.to_owned(),
+        source: e.into(),
+    })
 }
 
 impl Share {
-    /// Opens (creating if needed) `root` and its state folder; deletes temporary files left by a
-    /// previous run, which can never complete now.
-    pub fn open(root: &Path) -> io::Result<(Self, usize)> {
-        fs::create_dir_all(root)?;
-        let root = fs::canonicalize(root)?;
-        let tmp = root.join(STATE_DIR).join("tmp");
-        fs::create_dir_all(&tmp)?;
+    /// Opens (creating if needed) the output folder `root` and the state folder (default
+    /// `root/.checkvalve`), takes the state folder's lock, and deletes temporary files left by a
+    /// previous run, which can never complete now. Returns the share and how many were deleted.
+    pub fn open(root: &Path, state: Option<&Path>) -> Result<(Self, usize), OpenError> {
+        let io_at = |path: &Path| {
+            let path = path.to_owned();
+            move |source| OpenError::Io { path, source }
+        };
+        fs::create_dir_all(root).map_err(io_at(root))?;
+        let root = fs::canonicalize(root).map_err(io_at(root))?;
+        let state = state.map_or_else(|| root.join(STATE_DIR), Path::to_path_buf);
+        fs::create_dir_all(&state).map_err(io_at(&state))?;
+        let state = fs::canonicalize(&state).map_err(io_at(&state))?;
+        let lock_path = state.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_at(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(state)),
+            Err(fs::TryLockError::Error(e)) => return Err(io_at(&lock_path)(e)),
+        }
+        let tmp = state.join("tmp");
+        fs::create_dir_all(&tmp).map_err(io_at(&tmp))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700)).map_err(io_at(&tmp))?;
         let mut stale = 0;
-        for e in fs::read_dir(&tmp)?.flatten() {
+        for e in fs::read_dir(&tmp).map_err(io_at(&tmp))?.flatten() {
             if fs::remove_file(e.path()).is_ok() {
                 stale += 1;
             }
         }
-        Ok((Share { root, tmp }, stale))
+        let share = Share {
+            root_dir: open_dir(&root)?,
+            tmp_dir: open_dir(&tmp)?,
+            root,
+            state,
+            nonce: rand::random::<u32>().into(),
+            next_temp: AtomicU64::new(0),
+            newest: Mutex::new(Newest::default()),
+            _lock: lock,
+        };
+        Ok((share, stale))
     }
 
     /// The output folder.
@@ -65,69 +208,87 @@ impl Share {
         &self.root
     }
 
-    /// Temporary path of an object in progress.
-    pub fn temp_path(&self, key: ObjectKey) -> PathBuf {
-        self.tmp.join(format!("{key}.part"))
+    /// The state folder.
+    pub fn state(&self) -> &Path {
+        &self.state
     }
 
-    /// Creates the temporary file of an object.
-    pub fn create_temp(&self, key: ObjectKey) -> io::Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(self.temp_path(key))
+    /// Creates a fresh temporary file for an object; never reuses or truncates an existing one.
+    pub fn create_temp(&self, key: ObjectKey) -> io::Result<Temp> {
+        loop {
+            let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+            let name = format!("{key}-{:08x}-{n}.part", self.nonce);
+            let how = OpenHow::new()
+                .flags(OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC)
+                .mode(Mode::from_bits_truncate(0o600))
+                .resolve(beneath());
+            match openat2(self.tmp_dir.as_fd(), name.as_str(), how) {
+                Ok(fd) => {
+                    return Ok(Temp {
+                        file: File::from(fd),
+                        name,
+                    });
+                }
+                Err(Errno::EEXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
-    /// Removes an object's temporary file, if any.
-    pub fn discard(&self, key: ObjectKey) {
-        let _ = fs::remove_file(self.temp_path(key));
+    /// Removes a temporary file.
+    pub fn discard(&self, temp: Temp) {
+        let _ = unlinkat(
+            self.tmp_dir.as_fd(),
+            temp.name.as_str(),
+            UnlinkatFlags::NoRemoveDir,
+        );
     }
 
     /// Bytes available to this process on the output filesystem.
     pub fn free_bytes(&self) -> Option<u64> {
-        nix::sys::statvfs::statvfs(&self.root)
+        nix::sys::statvfs::fstatvfs(self.root_dir.as_fd())
             .ok()
             .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
     }
 
-    /// Verifies the temporary file against `digest`, makes it durable, and renames it into place.
-    ///
-    /// Returns the final path. On error the temporary file is removed and nothing is published.
+    /// Verifies the temporary file against `digest` through its descriptor, makes it durable,
+    /// and renames exactly that file to `head.path` unless newer content for the path was
+    /// published already. On error the temporary file is removed and nothing is published.
     pub fn publish(
         &self,
-        key: ObjectKey,
+        temp: Temp,
         head: &Head,
         digest: &[u8; DIGEST_LEN],
+        precedence: Precedence,
     ) -> Result<PathBuf, PublishError> {
-        let result = self.verify_and_rename(key, head, digest);
+        let result = self.verify(&temp.file, head, digest).and_then(|()| {
+            let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+            if newest.get(&head.path).is_some_and(|n| n > precedence) {
+                return Err(PublishError::Superseded);
+            }
+            self.rename_into_place(&temp, &head.path)?;
+            newest.set(&head.path, precedence);
+            Ok(self.root.join(&head.path))
+        });
         if result.is_err() {
-            self.discard(key);
+            self.discard(temp);
         }
         result
     }
 
-    fn verify_and_rename(
+    fn verify(
         &self,
-        key: ObjectKey,
+        file: &File,
         head: &Head,
         digest: &[u8; DIGEST_LEN],
-    ) -> Result<PathBuf, PublishError> {
-        // An empty file never had content written, so its temporary file may not exist yet.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(self.temp_path(key))?;
+    ) -> Result<(), PublishError> {
+        // Content never written (an empty file, or trailing zeros) reads back as zeros.
         file.set_len(head.size)?;
-        file.seek(SeekFrom::Start(0))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
-            let n = file.read(&mut buf)?;
+            let n = file.read_at(&mut buf, total)?;
             if n == 0 {
                 break;
             }
@@ -149,49 +310,87 @@ impl Share {
             let _ = file.set_modified(mtime);
         }
         file.sync_all()?;
-        drop(file);
-        let target = self.prepare_target(&head.path)?;
-        fs::rename(self.temp_path(key), &target)?;
-        if let Some(parent) = target.parent() {
-            File::open(parent)?.sync_all()?;
-        }
-        Ok(target)
+        Ok(())
     }
 
-    /// Creates the folders leading to `rel` without following any symbolic link.
-    ///
-    /// `rel` was already checked for `..`, absolute paths and the like by the protocol core; this
-    /// guards against links planted inside the output folder.
-    fn prepare_target(&self, rel: &str) -> Result<PathBuf, PublishError> {
-        let mut dir = self.root.clone();
-        let mut parts = rel.split('/').peekable();
-        while let Some(part) = parts.next() {
-            let path = dir.join(part);
-            let last = parts.peek().is_none();
-            match fs::symlink_metadata(&path) {
-                Ok(m) if m.file_type().is_symlink() && !last => {
-                    return Err(PublishError::SymlinkOnPath(path));
-                }
-                Ok(m) if m.is_dir() && last => return Err(PublishError::InTheWay(path)),
-                Ok(m) if !m.is_dir() && !last && !m.file_type().is_symlink() => {
-                    return Err(PublishError::InTheWay(path));
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if !last {
-                        match fs::create_dir(&path) {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                            Err(e) => return Err(e.into()),
-                        }
+    fn rename_into_place(&self, temp: &Temp, rel: &str) -> Result<(), PublishError> {
+        let parts: Vec<&str> = rel.split('/').collect();
+        let (last, folders) = parts
+            .split_last()
+            .ok_or_else(|| PublishError::InTheWay(rel.to_owned()))?;
+        let mut dir: Option<OwnedFd> = None;
+        for (i, part) in folders.iter().enumerate() {
+            let here = parts[..=i].join("/");
+            let parent = dir.as_ref().map_or(self.root_dir.as_fd(), |d| d.as_fd());
+            let next = match open_dir_beneath(parent, part) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => {
+                    refuse_case_clash(parent, part)?;
+                    match mkdirat(parent, *part, Mode::from_bits_truncate(0o755)) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(e.into()),
                     }
+                    open_dir_beneath(parent, part).map_err(|e| classify(e, &here))?
                 }
-                Err(e) => return Err(e.into()),
-            }
-            dir = path;
+                Err(e) => return Err(classify(e, &here)),
+            };
+            dir = Some(next);
         }
-        Ok(dir)
+        let parent = dir.as_ref().map_or(self.root_dir.as_fd(), |d| d.as_fd());
+        match fstatat(parent, *last, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc_mode::S_IFMT == libc_mode::S_IFDIR => {
+                return Err(PublishError::InTheWay(rel.to_owned()));
+            }
+            Ok(_) => {}
+            Err(Errno::ENOENT) => refuse_case_clash(parent, last)?,
+            Err(e) => return Err(e.into()),
+        }
+        // Rename exactly the file that was verified: the name must still be that inode.
+        let ours = fstat(temp.file.as_fd())?;
+        let named = fstatat(
+            self.tmp_dir.as_fd(),
+            temp.name.as_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        if (ours.st_dev, ours.st_ino) != (named.st_dev, named.st_ino) {
+            return Err(PublishError::Replaced);
+        }
+        renameat(self.tmp_dir.as_fd(), temp.name.as_str(), parent, *last)?;
+        fsync(parent)?;
+        Ok(())
     }
+}
+
+/// File type bits of `st_mode`.
+mod libc_mode {
+    pub const S_IFMT: u32 = 0o170_000;
+    pub const S_IFDIR: u32 = 0o040_000;
+}
+
+fn classify(e: Errno, here: &str) -> PublishError {
+    match e {
+        Errno::ELOOP => PublishError::SymlinkOnPath(here.to_owned()),
+        Errno::ENOTDIR | Errno::EXDEV => PublishError::InTheWay(here.to_owned()),
+        e => e.into(),
+    }
+}
+
+/// Refuses `name` when the folder holds another name equal to it but for case.
+fn refuse_case_clash(dir: BorrowedFd<'_>, name: &str) -> Result<(), PublishError> {
+    let folded = name.to_lowercase();
+    let fd = open_dir_beneath(dir, ".")?;
+    let mut listing = nix::dir::Dir::from_fd(fd)?;
+    for entry in listing.iter().flatten() {
+        let Ok(other) = entry.file_name().to_str() else {
+            continue;
+        };
+        if other != name && other.to_lowercase() == folded {
+            return Err(PublishError::CaseClash {
+                existing: other.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -213,66 +412,157 @@ mod tests {
         )
     }
 
-    fn write_temp(share: &Share, key: ObjectKey, data: &[u8]) -> File {
-        let mut f = share.create_temp(key).unwrap();
-        f.write_all(data).unwrap();
-        f
+    fn key(object: u64) -> ObjectKey {
+        ObjectKey { session: 1, object }
+    }
+
+    fn order(object: u64) -> Precedence {
+        Precedence {
+            session_ordinal: 0,
+            object,
+        }
+    }
+
+    fn temp(share: &Share, k: ObjectKey, data: &[u8]) -> Temp {
+        let mut t = share.create_temp(k).unwrap();
+        t.file.write_all(data).unwrap();
+        t
+    }
+
+    fn tmp_count(share: &Share) -> usize {
+        fs::read_dir(share.state().join("tmp")).unwrap().count()
     }
 
     #[test]
     fn publishes_verified_files_and_refuses_bad_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let (share, _) = Share::open(dir.path()).unwrap();
-        let key = ObjectKey {
-            session: 1,
-            object: 1,
-        };
+        let (share, _) = Share::open(dir.path(), None).unwrap();
         let (h, d) = head("a/b/c.txt", b"hello");
-        let f = write_temp(&share, key, b"hello");
-        let p = {
-            drop(f);
-            share.publish(key, &h, &d)
-        }
-        .unwrap();
+        let p = share
+            .publish(temp(&share, key(1), b"hello"), &h, &d, order(1))
+            .unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"hello");
         assert_eq!(p, share.root().join("a/b/c.txt"));
 
-        let key2 = ObjectKey {
-            session: 1,
-            object: 2,
-        };
-        let f = write_temp(&share, key2, b"hellp");
         let (h, d) = head("x.txt", b"hello");
-        assert!(matches!(
-            {
-                drop(f);
-                share.publish(key2, &h, &d)
-            },
-            Err(PublishError::DigestMismatch)
-        ));
+        let r = share.publish(temp(&share, key(2), b"hellp"), &h, &d, order(2));
+        assert!(matches!(r, Err(PublishError::DigestMismatch)));
         assert!(!share.root().join("x.txt").exists());
-        assert!(!share.temp_path(key2).exists());
+        assert_eq!(tmp_count(&share), 0);
+    }
+
+    #[test]
+    fn temporary_files_are_never_shared_between_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let (share, _) = Share::open(dir.path(), None).unwrap();
+        // The same object twice (a session recreated, a late re-decode): two distinct files.
+        let a = temp(&share, key(5), b"first");
+        let b = share.create_temp(key(5)).unwrap();
+        assert_ne!(a.name, b.name);
+        let (h, d) = head("f.txt", b"first");
+        share.discard(b);
+        share.publish(a, &h, &d, order(5)).unwrap();
+        assert_eq!(fs::read(share.root().join("f.txt")).unwrap(), b"first");
+    }
+
+    #[test]
+    fn a_temporary_file_swapped_after_verification_is_not_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let (share, _) = Share::open(dir.path(), None).unwrap();
+        let t = temp(&share, key(6), b"good");
+        // Replace the name with another file: the verified descriptor no longer matches it.
+        let path = share.state().join("tmp").join(&t.name);
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, b"evil").unwrap();
+        let (h, d) = head("g.txt", b"good");
+        assert!(matches!(
+            share.publish(t, &h, &d, order(6)),
+            Err(PublishError::Replaced)
+        ));
+        assert!(!share.root().join("g.txt").exists());
     }
 
     #[test]
     fn never_writes_through_a_symlink() {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        let (share, _) = Share::open(dir.path()).unwrap();
+        let (share, _) = Share::open(dir.path(), None).unwrap();
         std::os::unix::fs::symlink(outside.path(), share.root().join("evil")).unwrap();
-        let key = ObjectKey {
-            session: 1,
-            object: 3,
+        fs::create_dir_all(share.root().join("a")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), share.root().join("a/deeper")).unwrap();
+        for (i, p) in ["evil/owned.txt", "a/deeper/x/owned.txt"]
+            .iter()
+            .enumerate()
+        {
+            let (h, d) = head(p, b"x");
+            let r = share.publish(
+                temp(&share, key(10 + i as u64), b"x"),
+                &h,
+                &d,
+                order(i as u64),
+            );
+            assert!(
+                matches!(r, Err(PublishError::SymlinkOnPath(_))),
+                "{p}: {r:?}"
+            );
+        }
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn older_content_never_replaces_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (share, _) = Share::open(dir.path(), None).unwrap();
+        let (h_new, d_new) = head("same.csv", b"new");
+        let (h_old, d_old) = head("same.csv", b"old");
+        share
+            .publish(temp(&share, key(9), b"new"), &h_new, &d_new, order(9))
+            .unwrap();
+        let r = share.publish(temp(&share, key(3), b"old"), &h_old, &d_old, order(3));
+        assert!(matches!(r, Err(PublishError::Superseded)));
+        assert_eq!(fs::read(share.root().join("same.csv")).unwrap(), b"new");
+        let later = Precedence {
+            session_ordinal: 1,
+            object: 0,
         };
-        let (h, d) = head("evil/owned.txt", b"x");
-        let f = write_temp(&share, key, b"x");
+        share
+            .publish(temp(&share, key(0), b"old"), &h_old, &d_old, later)
+            .unwrap();
+        assert_eq!(fs::read(share.root().join("same.csv")).unwrap(), b"old");
+    }
+
+    #[test]
+    fn names_differing_only_by_case_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (share, _) = Share::open(dir.path(), None).unwrap();
+        let (h, d) = head("Logs/Pump.csv", b"a");
+        share
+            .publish(temp(&share, key(1), b"a"), &h, &d, order(1))
+            .unwrap();
+        for p in ["Logs/pump.CSV", "logs/other.csv"] {
+            let (h, d) = head(p, b"b");
+            let r = share.publish(temp(&share, key(2), b"b"), &h, &d, order(2));
+            assert!(
+                matches!(r, Err(PublishError::CaseClash { .. })),
+                "{p}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_second_receiver_on_the_same_state_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (share, _) = Share::open(dir.path(), None).unwrap();
+        let t = temp(&share, key(1), b"in progress");
         assert!(matches!(
-            {
-                drop(f);
-                share.publish(key, &h, &d)
-            },
-            Err(PublishError::SymlinkOnPath(_))
+            Share::open(dir.path(), None),
+            Err(OpenError::Locked(_))
         ));
-        assert!(!outside.path().join("owned.txt").exists());
+        assert_eq!(
+            tmp_count(&share),
+            1,
+            "the first receiver's temporary file was deleted"
+        );
+        share.discard(t);
     }
 }

@@ -260,7 +260,7 @@ fn run_link(a: LinkArgs) -> Result<()> {
         .map(|p| p.name.clone())
         .collect();
     let forwarder = Forwarder::bind(options.clone())?;
-    info!(bind = %options.bind, to = %options.to, seed, ?phases, "forwarding");
+    info!(bind = %forwarder.local_addr()?, to = %options.to, seed, ?phases, "forwarding");
     let report = forwarder.run(&stop)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

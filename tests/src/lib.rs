@@ -65,12 +65,27 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A free UDP port on 127.0.0.1.
-pub fn free_port() -> u16 {
+/// A UDP port on 127.0.0.1 where nothing listens (held by no one once returned: only for
+/// sending into the void, never for binding a program to).
+pub fn dead_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("free port")
         .port()
+}
+
+/// Waits for the line containing `needle` in `proc`'s log and returns its `bind=` address: the
+/// programs bind port 0 and say which port they got, so tests never race for a port.
+pub fn bound_addr(proc: &Proc, needle: &str, limit: Duration) -> String {
+    wait_for_log(proc, needle, limit);
+    let log = proc.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains(needle))
+        .expect("readiness line");
+    field(line, "bind")
+        .unwrap_or_else(|| panic!("no bind= in {line:?}"))
+        .to_string()
 }
 
 /// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
@@ -267,37 +282,34 @@ impl Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("out");
         prepare(&out);
-        let rport = free_port();
-        let receiver_addr = format!("127.0.0.1:{rport}");
         let mut rargs = vec![
             "--bind".to_string(),
-            receiver_addr.clone(),
+            "127.0.0.1:0".into(),
             "--out".into(),
             out.display().to_string(),
             "--stats-interval".into(),
             "1s".into(),
+            "--aggregate-interval".into(),
+            "1s".into(),
         ];
         rargs.extend(receiver_args.iter().map(|s| s.to_string()));
         let receiver = Proc::start(dir.path(), "receiver", &bin("checkvalve-receive"), &rargs);
+        let receiver_addr = bound_addr(&receiver, " receiving", Duration::from_secs(20));
         let (sim, send_to) = match sim_args {
             Some(extra) => {
-                let sport = free_port();
                 let mut sargs = vec![
                     "--bind".to_string(),
-                    format!("127.0.0.1:{sport}"),
+                    "127.0.0.1:0".into(),
                     "--to".into(),
                     receiver_addr.clone(),
                 ];
                 sargs.extend(extra.iter().map(|s| s.to_string()));
                 let sim = Proc::start(dir.path(), "sim", &bin("checkvalve-sim"), &sargs);
-                (Some(sim), format!("127.0.0.1:{sport}"))
+                let at = bound_addr(&sim, " forwarding", Duration::from_secs(20));
+                (Some(sim), at)
             }
             None => (None, receiver_addr.clone()),
         };
-        wait_for_log(&receiver, "receiving", Duration::from_secs(20));
-        if let Some(sim) = &sim {
-            wait_for_log(sim, "forwarding", Duration::from_secs(20));
-        }
         Rig {
             dir,
             out,
@@ -309,21 +321,36 @@ impl Rig {
         }
     }
 
-    /// Runs the sender on `paths` and returns its exit status (bounded by `limit`).
-    pub fn send(&self, paths: &[&Path], extra: &[&str], limit: Duration) -> ExitStatus {
+    /// Starts the sender on `paths` (logging to `tag`.log) and returns it running.
+    pub fn start_sender(&self, tag: &str, paths: &[&Path], extra: &[&str]) -> Proc {
         let mut args = vec!["--to".to_string(), self.send_to.clone()];
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(paths.iter().map(|p| p.display().to_string()));
-        let mut sender = Proc::start(self.dir.path(), "sender", &bin("checkvalve-send"), &args);
-        sender.wait(limit)
+        Proc::start(self.dir.path(), tag, &bin("checkvalve-send"), &args)
     }
 
-    /// Waits until the receiver has delivered or reported lost `expected` files, at most `limit`.
+    /// Runs the sender on `paths` and returns its exit status (bounded by `limit`).
+    pub fn send(&self, paths: &[&Path], extra: &[&str], limit: Duration) -> ExitStatus {
+        self.start_sender("sender", paths, extra).wait(limit)
+    }
+
+    /// The receiver's manifest.
+    pub fn manifest_path(&self) -> PathBuf {
+        self.out.join(".checkvalve/manifest.jsonl")
+    }
+
+    /// The outcomes recorded in the manifest so far.
+    pub fn outcome(&self) -> Outcome {
+        Outcome::read(&self.manifest_path())
+    }
+
+    /// Waits until the manifest records `expected` outcomes (files delivered, superseded or lost,
+    /// unnamed objects counted one by one), at most `limit`.
     pub fn settle(&self, expected: usize, limit: Duration) -> Outcome {
         let deadline = Instant::now() + limit;
         loop {
-            let o = Outcome::parse(&self.receiver.log_text());
-            if o.delivered.len() + o.lost_named.len() + o.lost_unnamed >= expected {
+            let o = self.outcome();
+            if o.total() >= expected {
                 return o;
             }
             if Instant::now() >= deadline {
@@ -359,15 +386,19 @@ pub fn wait_for_log(proc: &Proc, needle: &str, limit: Duration) {
     }
 }
 
-/// What the receiver's log says it did.
+/// What the receiver's manifest says it did.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// Paths delivered.
+    /// Paths delivered, in manifest order.
     pub delivered: Vec<String>,
+    /// Paths verified but superseded by newer content.
+    pub superseded: Vec<String>,
     /// Paths reported lost by name.
     pub lost_named: Vec<String>,
     /// Objects reported lost without a name (metadata not recovered, or nothing received).
-    pub lost_unnamed: usize,
+    pub lost_unnamed: u64,
+    /// Every record, as parsed.
+    pub records: Vec<serde_json::Value>,
 }
 
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -378,26 +409,31 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 }
 
 impl Outcome {
-    /// Parses the receiver's log lines.
-    pub fn parse(log: &str) -> Outcome {
+    /// Reads a manifest (an absent one is empty); panics on a line that is not a JSON record.
+    pub fn read(path: &Path) -> Outcome {
+        let text = fs::read_to_string(path).unwrap_or_default();
         let mut o = Outcome::default();
-        for line in log.lines() {
-            if line.contains(" delivered") {
-                if let Some(p) = field(line, "path") {
-                    o.delivered.push(p.to_string());
-                }
-            } else if line.contains("lost") && (line.contains("WARN") || line.contains("ERROR")) {
-                if let (Some(first), Some(last)) = (field(line, "first"), field(line, "last")) {
-                    let (a, b): (u64, u64) =
-                        (first.parse().unwrap_or(0), last.parse().unwrap_or(0));
-                    o.lost_unnamed += (b - a + 1) as usize;
-                } else if let Some(p) = field(line, "path").filter(|p| *p != "(unknown)") {
-                    o.lost_named.push(p.to_string());
-                } else if line.contains("lost") {
-                    o.lost_unnamed += 1;
-                }
+        for line in text.lines() {
+            let r: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("manifest line {line:?} is not JSON: {e}"));
+            let path = r["path"].as_str().map(str::to_owned);
+            match (r["status"].as_str(), path) {
+                (Some("delivered"), Some(p)) => o.delivered.push(p),
+                (Some("superseded"), Some(p)) => o.superseded.push(p),
+                (Some("lost"), Some(p)) => o.lost_named.push(p),
+                (Some("lost"), None) => o.lost_unnamed += r["objects"].as_u64().expect("objects"),
+                _ => panic!("unexpected manifest record {line}"),
             }
+            o.records.push(r);
         }
         o
+    }
+
+    /// Outcomes recorded, unnamed objects counted one by one.
+    pub fn total(&self) -> usize {
+        self.delivered.len()
+            + self.superseded.len()
+            + self.lost_named.len()
+            + self.lost_unnamed as usize
     }
 }

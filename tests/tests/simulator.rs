@@ -4,7 +4,7 @@ use std::net::UdpSocket;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use checkvalve_tests::{Proc, bin, free_port, serial, wait_for_log};
+use checkvalve_tests::{Proc, bin, bound_addr, dead_port, serial};
 use pcap_file::pcap::PcapReader;
 use serde_json::Value;
 
@@ -13,16 +13,15 @@ fn start_sim(dir: &Path, tag: &str, args: &[&str]) -> (Proc, UdpSocket, String) 
     let sink = UdpSocket::bind("127.0.0.1:0").expect("sink");
     sink.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
-    let sim_addr = format!("127.0.0.1:{}", free_port());
     let mut all = vec![
         "--bind".to_string(),
-        sim_addr.clone(),
+        "127.0.0.1:0".into(),
         "--to".into(),
         sink.local_addr().expect("addr").to_string(),
     ];
     all.extend(args.iter().map(|s| s.to_string()));
     let sim = Proc::start(dir, tag, &bin("checkvalve-sim"), &all);
-    wait_for_log(&sim, "forwarding", Duration::from_secs(20));
+    let sim_addr = bound_addr(&sim, " forwarding", Duration::from_secs(20));
     (sim, sink, sim_addr)
 }
 
@@ -154,11 +153,10 @@ fn the_simulator_never_sends_anything_back_toward_the_sender() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tmp");
     // Forward to a port where nothing listens, so ICMP errors come back to the simulator too.
-    let dead = format!("127.0.0.1:{}", free_port());
-    let sim_addr = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", dead_port());
     let args: Vec<String> = [
         "--bind",
-        &sim_addr,
+        "127.0.0.1:0",
         "--to",
         &dead,
         "--duplicate",
@@ -170,7 +168,7 @@ fn the_simulator_never_sends_anything_back_toward_the_sender() {
     .map(|s| s.to_string())
     .collect();
     let mut sim = Proc::start(dir.path(), "sim", &bin("checkvalve-sim"), &args);
-    wait_for_log(&sim, "forwarding", Duration::from_secs(20));
+    let sim_addr = bound_addr(&sim, " forwarding", Duration::from_secs(20));
     let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
     sender
         .set_read_timeout(Some(Duration::from_millis(100)))

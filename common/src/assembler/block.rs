@@ -1,0 +1,78 @@
+//! One block in progress: its shards as they arrive, and the decode once `k` of them are in.
+
+use crate::fec::{Fec, FecError};
+use crate::wire::MAX_SHARDS_PER_BLOCK;
+
+/// Shards of one block received so far.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// Parity count every shard of the block must repeat.
+    pub(crate) parity: u8,
+    /// `(k + m) * L` bytes, shard `i` at `i * L`.
+    pub(crate) buf: Vec<u8>,
+    /// Which shards arrived (bit `i` for shard `i`).
+    present: [u64; MAX_SHARDS_PER_BLOCK / 64],
+    count: usize,
+}
+
+/// What adding a shard did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Added {
+    /// The shard was already held.
+    Duplicate,
+    /// Stored; the block still needs more.
+    Stored,
+    /// Stored, and the block now has enough shards to decode.
+    Ready,
+}
+
+impl Pending {
+    /// A block of `n` shards of `l` bytes in `buf` (resized to fit).
+    pub(crate) fn new(parity: u8, mut buf: Vec<u8>, n: usize, l: usize) -> Self {
+        buf.clear();
+        buf.resize(n * l, 0);
+        Pending {
+            parity,
+            buf,
+            present: [0; MAX_SHARDS_PER_BLOCK / 64],
+            count: 0,
+        }
+    }
+
+    /// Shards held.
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Bytes charged to the budget for this block.
+    pub(crate) fn cost(&self) -> usize {
+        self.buf.capacity() + super::budget::BLOCK_COST
+    }
+
+    /// Stores shard `i` (`payload` is exactly `L` bytes); `k` is the block's data shard count.
+    pub(crate) fn add(&mut self, i: usize, payload: &[u8], k: usize) -> Added {
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if self.present[word] & bit != 0 {
+            return Added::Duplicate;
+        }
+        let l = payload.len();
+        self.buf[i * l..(i + 1) * l].copy_from_slice(payload);
+        self.present[word] |= bit;
+        self.count += 1;
+        if self.count >= k {
+            Added::Ready
+        } else {
+            Added::Stored
+        }
+    }
+
+    /// Rebuilds the data shards in place; afterwards `buf[..k * L]` is the block's data.
+    pub(crate) fn decode(&mut self, fec: &mut Fec, k: usize, l: usize) -> Result<(), FecError> {
+        let n = self.buf.len() / l;
+        let mut flags = [false; MAX_SHARDS_PER_BLOCK];
+        for (i, f) in flags.iter_mut().enumerate().take(n) {
+            *f = self.present[i / 64] & (1 << (i % 64)) != 0;
+        }
+        fec.reconstruct(k, &mut self.buf, l, &flags[..n])
+    }
+}
