@@ -84,7 +84,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// Resolves `--to` once, at start: an IP literal needs no name lookup at all.
 fn resolve(to: &str) -> Result<SocketAddr> {
+    if let Ok(addr) = to.parse() {
+        return Ok(addr);
+    }
     to.to_socket_addrs()
         .with_context(|| format!("cannot resolve {to:?}"))?
         .next()
@@ -152,8 +156,13 @@ fn run(args: Args) -> Result<ExitCode> {
         warn!("interrupted: not every file was sent");
         return Ok(ExitCode::from(130));
     }
-    if failed > 0 {
-        error!("{failed} file(s) could not be sent; see the errors above");
+    if failed > 0 || sent.errors > 0 {
+        error!(
+            files_failed = failed,
+            datagrams_not_sent = sent.errors,
+            "{failed} file(s) could not be sent and {} datagram(s) were refused by the kernel; see the errors above",
+            sent.errors
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

@@ -19,6 +19,9 @@ use tracing::{debug, error, warn};
 
 use crate::walk::Entry;
 
+/// Attempts at a file that changes while it is read, before it is skipped as unstable.
+const MAX_TRIES: u32 = 3;
+
 /// What the producer did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Produced {
@@ -26,8 +29,21 @@ pub struct Produced {
     pub files: u64,
     /// Content bytes encoded.
     pub bytes: u64,
-    /// Files that could not be read in full.
+    /// Files that could not be read in full, or kept changing while read.
     pub failed: u64,
+}
+
+/// How one attempt at a file ended.
+enum Attempt {
+    /// Sent whole and verified, this many bytes.
+    Sent(u64),
+    /// Refused before anything was sent.
+    Refused,
+    /// The file changed (or shrank) while it was read: its digest was withheld, so the receiver
+    /// can never verify (and publish) what went out.
+    Changed(String),
+    /// Failed part-way for another reason.
+    Failed(anyhow::Error),
 }
 
 /// Encodes `entries` as objects `0..` of `session` and sends the batches to `tx`.
@@ -47,23 +63,38 @@ pub fn produce(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let result = encode_file(session, next_object, &entry, fec, &mut blocks, |blocks| {
-            forward(&mut inter, blocks, &tx)
-        });
-        match result {
-            Ok(Some(size)) => {
+        for attempt in 1..=MAX_TRIES {
+            let result = encode_file(session, next_object, &entry, fec, &mut blocks, |blocks| {
+                forward(&mut inter, blocks, &tx)
+            });
+            if !matches!(result, Attempt::Refused) {
+                // The head went out: the object number is spent whatever happens next.
                 next_object += 1;
-                out.files += 1;
-                out.bytes += size;
-                debug!(file = %entry.name, size, "encoded");
             }
-            Ok(None) => out.failed += 1,
-            Err(e) => {
-                // The head went out already: the receiver will report this object lost by name.
-                next_object += 1;
-                out.failed += 1;
-                error!(file = %entry.name, "not sent in full: {e:#}");
+            match result {
+                Attempt::Sent(size) => {
+                    out.files += 1;
+                    out.bytes += size;
+                    debug!(file = %entry.name, size, "encoded");
+                }
+                Attempt::Refused => out.failed += 1,
+                Attempt::Changed(what) if attempt < MAX_TRIES => {
+                    warn!(file = %entry.name, attempt, "{what} while being read: not verifiable, sending it again");
+                    if forward(&mut inter, &mut blocks, &tx).is_err() {
+                        return out;
+                    }
+                    continue;
+                }
+                Attempt::Changed(what) => {
+                    out.failed += 1;
+                    error!(file = %entry.name, tries = MAX_TRIES, "skipped: {what} on every try (the receiver reports it lost)");
+                }
+                Attempt::Failed(e) => {
+                    out.failed += 1;
+                    error!(file = %entry.name, "not sent in full: {e:#}");
+                }
             }
+            break;
         }
         if forward(&mut inter, &mut blocks, &tx).is_err() {
             return out;
@@ -89,7 +120,12 @@ fn forward(
     Ok(())
 }
 
-/// Encodes one file. `Ok(None)`: refused before anything was sent; `Err`: failed part-way.
+/// Size and modification time: a file whose pair differs after reading changed under the reader.
+fn fingerprint(m: &std::fs::Metadata) -> (u64, Option<std::time::SystemTime>) {
+    (m.len(), m.modified().ok())
+}
+
+/// Encodes one file. Its digest block goes out only if the file was stable while it was read.
 fn encode_file(
     session: u64,
     object: u64,
@@ -97,7 +133,7 @@ fn encode_file(
     fec: FecParams,
     blocks: &mut Vec<DataBlock>,
     mut flush: impl FnMut(&mut Vec<DataBlock>) -> Result<()>,
-) -> Result<Option<u64>> {
+) -> Attempt {
     let opened = File::open(&entry.source).and_then(|f| {
         let m = f.metadata()?;
         Ok((f, m))
@@ -106,7 +142,7 @@ fn encode_file(
         Ok(x) => x,
         Err(e) => {
             error!(file = %entry.name, "cannot open: {e}");
-            return Ok(None);
+            return Attempt::Refused;
         }
     };
     let mtime = meta
@@ -124,7 +160,7 @@ fn encode_file(
         Ok(x) => x,
         Err(e) => {
             error!(file = %entry.name, "refused: {e}");
-            return Ok(None);
+            return Attempt::Refused;
         }
     };
     blocks.push(head_block);
@@ -132,17 +168,38 @@ fn encode_file(
     let mut left = head.size;
     while left > 0 {
         let want = (buf.len() as u64).min(left) as usize;
-        file.read_exact(&mut buf[..want])
-            .with_context(|| format!("file shrank or became unreadable with {left} bytes to go"))?;
-        enc.push(&buf[..want], blocks)?;
+        if let Err(e) = file.read_exact(&mut buf[..want]) {
+            return if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Attempt::Changed(format!("shrank with {left} bytes to go"))
+            } else {
+                Attempt::Failed(anyhow::Error::new(e).context("read failed"))
+            };
+        }
+        if let Err(e) = enc.push(&buf[..want], blocks) {
+            return Attempt::Failed(e.into());
+        }
         left -= want as u64;
-        flush(blocks)?;
+        if let Err(e) = flush(blocks) {
+            return Attempt::Failed(e);
+        }
     }
-    enc.finish(blocks)?;
-    if let Ok(after) = std::fs::metadata(&entry.source)
-        && (after.len() != meta.len() || after.modified().ok() != meta.modified().ok())
-    {
-        warn!(file = %entry.name, "changed while being sent: the receiver gets the bytes read, verified as read");
+    let before = fingerprint(&meta);
+    let after = file.metadata().map(|m| fingerprint(&m));
+    if let Err(e) = enc.finish(blocks) {
+        return Attempt::Failed(e.into());
     }
-    Ok(Some(head.size))
+    match after {
+        Ok(after) if after == before => Attempt::Sent(head.size),
+        changed => {
+            // The digest block is last: withholding it leaves the object unverifiable.
+            blocks.pop();
+            Attempt::Changed(match changed {
+                Ok((len, _)) if len != before.0 => {
+                    format!("size changed from {} to {len}", before.0)
+                }
+                Ok(_) => "modified".to_string(),
+                Err(e) => format!("could not be checked ({e})"),
+            })
+        }
+    }
 }

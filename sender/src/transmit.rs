@@ -12,6 +12,9 @@ use checkvalve_common::pacer::Pacer;
 use checkvalve_common::wire::Heartbeat;
 use tracing::{debug, warn};
 
+/// Longest a single send may block before it counts as failed.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Sleeping is coarse; shorter waits are left to the pacer's slack.
 const MIN_SLEEP: Duration = Duration::from_micros(200);
 
@@ -49,6 +52,10 @@ impl Transmitter {
             "[::]:0".parse()?
         };
         let socket = UdpSocket::bind(local).context("cannot open the link socket")?;
+        // A send that blocks (a full interface queue) must not hold up SIGTERM for long.
+        socket
+            .set_write_timeout(Some(SEND_TIMEOUT))
+            .context("cannot set the send timeout")?;
         Ok(Transmitter {
             socket,
             to,

@@ -158,7 +158,13 @@ impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            std::thread::sleep(Duration::from_millis(200));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -413,9 +419,15 @@ impl Outcome {
     pub fn read(path: &Path) -> Outcome {
         let text = fs::read_to_string(path).unwrap_or_default();
         let mut o = Outcome::default();
+        let mut seen = std::collections::HashSet::new();
         for line in text.lines() {
             let r: serde_json::Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("manifest line {line:?} is not JSON: {e}"));
+            let object = r["object"].as_str().expect("object").to_owned();
+            // Aggregate records name a session, and a session may have one per interval.
+            if object.contains('-') {
+                assert!(seen.insert(object), "two records for one object: {line}");
+            }
             let path = r["path"].as_str().map(str::to_owned);
             match (r["status"].as_str(), path) {
                 (Some("delivered"), Some(p)) => o.delivered.push(p),

@@ -81,7 +81,7 @@ fn same_seed_and_input_give_identical_counters_and_pcap_and_tshark_agrees() {
     let mut runs = Vec::new();
     for run in 0..2 {
         let pcap = dir.path().join(format!("run{run}.pcap"));
-        let (mut sim, _sink, addr) = start_sim(
+        let (mut sim, sink, addr) = start_sim(
             dir.path(),
             &format!("sim{run}"),
             &[
@@ -104,7 +104,9 @@ fn same_seed_and_input_give_identical_counters_and_pcap_and_tshark_agrees() {
             ],
         );
         send_numbered(&addr, 5000);
-        std::thread::sleep(Duration::from_millis(300));
+        // Stop once the simulator has forwarded everything: the sink has gone quiet.
+        let mut buf = [0u8; 2048];
+        while sink.recv(&mut buf).is_ok() {}
         let report = stop_report(&mut sim);
         runs.push((report, pcap));
     }
