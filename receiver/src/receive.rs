@@ -380,7 +380,12 @@ impl Receive {
                     }
                 }
             }
-            Event::Abandoned { key, path, reason } => {
+            Event::Abandoned {
+                key,
+                path,
+                reason,
+                sender_heard,
+            } => {
                 let named = self.unname(key);
                 if let Some(temp) = self.files.remove(&key) {
                     self.out.share.discard(temp);
@@ -389,7 +394,20 @@ impl Receive {
                     (Some((p, s)), _) => Some((p, Some(s))),
                     (None, p) => p.map(|p| (p, None)),
                 };
-                self.record_loss(key, named, reason.to_string());
+                match named {
+                    Some(named) if sender_heard => {
+                        self.record_loss(key, Some(named), reason.to_string());
+                    }
+                    // Never a heartbeat from this session: anyone can forge shards in numbers,
+                    // so its losses are counted in aggregate, name or not.
+                    Some((path, _)) => self.add_unnamed(
+                        key.session,
+                        key.object,
+                        key.object,
+                        format!("{reason} (from a session never heard by heartbeat; first name {path:?})"),
+                    ),
+                    None => self.record_loss(key, None, reason.to_string()),
+                }
             }
             Event::Missing {
                 session,

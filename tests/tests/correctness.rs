@@ -191,3 +191,28 @@ fn a_second_receiver_on_the_same_folder_refuses_to_start() {
         "the second receiver deleted the first one's files"
     );
 }
+
+#[test]
+fn objects_in_progress_when_the_receiver_stops_are_recorded() {
+    let mut rig = Rig::start(None, &[]);
+    let src = rig.dir.path().join("src");
+    write_file(&src.join("slow/big.bin"), 16 << 20, 51);
+    // 16 MiB at 20 Mbit/s: still in progress when the receiver is stopped.
+    let _sender = rig.start_sender("sender", &[&src.join("slow")], &["--rate", "20M"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rig.receiver.log_text().contains("new sender session") {
+        assert!(Instant::now() < deadline, "sender not heard");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(rig.receiver.stop().success());
+    let outcome = rig.outcome();
+    assert_eq!(outcome.lost_named, ["slow/big.bin"], "{outcome:?}");
+    assert!(
+        outcome.records[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("receiver stopped")),
+        "{outcome:?}"
+    );
+    assert!(published(&rig.out).is_empty());
+}

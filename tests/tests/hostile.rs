@@ -279,7 +279,11 @@ fn a_flood_of_large_forged_shards_stays_within_the_memory_bound() {
     let sent: u64 = senders.into_iter().map(|t| t.join().expect("flood")).sum();
     std::thread::sleep(Duration::from_millis(500));
     let peak = peak_rss_kib(pid);
-    eprintln!("{sent} forged 60 kB datagrams; receiver peak RSS {peak} KiB");
+    let log = rig.receiver.log_text();
+    eprintln!(
+        "{sent} forged 60 kB datagrams; receiver peak RSS {peak} KiB; {}",
+        log.lines().rfind(|l| l.contains(" stats ")).unwrap_or("")
+    );
     assert!(
         peak <= (MAX_PENDING_MIB + OVERHEAD_MIB) * 1024,
         "peak RSS {peak} KiB above --max-pending {MAX_PENDING_MIB} MiB + {OVERHEAD_MIB} MiB"
@@ -309,4 +313,55 @@ fn a_flood_of_large_forged_shards_stays_within_the_memory_bound() {
         "{} records",
         outcome.records.len()
     );
+}
+
+#[test]
+fn a_flood_of_forged_sessions_does_not_flood_the_log_or_the_manifest() {
+    let rig = Rig::start(None, &["--object-timeout", "1s"]);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    // One forged object per fresh session (a whole, decodable head and content), and a forged
+    // heartbeat per fresh session: 200,000 datagrams.
+    let template = forged_object(1, "forged.txt", "forged.txt");
+    for i in 0..100_000u64 {
+        let session: u64 = rng.random::<u64>() | 1;
+        let d = &template[(i as usize) % template.len()];
+        let mut d = d.clone();
+        d[8..16].copy_from_slice(&session.to_be_bytes());
+        let n = d.len() - 4;
+        let crc = crc32fast::hash(&d[..n]);
+        d[n..].copy_from_slice(&crc.to_be_bytes());
+        let _ = sock.send_to(&d, &rig.receiver_addr);
+        let hb = checkvalve_common::wire::Heartbeat {
+            session: rng.random::<u64>() | 1,
+            seq: 0,
+            datagrams_sent: 0,
+            objects_sent: rng.random_range(0..1000),
+            interval_ms: 1000,
+        };
+        let _ = sock.send_to(&hb.to_bytes(), &rig.receiver_addr);
+        if i % 2000 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    // Let every forged object and gap time out and be recorded.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = rig.receiver.log_text();
+    let manifest = std::fs::metadata(rig.manifest_path())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    eprintln!(
+        "{} log lines, {} bytes of manifest, {} new-session lines",
+        log.lines().count(),
+        manifest,
+        log.matches("new sender session").count()
+    );
+    assert!(
+        log.lines().count() < 500,
+        "log flooded: {} lines",
+        log.lines().count()
+    );
+    assert!(log.matches("new sender session").count() <= 20);
+    assert!(manifest < 100_000, "manifest flooded: {manifest} bytes");
+    assert!(rig.receiver.pid().is_some());
 }

@@ -174,6 +174,9 @@ pub enum Event {
         path: Option<String>,
         /// Why.
         reason: Abandon,
+        /// The session's heartbeat was heard: a sender, not only shards (which anyone can forge
+        /// in numbers); the receiver records losses of unheard sessions in aggregate.
+        sender_heard: bool,
     },
     /// Objects of which not one datagram arrived (objects `first..=last`).
     Missing {
@@ -317,8 +320,12 @@ impl Shared<'_> {
         let path = obj.head.as_ref().map(|h| h.path.clone());
         self.free_object(s, obj);
         self.counters.objects_lost = self.counters.objects_lost.saturating_add(1);
-        self.events
-            .push_back(Event::Abandoned { key, path, reason });
+        self.events.push_back(Event::Abandoned {
+            key,
+            path,
+            reason,
+            sender_heard: s.heartbeat.is_some(),
+        });
     }
 
     /// A buffer for a new block of `need` bytes, or `None` when the budget or the session's fair
@@ -727,6 +734,7 @@ impl Assembler {
                 sh.events.push_back(Event::Abandoned {
                     key,
                     path: None,
+                    sender_heard: s.heartbeat.is_some(),
                     reason: Abandon::TooLarge {
                         content_len: h.content_len,
                     },
