@@ -151,3 +151,25 @@ impl Manifest {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_stop_below_half_of_min_free_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.jsonl");
+        let ok = Manifest::open(&path, 0).unwrap();
+        ok.lost("1-1", 1, Some("a"), None, "x".into());
+        assert_eq!(ok.dropped(), 0);
+        // No filesystem has an exabyte free: every record is refused and counted.
+        let full = Manifest::open(&path, u64::MAX).unwrap();
+        for _ in 0..3 {
+            full.lost("1-2", 1, Some("b"), None, "x".into());
+        }
+        assert_eq!(full.dropped(), 3);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+    }
+}

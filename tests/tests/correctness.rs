@@ -216,3 +216,24 @@ fn objects_in_progress_when_the_receiver_stops_are_recorded() {
     );
     assert!(published(&rig.out).is_empty());
 }
+
+#[test]
+fn a_sender_whose_datagrams_are_refused_exits_non_zero() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let src = dir.path().join("a.csv");
+    write_file(&src, 10_000, 61);
+    // Sending to the broadcast address without SO_BROADCAST: the kernel refuses every datagram.
+    let args: Vec<String> = ["--to", "255.255.255.255:9"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([src.display().to_string()])
+        .collect();
+    let mut sender = Proc::start(dir.path(), "sender", &bin("checkvalve-send"), &args);
+    let status = sender.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", sender.log_text());
+    assert!(
+        sender.log_text().contains("refused by the kernel"),
+        "{}",
+        sender.log_text()
+    );
+}
