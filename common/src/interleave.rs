@@ -62,6 +62,37 @@ impl Batch {
         self.bytes.len()
     }
 
+    /// Runs of consecutive datagrams of one length (the last of a run may be shorter), each as
+    /// one contiguous slice with its datagram length and count, at most `max_count` datagrams and
+    /// `max_bytes` bytes per run: what one UDP segmentation-offload send carries.
+    pub fn runs(&self, max_count: usize, max_bytes: usize) -> Vec<(&[u8], usize, usize)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut i = 0;
+        while i < self.ends.len() {
+            let first_end = self.ends[i];
+            let seg = first_end - start;
+            let mut end = first_end;
+            let mut count = 1;
+            i += 1;
+            while i < self.ends.len() && count < max_count {
+                let len = self.ends[i] - end;
+                if len > seg || end + len - start > max_bytes {
+                    break;
+                }
+                end = self.ends[i];
+                count += 1;
+                i += 1;
+                if len < seg {
+                    break;
+                }
+            }
+            out.push((&self.bytes[start..end], seg, count));
+            start = end;
+        }
+        out
+    }
+
     /// The datagrams, in transmission order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
@@ -167,5 +198,29 @@ impl Interleaver {
             batch.push_with(|out| header.emit(payload, out));
         }
         Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_split_on_length_count_and_bytes() {
+        let mut b = Batch::default();
+        for len in [10usize, 10, 10, 7, 10, 10, 12, 12] {
+            b.push_with(|out| out.extend(std::iter::repeat_n(len as u8, len)));
+        }
+        let shape: Vec<(usize, usize, usize)> = b
+            .runs(64, 1000)
+            .iter()
+            .map(|(s, l, c)| (s.len(), *l, *c))
+            .collect();
+        assert_eq!(shape, [(37, 10, 4), (20, 10, 2), (24, 12, 2)]);
+        let shape: Vec<(usize, usize)> = b.runs(2, 1000).iter().map(|(_, l, c)| (*l, *c)).collect();
+        assert_eq!(shape, [(10, 2), (10, 2), (10, 2), (12, 2)]);
+        let total: usize = b.runs(64, 25).iter().map(|(_, _, c)| c).sum();
+        assert_eq!(total, 8);
+        assert!(b.runs(64, 25).iter().all(|(s, _, _)| s.len() <= 25));
     }
 }

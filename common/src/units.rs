@@ -31,9 +31,13 @@ fn split_suffix(s: &str) -> (&str, &str) {
     (&s[..at], s[at..].trim())
 }
 
-/// Parses a bit rate such as `800M`, `1G`, `50k` or `1000000` (bits per second, decimal prefixes).
+/// Parses a bit rate such as `800M`, `1G`, `50k` or `1000000` (bits per second, decimal prefixes),
+/// or `max` for no limit (`u64::MAX`).
 pub fn parse_rate(s: &str) -> Result<u64, UnitError> {
-    const EXPECTED: &str = "bits per second such as 50k, 800M or 1G";
+    const EXPECTED: &str = "bits per second such as 50k, 800M or 1G, or max";
+    if s.trim() == "max" {
+        return Ok(u64::MAX);
+    }
     let (num, suffix) = split_suffix(s.trim());
     let value: f64 = num.parse().map_err(|_| invalid(s, EXPECTED))?;
     let mult = match suffix.trim_end_matches("bit/s").trim_end_matches("bps") {

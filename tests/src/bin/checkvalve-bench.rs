@@ -1,0 +1,541 @@
+//! End-to-end benchmark: the real release binaries on loopback, case by case, beside the plain-UDP
+//! ceiling of the same machine measured in the same run.
+//!
+//! ```sh
+//! cargo run --release -p checkvalve-tests --bin checkvalve-bench -- [--size 1G] [--runs 10]
+//! ```
+//!
+//! Each case prints goodput (file bytes from the sender's start to the last publication), files/s,
+//! datagrams/s, CPU-seconds per GiB and peak RSS of each process, datagrams dropped by the kernel
+//! (`RcvbufErrors`) and by the receiver, and whether every file arrived intact.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use checkvalve_tests::{Outcome, write_file};
+use clap::Parser;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+
+/// Benchmark the transfer pair end to end on loopback.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Size of the large file.
+    #[arg(long, default_value = "1G", value_parser = checkvalve_common::units::parse_size)]
+    size: u64,
+    /// Runs of the unthrottled case.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Cases to run (comma-separated): ceiling, max1400, max8900, small, loss5, stall.
+    #[arg(long, default_value = "ceiling,max1400,max8900,small,loss5,stall")]
+    cases: String,
+    /// Scratch folder (sources and outputs; needs twice the file size free).
+    #[arg(long)]
+    work: Option<PathBuf>,
+}
+
+/// CPU time and peak memory of a process, sampled from /proc while it runs.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    cpu_s: f64,
+    peak_kib: u64,
+}
+
+fn sample(pid: u32, u: &mut Usage) {
+    if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+        if let Some(rest) = stat.rsplit(')').next() {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if f.len() > 13 {
+                let ticks: u64 = f[11].parse().unwrap_or(0) + f[12].parse().unwrap_or(0);
+                u.cpu_s = ticks as f64 / 100.0;
+            }
+        }
+    }
+    if let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status"))
+        && let Some(v) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    {
+        u.peak_kib = v;
+    }
+}
+
+fn rcvbuf_errors() -> u64 {
+    let snmp = fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Running {
+    child: Child,
+    usage: Usage,
+    log: PathBuf,
+}
+
+impl Running {
+    fn start(bin: &Path, args: &[String], log: PathBuf) -> Running {
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        Running {
+            child,
+            usage: Usage::default(),
+            log,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Samples usage; true while running.
+    fn poll(&mut self) -> bool {
+        let running = matches!(self.child.try_wait(), Ok(None));
+        if running {
+            sample(self.child.id(), &mut self.usage);
+        }
+        running
+    }
+
+    fn stop(mut self) -> (Usage, String) {
+        self.poll();
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            sample(self.child.id(), &mut self.usage);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (
+            self.usage,
+            fs::read_to_string(&self.log).unwrap_or_default(),
+        )
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=");
+    let at = line.find(&key)? + key.len();
+    line[at..].split(' ').next()
+}
+
+/// One case: what to send and how.
+struct Case {
+    name: String,
+    files: Vec<(PathBuf, [u8; 32])>,
+    src: PathBuf,
+    bytes: u64,
+    sender: Vec<String>,
+    sim: Option<Vec<String>>,
+    stalls: Vec<(Duration, Duration)>,
+}
+
+struct Bins {
+    send: PathBuf,
+    receive: PathBuf,
+    sim: PathBuf,
+}
+
+fn bins() -> Bins {
+    let dir = std::env::current_exe()
+        .expect("exe")
+        .parent()
+        .expect("dir")
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--release", "--bins"])
+        .args([
+            "-p",
+            "checkvalve-send",
+            "-p",
+            "checkvalve-receive",
+            "-p",
+            "checkvalve-sim",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the release binaries failed");
+    Bins {
+        send: dir.join("checkvalve-send"),
+        receive: dir.join("checkvalve-receive"),
+        sim: dir.join("checkvalve-sim"),
+    }
+}
+
+fn wait_bind(log: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return field(line, "bind").expect("bind=").to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn run_case(b: &Bins, work: &Path, case: &Case) -> String {
+    let dir = work.join(&case.name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("mkdir");
+    let out = dir.join("out");
+    let recv_args: Vec<String> = ["--bind", "127.0.0.1:0", "--out"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .chain(["--stats-interval".into(), "1h".into()])
+        .collect();
+    let mut receiver = Running::start(&b.receive, &recv_args, dir.join("receiver.log"));
+    let raddr = wait_bind(&dir.join("receiver.log"), " receiving");
+    let mut sim = case.sim.as_ref().map(|extra| {
+        let args: Vec<String> = ["--bind", "127.0.0.1:0", "--to", &raddr]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(extra.iter().cloned())
+            .collect();
+        Running::start(&b.sim, &args, dir.join("sim.log"))
+    });
+    let to = match &sim {
+        Some(_) => wait_bind(&dir.join("sim.log"), " forwarding"),
+        None => raddr,
+    };
+    let drops_before = rcvbuf_errors();
+    let mut args = vec!["--to".to_string(), to];
+    args.extend(case.sender.iter().cloned());
+    args.push(case.src.display().to_string());
+    let started = Instant::now();
+    let mut sender = Running::start(&b.send, &args, dir.join("sender.log"));
+    let manifest = out.join(".checkvalve/manifest.jsonl");
+    let mut stalls = case.stalls.clone();
+    let deadline = started + Duration::from_secs(600);
+    let mut finished = None;
+    let mut sender_done: Option<Instant> = None;
+    loop {
+        if !sender.poll() && sender_done.is_none() {
+            sender_done = Some(Instant::now());
+        }
+        receiver.poll();
+        if let Some(s) = sim.as_mut() {
+            s.poll();
+        }
+        if let Some(&(at, len)) = stalls.first()
+            && started.elapsed() >= at
+        {
+            stalls.remove(0);
+            let pid = Pid::from_raw(receiver.pid() as i32);
+            let _ = kill(pid, Signal::SIGSTOP);
+            std::thread::sleep(len);
+            let _ = kill(pid, Signal::SIGCONT);
+        }
+        let o = Outcome::read(&manifest);
+        if o.total() >= case.files.len() {
+            finished = Some(started.elapsed());
+            break;
+        }
+        // The sender is done and nothing arrived for the object timeout and more: give up.
+        if sender_done.is_some_and(|t| t.elapsed() > Duration::from_secs(15))
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = finished.unwrap_or_else(|| started.elapsed());
+    while sender.poll() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (su, slog) = sender.stop();
+    let (ru, rlog) = receiver.stop();
+    let sim_usage = sim.map(|s| s.stop().0);
+    let kernel_drops = rcvbuf_errors() - drops_before;
+    let o = Outcome::read(&manifest);
+    let want: HashMap<String, [u8; 32]> = case
+        .files
+        .iter()
+        .map(|(p, d)| {
+            let rel = p
+                .strip_prefix(case.src.parent().expect("parent"))
+                .expect("rel");
+            (rel.display().to_string(), *d)
+        })
+        .collect();
+    let intact = o.delivered.len() == want.len()
+        && o.records
+            .iter()
+            .filter(|r| r["status"] == "delivered")
+            .all(|r| {
+                let path = r["path"].as_str().unwrap_or_default();
+                let hex: String = want
+                    .get(path)
+                    .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+                    .unwrap_or_default();
+                r["sha256"].as_str() == Some(hex.as_str())
+            });
+    let datagrams: u64 = slog
+        .lines()
+        .rfind(|l| l.contains(" done "))
+        .and_then(|l| field(l, "datagrams"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let recv_dropped: u64 = rlog
+        .lines()
+        .rfind(|l| l.contains(" stats "))
+        .and_then(|l| field(l, "dropped_behind"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let secs = elapsed.as_secs_f64();
+    let gib = case.bytes as f64 / f64::from(1u32 << 30);
+    let mut line = format!(
+        "{:<9} {:>4} {:>8.1} MB/s {:>8.0} files/s {:>9.0} dgram/s | CPU-s/GiB send {:>5.2} recv {:>5.2}",
+        case.name,
+        if intact { "OK" } else { "LOST" },
+        case.bytes as f64 / secs / 1e6,
+        o.delivered.len() as f64 / secs,
+        datagrams as f64 / secs,
+        su.cpu_s / gib,
+        ru.cpu_s / gib,
+    );
+    if let Some(u) = sim_usage {
+        line += &format!(" sim {:>5.2}", u.cpu_s / gib);
+    }
+    line += &format!(
+        " | peak RSS send {:>4} MiB recv {:>4} MiB | drops kernel {kernel_drops} receiver {recv_dropped} | delivered {}/{} lost {}",
+        su.peak_kib / 1024,
+        ru.peak_kib / 1024,
+        o.delivered.len(),
+        want.len(),
+        o.lost_named.len() as u64 + o.lost_unnamed,
+    );
+    line
+}
+
+/// Plain UDP through loopback, no FEC and no files: one thread sends as fast as it can, another
+/// receives and counts, for three seconds.
+fn ceiling(len: usize) -> f64 {
+    let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let _ = nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::RcvBufForce, &(64 << 20));
+    rx.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let to = rx.local_addr().expect("addr");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let blaster = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let buf = vec![7u8; len];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = tx.send_to(&buf, to);
+            }
+        })
+    };
+    let mut buf = vec![0u8; 65_536];
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed() < Duration::from_secs(3) {
+        if let Ok(n) = rx.recv(&mut buf) {
+            bytes += n as u64;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = blaster.join();
+    bytes as f64 / start.elapsed().as_secs_f64()
+}
+
+/// iperf3's received rate (bytes/s), when iperf3 is installed.
+fn iperf3(len: usize) -> Option<f64> {
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-p", "5299"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("iperf3")
+        .args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            "5299",
+            "-u",
+            "-b",
+            "0",
+            "-t",
+            "3",
+            "-J",
+            "-l",
+        ])
+        .arg(len.to_string())
+        .output()
+        .ok();
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out?.stdout).ok()?;
+    let sum = &v["end"]["sum"];
+    let bytes = sum["bytes"].as_f64()?;
+    let lost = sum["lost_percent"].as_f64().unwrap_or(0.0);
+    let secs = sum["seconds"].as_f64()?;
+    Some(bytes * (1.0 - lost / 100.0) / secs)
+}
+
+fn digest(path: &Path) -> [u8; 32] {
+    Sha256::digest(fs::read(path).expect("read")).into()
+}
+
+fn main() {
+    let args = Args::parse();
+    let b = bins();
+    let scratch = tempfile::Builder::new()
+        .prefix("checkvalve-bench")
+        .tempdir_in(args.work.clone().unwrap_or_else(std::env::temp_dir))
+        .expect("scratch");
+    let work = scratch.path();
+    let cases: Vec<&str> = args.cases.split(',').map(str::trim).collect();
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "machine: {} cores, {}; kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu.split(':').nth(1).unwrap_or("").trim(),
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    let mut ceilings = HashMap::new();
+    if cases.contains(&"ceiling") {
+        for len in [1472usize, 8972] {
+            let own = ceiling(len);
+            let ip = iperf3(len);
+            println!(
+                "ceiling   plain UDP {len:>5} B datagrams: own blast {:.1} MB/s received{}",
+                own / 1e6,
+                ip.map(|v| format!(", iperf3 {:.1} MB/s", v / 1e6))
+                    .unwrap_or_else(|| ", iperf3 not installed".into())
+            );
+            ceilings.insert(len, ip.unwrap_or(own));
+        }
+    }
+    let big_src = work.join("big");
+    let big = big_src.join("historian-export.bin");
+    let needs_big = cases
+        .iter()
+        .any(|c| ["max1400", "max8900", "loss5", "stall"].contains(c));
+    let big_digest = if needs_big {
+        write_file(&big, usize::try_from(args.size).expect("size"), 1);
+        digest(&big)
+    } else {
+        [0; 32]
+    };
+    let one_big = |name: &str, sender: &[&str], sim: Option<&[&str]>, stalls| Case {
+        name: name.to_string(),
+        files: vec![(big.clone(), big_digest)],
+        src: big.clone(),
+        bytes: args.size,
+        sender: sender.iter().map(|s| s.to_string()).collect(),
+        sim: sim.map(|s| s.iter().map(|x| x.to_string()).collect()),
+        stalls,
+    };
+    let ratio = |line: &str, len: usize| {
+        let mbps: f64 = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        ceilings
+            .get(&len)
+            .map(|c| format!(" | {:.2}x ceiling", mbps * 1e6 / c))
+            .unwrap_or_default()
+    };
+    if cases.contains(&"max1400") {
+        for run in 1..=args.runs {
+            let c = one_big(&format!("max1400-{run}"), &["--rate", "max"], None, vec![]);
+            let line = run_case(&b, work, &c);
+            println!("{line}{}", ratio(&line, 1472));
+        }
+    }
+    if cases.contains(&"max8900") {
+        let c = one_big(
+            "max8900",
+            &["--rate", "max", "--shard-size", "8900"],
+            None,
+            vec![],
+        );
+        let line = run_case(&b, work, &c);
+        println!("{line}{}", ratio(&line, 8972));
+    }
+    if cases.contains(&"small") {
+        let src = work.join("src-small/exports");
+        let mut files = Vec::new();
+        for i in 0..1000u64 {
+            let p = src.join(format!("d{}/f{i:04}.bin", i % 10));
+            write_file(&p, 64 << 10, 100 + i);
+            files.push((p.clone(), digest(&p)));
+        }
+        let c = Case {
+            name: "small".into(),
+            files,
+            src: src.clone(),
+            bytes: 1000 * (64 << 10),
+            sender: vec!["--rate".into(), "max".into()],
+            sim: None,
+            stalls: vec![],
+        };
+        println!("{}", run_case(&b, work, &c));
+    }
+    if cases.contains(&"loss5") {
+        let c = one_big(
+            "loss5",
+            &["--rate", "max"],
+            Some(&["--loss", "5%", "--seed", "5"]),
+            vec![],
+        );
+        println!("{}", run_case(&b, work, &c));
+    }
+    if cases.contains(&"stall") {
+        let stalls = vec![
+            (Duration::from_secs(2), Duration::from_millis(800)),
+            (Duration::from_secs(5), Duration::from_millis(800)),
+        ];
+        let c = one_big("stall", &["--rate", "1G"], None, stalls);
+        println!("{}", run_case(&b, work, &c));
+    }
+}
