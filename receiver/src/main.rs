@@ -7,6 +7,7 @@ mod publish;
 mod ratelimit;
 mod receive;
 mod share;
+mod writer;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -20,6 +21,10 @@ use checkvalve_common::assembler::{Assembler, AssemblerConfig};
 use checkvalve_common::units::{parse_duration, parse_size};
 use clap::Parser;
 use tracing::{error, info};
+
+/// A block of decoded content at the default shape (64 x 1,400 bytes, rounded up): the unit in
+/// which the writer's queue is sized.
+const WRITE_UNIT: usize = 128 << 10;
 
 /// Receive files from a one-way link into an output folder.
 #[derive(Debug, Parser)]
@@ -40,8 +45,8 @@ struct Args {
     /// Largest file accepted.
     #[arg(long, default_value = "1T", value_parser = parse_size)]
     max_object_size: u64,
-    /// Memory for datagrams queued and blocks in progress (a quarter queues datagrams); the
-    /// receiver's resident memory stays below this plus about 32 MiB.
+    /// Memory for datagrams queued (a quarter), content on its way to disk (a quarter) and blocks
+    /// in progress (half); the receiver's resident memory stays below this plus about 32 MiB.
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     max_pending: u64,
     /// Free space always left on the output filesystem (half of it is kept for the manifest).
@@ -110,7 +115,10 @@ fn run(args: Args) -> Result<()> {
     );
     raise_fd_limit();
     let budget = usize::try_from(args.max_pending).unwrap_or(usize::MAX);
+    // A quarter queues datagrams, a quarter decoded content on its way to disk, half blocks in
+    // progress.
     let queue_bytes = budget / 4;
+    let writer_bytes = budget / 4;
     let (socket, local) = net::bind(bind, usize::try_from(args.rcvbuf).unwrap_or(usize::MAX))?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -135,9 +143,24 @@ fn run(args: Args) -> Result<()> {
         Arc::clone(&manifest),
         Arc::clone(&reserved),
     )?;
+    let (writer_tx, writer_rx) = std::sync::mpsc::sync_channel(writer_bytes / 2 / WRITE_UNIT);
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel();
+    let (failed_tx, failed_rx) = std::sync::mpsc::channel();
+    let writer = writer::Writer::new(
+        Arc::clone(&share),
+        Arc::clone(&manifest),
+        publisher,
+        Arc::clone(&reserved),
+        recycle_tx,
+        failed_tx,
+        writer_bytes / 2,
+    );
+    let writer_thread = std::thread::Builder::new()
+        .name("write".into())
+        .spawn(move || writer.run(writer_rx))?;
     let config = AssemblerConfig {
         object_timeout: args.object_timeout,
-        max_pending_bytes: budget - queue_bytes,
+        max_pending_bytes: budget - queue_bytes - writer_bytes,
         max_content_len: args.max_object_size,
         ..AssemblerConfig::default()
     };
@@ -147,7 +170,9 @@ fn run(args: Args) -> Result<()> {
         receive::Outputs {
             share,
             manifest,
-            publisher,
+            writer: writer_tx,
+            recycled: recycle_rx,
+            failed: failed_rx,
             reserved,
         },
         args.min_free,
@@ -156,6 +181,7 @@ fn run(args: Args) -> Result<()> {
     );
     rx.run(&full_rx, &free_tx, &queued, &stop, &dropped);
     let _ = net_thread.join();
+    let _ = writer_thread.join();
     info!("stopped");
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! are only written while the filesystem keeps half of `--min-free` free, so that a flood of
 //! outcomes cannot fill the disk; what is not written is counted and logged.
 
+use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
@@ -15,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use checkvalve_common::meta::{DIGEST_LEN, Head};
 use serde::Serialize;
-use tracing::error;
+use tracing::{debug, error};
 
 use crate::ratelimit::Limiter;
 
@@ -41,9 +42,20 @@ struct Record<'a> {
     reason: Option<String>,
 }
 
+/// Object keys of recent records: a second outcome for one object (two threads deciding about it
+/// at once) is refused here, whatever the race.
+#[derive(Default)]
+struct Recent {
+    keys: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+/// Objects remembered to refuse a second record.
+const RECENT_KEYS: usize = 65_536;
+
 /// Append-only record of outcomes.
 pub struct Manifest {
-    file: Mutex<(File, Limiter)>,
+    file: Mutex<(File, Limiter, Recent)>,
     min_free: u64,
     dropped: AtomicU64,
 }
@@ -62,7 +74,11 @@ impl Manifest {
     pub fn open(path: &Path, min_free: u64) -> io::Result<Manifest> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Manifest {
-            file: Mutex::new((file, Limiter::new(Duration::from_secs(60), 1))),
+            file: Mutex::new((
+                file,
+                Limiter::new(Duration::from_secs(60), 1),
+                Recent::default(),
+            )),
             min_free,
             dropped: AtomicU64::new(0),
         })
@@ -80,7 +96,23 @@ impl Manifest {
         };
         line.push(b'\n');
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let (file, limiter) = &mut *guard;
+        let (file, limiter, recent) = &mut *guard;
+        // Aggregate records name a session, not an object: a session has one per interval.
+        if record.object.contains('-') {
+            if !recent.keys.insert(record.object.to_owned()) {
+                debug!(
+                    object = record.object,
+                    "second outcome for one object not recorded"
+                );
+                return;
+            }
+            recent.order.push_back(record.object.to_owned());
+            while recent.order.len() > RECENT_KEYS {
+                if let Some(old) = recent.order.pop_front() {
+                    recent.keys.remove(&old);
+                }
+            }
+        }
         let free = nix::sys::statvfs::fstatvfs(file.as_fd())
             .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
             .unwrap_or(u64::MAX);
@@ -165,9 +197,10 @@ mod tests {
         assert_eq!(ok.dropped(), 0);
         // No filesystem has an exabyte free: every record is refused and counted.
         let full = Manifest::open(&path, u64::MAX).unwrap();
-        for _ in 0..3 {
-            full.lost("1-2", 1, Some("b"), None, "x".into());
+        for i in 0..3 {
+            full.lost(&format!("1-{}", i + 2), 1, Some("b"), None, "x".into());
         }
+        full.lost("1-2", 1, Some("b"), None, "again".into());
         assert_eq!(full.dropped(), 3);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");

@@ -100,7 +100,7 @@ fn run(share: &Share, manifest: &Manifest, reserved: &AtomicU64, jobs: Receiver<
     for job in jobs {
         let object = job.key.to_string();
         let (head, digest) = (&job.head, &job.digest);
-        match share.publish(job.temp, head, digest, job.precedence) {
+        match share.publish(job.temp, head, job.precedence) {
             Ok(_) => {
                 info!(path = %head.path, size = head.size, object, "delivered");
                 manifest.delivered(&object, head, digest);

@@ -1,10 +1,9 @@
 //! The receive loop: feeds datagrams to the assembler and acts on its events.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant};
 
 use checkvalve_common::assembler::{Assembler, Event, ObjectKey};
@@ -13,9 +12,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::manifest::Manifest;
 use crate::net::Chunk;
-use crate::publish::{Job, Publisher};
 use crate::ratelimit::Limiter;
-use crate::share::{Share, Temp};
+use crate::share::Share;
+use crate::writer::Msg;
 
 /// Sessions with unnamed losses aggregated separately per interval; the rest share one record.
 const AGGREGATED_SESSIONS: usize = 64;
@@ -38,12 +37,16 @@ struct Limits {
 
 /// What the loop needs besides the assembler.
 pub struct Outputs {
-    /// The share.
+    /// The share (for its free space).
     pub share: Arc<Share>,
     /// The manifest.
     pub manifest: Arc<Manifest>,
-    /// The publisher lanes.
-    pub publisher: Publisher,
+    /// The writer thread.
+    pub writer: SyncSender<Msg>,
+    /// Block buffers coming back from the writer.
+    pub recycled: Receiver<Vec<u8>>,
+    /// Objects whose temporary file could not be written, with why.
+    pub failed: Receiver<(ObjectKey, String)>,
     /// Bytes of objects in progress or queued for publication (their announced sizes).
     pub reserved: Arc<AtomicU64>,
 }
@@ -52,7 +55,6 @@ pub struct Outputs {
 pub struct Receive {
     asm: Assembler,
     out: Outputs,
-    files: HashMap<ObjectKey, Temp>,
     /// Path and size of objects whose head arrived, for naming them if they fail.
     names: HashMap<ObjectKey, (String, u64)>,
     /// Free space kept on the output filesystem beyond everything in progress.
@@ -81,7 +83,6 @@ impl Receive {
         Receive {
             asm,
             out,
-            files: HashMap::new(),
             names: HashMap::new(),
             min_free,
             stats_every,
@@ -122,10 +123,12 @@ impl Receive {
                         self.drain_events();
                     }
                     let _ = free.send(chunk);
+                    self.take_back();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            self.take_back();
             let now = Instant::now();
             if now - last_tick >= Duration::from_millis(100) {
                 last_tick = now;
@@ -150,12 +153,26 @@ impl Receive {
         }
         self.asm.shutdown();
         self.drain_events();
+        self.take_back();
         self.flush_unnamed();
-        for (_, temp) in self.files.drain() {
-            self.out.share.discard(temp);
-        }
         self.log_stats(net_dropped.load(Ordering::Relaxed), true);
-        self.out.publisher.finish();
+        // Dropping the channel lets the writer publish what is complete and stop.
+    }
+
+    /// Buffers the writer is done with, and objects it could not write.
+    fn take_back(&mut self) {
+        while let Ok(buf) = self.out.recycled.try_recv() {
+            self.asm.recycle(buf);
+        }
+        while let Ok((key, reason)) = self.out.failed.try_recv() {
+            self.fail(key, reason);
+        }
+    }
+
+    fn hand_to_writer(&mut self, msg: Msg) {
+        if self.out.writer.send(msg).is_err() {
+            error!("writer thread stopped");
+        }
     }
 
     fn log_stats(&mut self, net_dropped: u64, always: bool) {
@@ -219,9 +236,7 @@ impl Receive {
     fn fail(&mut self, key: ObjectKey, what: String) {
         let named = self.unname(key).map(|(p, s)| (p, Some(s)));
         self.asm.abandon(key);
-        if let Some(temp) = self.files.remove(&key) {
-            self.out.share.discard(temp);
-        }
+        self.hand_to_writer(Msg::Discard { key });
         self.record_loss(key, named, what);
     }
 
@@ -338,16 +353,7 @@ impl Receive {
                 }
             }
             Event::Content { key, offset, data } => {
-                let temp = match self.files.entry(key) {
-                    std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        self.out.share.create_temp(key).map(|t| v.insert(t))
-                    }
-                };
-                let result = temp.and_then(|t| t.file.write_all_at(&data, offset));
-                if let Err(e) = result {
-                    self.fail(key, format!("cannot write temporary file: {e}"));
-                }
+                self.hand_to_writer(Msg::Data { key, offset, data });
             }
             Event::Complete {
                 key,
@@ -355,30 +361,14 @@ impl Receive {
                 digest,
                 precedence,
             } => {
-                // The reservation passes to the publisher, which releases it.
+                // The reservation passes to the writer and the publisher, which release it.
                 self.names.remove(&key);
-                let temp = match self.files.remove(&key) {
-                    Some(t) => Ok(t),
-                    // An empty file never had content written.
-                    None => self.out.share.create_temp(key),
-                };
-                match temp {
-                    Ok(temp) => self.out.publisher.send(Job {
-                        key,
-                        head,
-                        digest,
-                        precedence,
-                        temp,
-                    }),
-                    Err(e) => {
-                        self.out.reserved.fetch_sub(head.size, Ordering::Relaxed);
-                        self.record_loss(
-                            key,
-                            Some((head.path, Some(head.size))),
-                            format!("cannot create temporary file: {e}"),
-                        );
-                    }
-                }
+                self.hand_to_writer(Msg::Complete {
+                    key,
+                    head,
+                    digest,
+                    precedence,
+                });
             }
             Event::Abandoned {
                 key,
@@ -387,9 +377,7 @@ impl Receive {
                 sender_heard,
             } => {
                 let named = self.unname(key);
-                if let Some(temp) = self.files.remove(&key) {
-                    self.out.share.discard(temp);
-                }
+                self.hand_to_writer(Msg::Discard { key });
                 let named = match (named, path) {
                     (Some((p, s)), _) => Some((p, Some(s))),
                     (None, p) => p.map(|p| (p, None)),

@@ -11,19 +11,18 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use checkvalve_common::assembler::{ObjectKey, Precedence};
-use checkvalve_common::meta::{DIGEST_LEN, Head, STATE_DIR};
+use checkvalve_common::meta::{Head, STATE_DIR};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2, renameat};
 use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 /// Paths whose newest published version is remembered, to settle late arrivals of older content.
@@ -48,9 +47,6 @@ pub enum OpenError {
 /// Why a file could not be published.
 #[derive(Debug, Error)]
 pub enum PublishError {
-    /// The content does not hash to the digest the sender computed.
-    #[error("SHA-256 mismatch: content is not what was sent")]
-    DigestMismatch,
     /// The temporary file does not have the announced size.
     #[error("size {actual} differs from the announced {expected}")]
     SizeMismatch {
@@ -251,17 +247,16 @@ impl Share {
             .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
     }
 
-    /// Verifies the temporary file against `digest` through its descriptor, makes it durable,
+    /// Makes the (already verified) temporary file durable with the sender's modification time,
     /// and renames exactly that file to `head.path` unless newer content for the path was
     /// published already. On error the temporary file is removed and nothing is published.
     pub fn publish(
         &self,
         temp: Temp,
         head: &Head,
-        digest: &[u8; DIGEST_LEN],
         precedence: Precedence,
     ) -> Result<PathBuf, PublishError> {
-        let result = self.verify(&temp.file, head, digest).and_then(|()| {
+        let result = self.make_durable(&temp.file, head).and_then(|()| {
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
             if newest.get(&head.path).is_some_and(|n| n > precedence) {
                 return Err(PublishError::Superseded);
@@ -276,33 +271,13 @@ impl Share {
         result
     }
 
-    fn verify(
-        &self,
-        file: &File,
-        head: &Head,
-        digest: &[u8; DIGEST_LEN],
-    ) -> Result<(), PublishError> {
-        // Content never written (an empty file, or trailing zeros) reads back as zeros.
-        file.set_len(head.size)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            let n = file.read_at(&mut buf, total)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            total += n as u64;
-        }
-        if total != head.size {
+    fn make_durable(&self, file: &File, head: &Head) -> Result<(), PublishError> {
+        let len = file.metadata()?.len();
+        if len != head.size {
             return Err(PublishError::SizeMismatch {
                 expected: head.size,
-                actual: total,
+                actual: len,
             });
-        }
-        if hasher.finalize().as_slice() != digest {
-            return Err(PublishError::DigestMismatch);
         }
         if head.mtime_secs >= 0 {
             let mtime = UNIX_EPOCH
@@ -399,7 +374,7 @@ mod tests {
     use checkvalve_common::meta::ObjectKind;
     use std::io::Write;
 
-    fn head(path: &str, data: &[u8]) -> (Head, [u8; 32]) {
+    fn head(path: &str, data: &[u8]) -> (Head, ()) {
         (
             Head {
                 path: path.into(),
@@ -408,7 +383,7 @@ mod tests {
                 mtime_nanos: 0,
                 kind: ObjectKind::File,
             },
-            Sha256::digest(data).into(),
+            (),
         )
     }
 
@@ -434,19 +409,19 @@ mod tests {
     }
 
     #[test]
-    fn publishes_verified_files_and_refuses_bad_ones() {
+    fn publishes_files_and_refuses_a_wrong_size() {
         let dir = tempfile::tempdir().unwrap();
         let (share, _) = Share::open(dir.path(), None).unwrap();
-        let (h, d) = head("a/b/c.txt", b"hello");
+        let (h, _) = head("a/b/c.txt", b"hello");
         let p = share
-            .publish(temp(&share, key(1), b"hello"), &h, &d, order(1))
+            .publish(temp(&share, key(1), b"hello"), &h, order(1))
             .unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"hello");
         assert_eq!(p, share.root().join("a/b/c.txt"));
 
-        let (h, d) = head("x.txt", b"hello");
-        let r = share.publish(temp(&share, key(2), b"hellp"), &h, &d, order(2));
-        assert!(matches!(r, Err(PublishError::DigestMismatch)));
+        let (h, _) = head("x.txt", b"hello");
+        let r = share.publish(temp(&share, key(2), b"hell"), &h, order(2));
+        assert!(matches!(r, Err(PublishError::SizeMismatch { .. })));
         assert!(!share.root().join("x.txt").exists());
         assert_eq!(tmp_count(&share), 0);
     }
@@ -459,9 +434,9 @@ mod tests {
         let a = temp(&share, key(5), b"first");
         let b = share.create_temp(key(5)).unwrap();
         assert_ne!(a.name, b.name);
-        let (h, d) = head("f.txt", b"first");
+        let (h, _) = head("f.txt", b"first");
         share.discard(b);
-        share.publish(a, &h, &d, order(5)).unwrap();
+        share.publish(a, &h, order(5)).unwrap();
         assert_eq!(fs::read(share.root().join("f.txt")).unwrap(), b"first");
     }
 
@@ -474,9 +449,9 @@ mod tests {
         let path = share.state().join("tmp").join(&t.name);
         fs::remove_file(&path).unwrap();
         fs::write(&path, b"evil").unwrap();
-        let (h, d) = head("g.txt", b"good");
+        let (h, _) = head("g.txt", b"good");
         assert!(matches!(
-            share.publish(t, &h, &d, order(6)),
+            share.publish(t, &h, order(6)),
             Err(PublishError::Replaced)
         ));
         assert!(!share.root().join("g.txt").exists());
@@ -494,13 +469,8 @@ mod tests {
             .iter()
             .enumerate()
         {
-            let (h, d) = head(p, b"x");
-            let r = share.publish(
-                temp(&share, key(10 + i as u64), b"x"),
-                &h,
-                &d,
-                order(i as u64),
-            );
+            let (h, _) = head(p, b"x");
+            let r = share.publish(temp(&share, key(10 + i as u64), b"x"), &h, order(i as u64));
             assert!(
                 matches!(r, Err(PublishError::SymlinkOnPath(_))),
                 "{p}: {r:?}"
@@ -513,12 +483,12 @@ mod tests {
     fn older_content_never_replaces_newer() {
         let dir = tempfile::tempdir().unwrap();
         let (share, _) = Share::open(dir.path(), None).unwrap();
-        let (h_new, d_new) = head("same.csv", b"new");
-        let (h_old, d_old) = head("same.csv", b"old");
+        let (h_new, _) = head("same.csv", b"new");
+        let (h_old, _) = head("same.csv", b"old");
         share
-            .publish(temp(&share, key(9), b"new"), &h_new, &d_new, order(9))
+            .publish(temp(&share, key(9), b"new"), &h_new, order(9))
             .unwrap();
-        let r = share.publish(temp(&share, key(3), b"old"), &h_old, &d_old, order(3));
+        let r = share.publish(temp(&share, key(3), b"old"), &h_old, order(3));
         assert!(matches!(r, Err(PublishError::Superseded)));
         assert_eq!(fs::read(share.root().join("same.csv")).unwrap(), b"new");
         let later = Precedence {
@@ -526,7 +496,7 @@ mod tests {
             object: 0,
         };
         share
-            .publish(temp(&share, key(0), b"old"), &h_old, &d_old, later)
+            .publish(temp(&share, key(0), b"old"), &h_old, later)
             .unwrap();
         assert_eq!(fs::read(share.root().join("same.csv")).unwrap(), b"old");
     }
@@ -535,13 +505,13 @@ mod tests {
     fn names_differing_only_by_case_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (share, _) = Share::open(dir.path(), None).unwrap();
-        let (h, d) = head("Logs/Pump.csv", b"a");
+        let (h, _) = head("Logs/Pump.csv", b"a");
         share
-            .publish(temp(&share, key(1), b"a"), &h, &d, order(1))
+            .publish(temp(&share, key(1), b"a"), &h, order(1))
             .unwrap();
         for p in ["Logs/pump.CSV", "logs/other.csv"] {
-            let (h, d) = head(p, b"b");
-            let r = share.publish(temp(&share, key(2), b"b"), &h, &d, order(2));
+            let (h, _) = head(p, b"b");
+            let r = share.publish(temp(&share, key(2), b"b"), &h, order(2));
             assert!(
                 matches!(r, Err(PublishError::CaseClash { .. })),
                 "{p}: {r:?}"

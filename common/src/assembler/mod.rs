@@ -287,13 +287,23 @@ impl Shared<'_> {
 
     /// Returns a block's bytes to the budget (its buffer to the pool).
     fn free_block(&mut self, s: &mut Session, p: Pending) {
+        let buf = self.release_block(s, p);
+        self.pool_buffer(buf);
+    }
+
+    /// Returns a block's bytes to the budget and hands its buffer out.
+    fn release_block(&mut self, s: &mut Session, p: Pending) -> Vec<u8> {
         let cost = p.cost();
         s.used -= cost;
-        if self.pool.len() < MAX_POOLED {
-            self.budget.give(BLOCK_COST);
-            self.pool.push(p.buf);
-        } else {
-            self.budget.give(cost);
+        self.budget.give(cost);
+        p.buf
+    }
+
+    /// Keeps a buffer for reuse if the pool has room and the budget allows it.
+    fn pool_buffer(&mut self, buf: Vec<u8>) {
+        if self.pool.len() < MAX_POOLED && self.budget.fits(buf.capacity()) {
+            self.budget.take(buf.capacity());
+            self.pool.push(buf);
         }
     }
 
@@ -415,6 +425,12 @@ impl Assembler {
             .collect();
         v.sort_by_key(|s| s.session);
         v
+    }
+
+    /// Takes back a buffer handed out with [`Event::Content`], for reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        let (_, mut sh) = self.split();
+        sh.pool_buffer(buf);
     }
 
     /// Next event to act on.
@@ -843,9 +859,18 @@ impl Assembler {
             s.used -= obj.charged - charged;
         }
         obj.charged = charged;
-        let data = &p.buf[..span.len];
         let mut bad_head = None;
         let mut head_event = None;
+        if let Section::Content { offset } = span.section {
+            // The block's buffer itself goes out with the content: no copy. The caller hands it
+            // back through `recycle` once written.
+            let complete = obj.done_count == geometry.block_count();
+            let mut data = sh.release_block(s, p);
+            data.truncate(span.len);
+            sh.events.push_back(Event::Content { key, offset, data });
+            return self.after_block(h, key, complete, None, None);
+        }
+        let data = &p.buf[..span.len];
         match span.section {
             Section::Head => match Head::decode(data) {
                 Ok(head) if head.size != geometry.content_len => {
@@ -860,11 +885,7 @@ impl Assembler {
                 }
                 Err(e) => bad_head = Some(e),
             },
-            Section::Content { offset } => sh.events.push_back(Event::Content {
-                key,
-                offset,
-                data: data.to_vec(),
-            }),
+            Section::Content { .. } => {}
             Section::Digest => {
                 let mut d = [0u8; DIGEST_LEN];
                 d.copy_from_slice(data);
@@ -873,6 +894,22 @@ impl Assembler {
         }
         let complete = obj.done_count == geometry.block_count();
         sh.free_block(s, p);
+        self.after_block(h, key, complete, head_event, bad_head)
+    }
+
+    /// What follows a decoded block: the session's first head, a refused head, completion.
+    fn after_block(
+        &mut self,
+        h: ShardHeader,
+        key: ObjectKey,
+        complete: bool,
+        head_event: Option<Event>,
+        bad_head: Option<MetaError>,
+    ) -> Result<(), WireError> {
+        let (sessions, mut sh) = self.split();
+        let Some(s) = sessions.get_mut(&h.session) else {
+            return Ok(());
+        };
         if let Some(ev) = head_event {
             if !s.identified {
                 s.identified = true;

@@ -1,0 +1,437 @@
+//! The writer thread: puts decoded content into each object's temporary file and hashes it in
+//! order as it is written, so that verification never reads a file back (except for content that
+//! arrived too far out of order to keep), and disk writes never hold up the receive loop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+
+use checkvalve_common::assembler::{ObjectKey, Precedence};
+use checkvalve_common::meta::{DIGEST_LEN, Head};
+use sha2::{Digest, Sha256};
+use tracing::error;
+
+use crate::manifest::Manifest;
+use crate::publish::{Job, Publisher};
+use crate::share::{Share, Temp};
+
+/// What the receive loop hands to the writer.
+pub enum Msg {
+    /// Decoded content of an object at `offset`; the buffer goes back to the assembler after.
+    Data {
+        /// The object.
+        key: ObjectKey,
+        /// Offset within the content.
+        offset: u64,
+        /// The bytes (a block buffer).
+        data: Vec<u8>,
+    },
+    /// Every block of the object arrived: verify and publish.
+    Complete {
+        /// The object.
+        key: ObjectKey,
+        /// Its metadata.
+        head: Head,
+        /// The digest the sender computed.
+        digest: [u8; DIGEST_LEN],
+        /// Its place in the senders' order.
+        precedence: Precedence,
+    },
+    /// The object was given up (and recorded) by the receive loop: forget it.
+    Discard {
+        /// The object.
+        key: ObjectKey,
+    },
+}
+
+/// One object being written.
+struct Open {
+    temp: Temp,
+    hasher: Sha256,
+    /// Content hashed so far, from offset 0.
+    hashed: u64,
+    /// Blocks written ahead of `hashed`, kept to hash them in order.
+    stash: BTreeMap<u64, Vec<u8>>,
+    /// The stash overflowed: the rest is hashed by reading the file back at completion.
+    read_back: bool,
+    /// A write failed: the object was recorded lost and its data is ignored.
+    failed: bool,
+}
+
+/// State of the writer thread.
+pub struct Writer {
+    share: Arc<Share>,
+    manifest: Arc<Manifest>,
+    publisher: Publisher,
+    reserved: Arc<AtomicU64>,
+    /// Block buffers going back to the assembler.
+    recycle: Sender<Vec<u8>>,
+    /// Objects whose write failed, with why: the receive loop records them and stops assembling.
+    failed: Sender<(ObjectKey, String)>,
+    objects: HashMap<ObjectKey, Open>,
+    stash_bytes: usize,
+    stash_limit: usize,
+}
+
+impl Writer {
+    /// A writer publishing through `publisher`; `stash_limit` bounds the bytes kept to hash
+    /// out-of-order blocks in order.
+    pub fn new(
+        share: Arc<Share>,
+        manifest: Arc<Manifest>,
+        publisher: Publisher,
+        reserved: Arc<AtomicU64>,
+        recycle: Sender<Vec<u8>>,
+        failed: Sender<(ObjectKey, String)>,
+        stash_limit: usize,
+    ) -> Self {
+        Writer {
+            share,
+            manifest,
+            publisher,
+            reserved,
+            recycle,
+            failed,
+            objects: HashMap::new(),
+            stash_bytes: 0,
+            stash_limit,
+        }
+    }
+
+    /// Handles messages until the channel closes, then lets the publishers finish.
+    pub fn run(mut self, rx: Receiver<Msg>) {
+        for msg in rx {
+            match msg {
+                Msg::Data { key, offset, data } => self.data(key, offset, data),
+                Msg::Complete {
+                    key,
+                    head,
+                    digest,
+                    precedence,
+                } => self.complete(key, head, digest, precedence),
+                Msg::Discard { key } => {
+                    if let Some(open) = self.objects.remove(&key) {
+                        self.drop_open(open);
+                    }
+                }
+            }
+        }
+        for (_, open) in std::mem::take(&mut self.objects) {
+            self.drop_open(open);
+        }
+        self.publisher.finish();
+    }
+
+    fn drop_open(&mut self, open: Open) {
+        for (_, buf) in open.stash {
+            self.stash_bytes -= buf.len();
+            let _ = self.recycle.send(buf);
+        }
+        self.share.discard(open.temp);
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        let _ = self.recycle.send(buf);
+    }
+
+    fn data(&mut self, key: ObjectKey, offset: u64, data: Vec<u8>) {
+        if !self.objects.contains_key(&key) {
+            match self.share.create_temp(key) {
+                Ok(temp) => {
+                    self.objects.insert(
+                        key,
+                        Open {
+                            temp,
+                            hasher: Sha256::new(),
+                            hashed: 0,
+                            stash: BTreeMap::new(),
+                            read_back: false,
+                            failed: false,
+                        },
+                    );
+                }
+                Err(e) => {
+                    self.give_back(data);
+                    return self.fail_untracked(key, format!("cannot create temporary file: {e}"));
+                }
+            }
+        }
+        let Some(open) = self.objects.get_mut(&key) else {
+            return self.give_back(data);
+        };
+        if open.failed {
+            return self.give_back(data);
+        }
+        if let Err(e) = open.temp.file.write_all_at(&data, offset) {
+            self.give_back(data);
+            return self.fail(key, format!("cannot write temporary file: {e}"));
+        }
+        if open.read_back || offset < open.hashed {
+            return self.give_back(data);
+        }
+        if offset == open.hashed {
+            open.hasher.update(&data);
+            open.hashed += data.len() as u64;
+            let _ = self.recycle.send(data);
+            while let Some(next) = open.stash.remove(&open.hashed) {
+                open.hasher.update(&next);
+                open.hashed += next.len() as u64;
+                self.stash_bytes -= next.len();
+                let _ = self.recycle.send(next);
+            }
+        } else if self.stash_bytes + data.len() <= self.stash_limit {
+            self.stash_bytes += data.len();
+            open.stash.insert(offset, data);
+        } else {
+            // Too far out of order to keep: hash from the file at completion instead.
+            open.read_back = true;
+            for (_, buf) in std::mem::take(&mut open.stash) {
+                self.stash_bytes -= buf.len();
+                let _ = self.recycle.send(buf);
+            }
+            self.give_back(data);
+        }
+    }
+
+    fn complete(
+        &mut self,
+        key: ObjectKey,
+        head: Head,
+        digest: [u8; DIGEST_LEN],
+        precedence: Precedence,
+    ) {
+        let open = match self.objects.remove(&key) {
+            Some(o) if o.failed => {
+                // Recorded by the receive loop; the space reservation passed to us.
+                self.reserved.fetch_sub(head.size, Ordering::Relaxed);
+                self.drop_open(o);
+                return;
+            }
+            Some(o) => o,
+            // An empty file never had content written.
+            None => match self.share.create_temp(key) {
+                Ok(temp) => Open {
+                    temp,
+                    hasher: Sha256::new(),
+                    hashed: 0,
+                    stash: BTreeMap::new(),
+                    read_back: false,
+                    failed: false,
+                },
+                Err(e) => {
+                    self.reserved.fetch_sub(head.size, Ordering::Relaxed);
+                    return self.record(key, &head, format!("cannot create temporary file: {e}"));
+                }
+            },
+        };
+        match self.finish_hash(open, &head) {
+            Ok((temp, actual)) if actual == digest => self.publisher.send(Job {
+                key,
+                head,
+                digest,
+                precedence,
+                temp,
+            }),
+            Ok((temp, _)) => {
+                self.share.discard(temp);
+                self.reserved.fetch_sub(head.size, Ordering::Relaxed);
+                self.record(
+                    key,
+                    &head,
+                    "not published: SHA-256 mismatch: content is not what was sent".into(),
+                );
+            }
+            Err((temp, e)) => {
+                self.share.discard(temp);
+                self.reserved.fetch_sub(head.size, Ordering::Relaxed);
+                self.record(key, &head, format!("not published: cannot verify: {e}"));
+            }
+        }
+    }
+
+    /// The SHA-256 of the whole content: what was hashed in order, plus the rest read back.
+    fn finish_hash(
+        &mut self,
+        mut open: Open,
+        head: &Head,
+    ) -> Result<(Temp, [u8; DIGEST_LEN]), (Temp, std::io::Error)> {
+        for (_, buf) in std::mem::take(&mut open.stash) {
+            // Every block arrived, so a stash left over can only be after a gap that was filled
+            // by content too far out of order to keep: re-hash from the file.
+            self.stash_bytes -= buf.len();
+            let _ = self.recycle.send(buf);
+            open.read_back = true;
+        }
+        if open.hashed < head.size {
+            let mut buf = vec![0u8; 1 << 20];
+            while open.hashed < head.size {
+                let want = usize::try_from(head.size - open.hashed)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                match open.temp.file.read_at(&mut buf[..want], open.hashed) {
+                    Ok(0) => {
+                        return Err((
+                            open.temp,
+                            std::io::Error::other(format!(
+                                "temporary file ends at {} of {} bytes",
+                                open.hashed, head.size
+                            )),
+                        ));
+                    }
+                    Ok(n) => {
+                        open.hasher.update(&buf[..n]);
+                        open.hashed += n as u64;
+                    }
+                    Err(e) => return Err((open.temp, e)),
+                }
+            }
+        }
+        Ok((open.temp, open.hasher.finalize().into()))
+    }
+
+    fn record(&self, key: ObjectKey, head: &Head, reason: String) {
+        error!(path = %head.path, object = %key, "lost: {reason}");
+        self.manifest.lost(
+            &key.to_string(),
+            1,
+            Some(&head.path),
+            Some(head.size),
+            reason,
+        );
+    }
+
+    /// A write failed: the object's remaining data is ignored, and the receive loop (which knows
+    /// its name) records the loss and stops assembling it.
+    fn fail(&mut self, key: ObjectKey, reason: String) {
+        if let Some(open) = self.objects.get_mut(&key) {
+            open.failed = true;
+            for (_, buf) in std::mem::take(&mut open.stash) {
+                self.stash_bytes -= buf.len();
+                let _ = self.recycle.send(buf);
+            }
+        }
+        let _ = self.failed.send((key, reason));
+    }
+
+    fn fail_untracked(&mut self, key: ObjectKey, reason: String) {
+        let _ = self.failed.send((key, reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use checkvalve_common::meta::ObjectKind;
+
+    fn head(path: &str, size: usize) -> Head {
+        Head {
+            path: path.into(),
+            size: size as u64,
+            mtime_secs: 1_600_000_000,
+            mtime_nanos: 0,
+            kind: ObjectKind::File,
+        }
+    }
+
+    /// Runs a writer with `stash_limit` over `objects` (path, content, claimed digest), each sent
+    /// in 10-byte blocks in a scrambled order; returns the share folder and manifest text.
+    fn run(
+        stash_limit: usize,
+        objects: &[(&str, Vec<u8>, [u8; 32])],
+    ) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let (share, _) = Share::open(&dir.path().join("out"), None).unwrap();
+        let share = Arc::new(share);
+        let manifest = Arc::new(Manifest::open(&dir.path().join("m.jsonl"), 0).unwrap());
+        let reserved = Arc::new(AtomicU64::new(0));
+        let publisher = Publisher::start(
+            Arc::clone(&share),
+            Arc::clone(&manifest),
+            Arc::clone(&reserved),
+        )
+        .unwrap();
+        let (recycle, recycled) = std::sync::mpsc::channel();
+        let (failed, _failures) = std::sync::mpsc::channel();
+        let w = Writer::new(
+            share,
+            manifest,
+            publisher,
+            reserved.clone(),
+            recycle,
+            failed,
+            stash_limit,
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || w.run(rx));
+        for (i, (path, content, digest)) in objects.iter().enumerate() {
+            let key = ObjectKey {
+                session: 1,
+                object: i as u64,
+            };
+            reserved.fetch_add(content.len() as u64, Ordering::Relaxed);
+            let blocks: Vec<(u64, Vec<u8>)> = content
+                .chunks(10)
+                .enumerate()
+                .map(|(b, c)| (b as u64 * 10, c.to_vec()))
+                .collect();
+            // Last block first, then the rest reversed in pairs: out of order throughout.
+            let mut order: Vec<usize> = (0..blocks.len()).rev().collect();
+            if !order.is_empty() {
+                order.swap(0, blocks.len() / 2);
+            }
+            for b in order {
+                let (offset, data) = blocks[b].clone();
+                tx.send(Msg::Data { key, offset, data }).unwrap();
+            }
+            tx.send(Msg::Complete {
+                key,
+                head: head(path, content.len()),
+                digest: *digest,
+                precedence: Precedence {
+                    session_ordinal: 0,
+                    object: i as u64,
+                },
+            })
+            .unwrap();
+        }
+        drop(tx);
+        t.join().unwrap();
+        assert_eq!(
+            reserved.load(Ordering::Relaxed),
+            0,
+            "reservations not released"
+        );
+        assert!(recycled.try_iter().count() > 0);
+        let text = std::fs::read_to_string(dir.path().join("m.jsonl")).unwrap();
+        (dir, text)
+    }
+
+    #[test]
+    fn hashes_in_order_whatever_the_arrival_order_and_refuses_a_wrong_digest() {
+        let a: Vec<u8> = (0..95u8).collect();
+        let b: Vec<u8> = (100..195u8).collect();
+        let digest = |d: &[u8]| -> [u8; 32] { Sha256::digest(d).into() };
+        for stash in [1 << 20, 15] {
+            let (dir, manifest) = run(
+                stash,
+                &[
+                    ("a.bin", a.clone(), digest(&a)),
+                    ("b.bin", b.clone(), digest(&a)),
+                    ("empty", Vec::new(), digest(b"")),
+                ],
+            );
+            let out = dir.path().join("out");
+            assert_eq!(
+                std::fs::read(out.join("a.bin")).unwrap(),
+                a,
+                "stash {stash}"
+            );
+            assert!(!out.join("b.bin").exists(), "a wrong digest was published");
+            assert_eq!(std::fs::read(out.join("empty")).unwrap(), b"");
+            assert!(manifest.contains("SHA-256 mismatch"), "{manifest}");
+            assert_eq!(manifest.matches("delivered").count(), 2, "{manifest}");
+        }
+    }
+}
