@@ -127,7 +127,8 @@ fn run(args: Args) -> Result<()> {
     }
 
     let dropped = Arc::new(AtomicU64::new(0));
-    let (free_tx, free_rx) = net::chunk_pool(queue_bytes / net::CHUNK_BYTES);
+    let chunks = (queue_bytes / net::CHUNK_BYTES).max(2);
+    let (free_tx, free_rx) = net::chunk_pool(chunks);
     let (full_tx, full_rx) = std::sync::mpsc::channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let net_thread = {
@@ -135,7 +136,7 @@ fn run(args: Args) -> Result<()> {
             (Arc::clone(&stop), Arc::clone(&dropped), Arc::clone(&queued));
         std::thread::Builder::new()
             .name("net".into())
-            .spawn(move || net::drain(socket, full_tx, free_rx, queued, stop, dropped))?
+            .spawn(move || net::drain(socket, full_tx, free_rx, chunks, queued, stop, dropped))?
     };
     let reserved = Arc::new(AtomicU64::new(0));
     let publisher = publish::Publisher::start(

@@ -13,9 +13,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, getsockopt, recv, recvmsg, setsockopt, sockopt,
-};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, getsockopt, recvmsg, setsockopt, sockopt};
 use tracing::{info, warn};
 
 use crate::ratelimit::Limiter;
@@ -30,7 +28,8 @@ pub const CHUNK_BYTES: usize = 512 << 10;
 pub struct Chunk {
     buf: Vec<u8>,
     len: usize,
-    ends: Vec<usize>,
+    /// Where each kept datagram lies in `buf` (a datagram dropped early leaves a hole).
+    ranges: Vec<(usize, usize)>,
 }
 
 impl Chunk {
@@ -39,21 +38,47 @@ impl Chunk {
         Chunk {
             buf: vec![0; CHUNK_BYTES],
             len: 0,
-            ends: Vec::with_capacity(1024),
+            ranges: Vec::with_capacity(1024),
         }
     }
 
     /// The datagrams in arrival order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts
-            .zip(self.ends.iter().copied())
-            .map(|(s, e)| &self.buf[s..e])
+        self.ranges.iter().map(|&(s, e)| &self.buf[s..e])
     }
 
     fn clear(&mut self) {
         self.len = 0;
-        self.ends.clear();
+        self.ranges.clear();
+    }
+}
+
+/// Random early drop, made regular: once the queue is more than half full, every n-th datagram
+/// is dropped, up to one in five when it is full. Loss spread evenly like this is what the FEC
+/// repairs (below the parity ratio), where a full queue would drop a long run and lose blocks.
+#[derive(Debug, Default)]
+struct EarlyDrop {
+    debt: f64,
+}
+
+impl EarlyDrop {
+    /// Most of the traffic ever dropped early: well under the default parity ratio (22 / 86).
+    const MAX: f64 = 0.2;
+
+    /// True if the next datagram should be dropped, with `queued` of `total` chunks in use.
+    fn drop_next(&mut self, queued: usize, total: usize) -> bool {
+        let fill = queued as f64 / total.max(1) as f64;
+        let fraction = ((fill - 0.5) * 2.0 * Self::MAX).clamp(0.0, Self::MAX);
+        self.debt += fraction;
+        if self.debt >= 1.0 {
+            self.debt -= 1.0;
+            true
+        } else {
+            if fraction == 0.0 {
+                self.debt = 0.0;
+            }
+            false
+        }
     }
 }
 
@@ -116,16 +141,19 @@ pub fn chunk_pool(count: usize) -> (Sender<Chunk>, Receiver<Chunk>) {
     (tx, rx)
 }
 
-/// Drains the socket into free chunks until `stop`; counts datagrams dropped because no chunk
-/// was free (the assembler is behind). `queued` counts chunks handed over and not yet taken.
+/// Drains the socket into free chunks until `stop`; counts datagrams dropped because the
+/// assembler is behind (early, spread out, once half the `total` chunks are queued; all of them
+/// when none is free). `queued` counts chunks handed over and not yet taken.
 pub fn drain(
     socket: UdpSocket,
     full: Sender<Chunk>,
     free: Receiver<Chunk>,
+    total: usize,
     queued: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
 ) {
+    let mut early = EarlyDrop::default();
     let fd = socket.as_raw_fd();
     let mut scratch = vec![0u8; MAX_UDP];
     let mut behind = Limiter::new(Duration::from_secs(10), 1);
@@ -140,10 +168,11 @@ pub fn drain(
             Ok(c) => c,
             Err(TryRecvError::Disconnected) => return,
             Err(TryRecvError::Empty) => {
-                if let Ok(n) = recv(fd, &mut scratch, MsgFlags::empty())
+                if let Ok((n, segment)) = receive(fd, &mut scratch, MsgFlags::empty(), &mut cmsg)
                     && n > 0
                 {
-                    let total = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    let count = n.div_ceil(segment.unwrap_or(n)) as u64;
+                    let total = dropped.fetch_add(count, Ordering::Relaxed) + count;
                     if let Some(suppressed) = behind.allow() {
                         warn!(
                             dropped_total = total,
@@ -161,7 +190,7 @@ pub fn drain(
         // socket timeout), so that the bounded set of chunks is not spent a few datagrams each.
         while chunk.buf.len() - chunk.len >= MAX_UDP {
             let busy = queued.load(Ordering::Acquire) > 0;
-            let flags = if chunk.ends.is_empty() || busy {
+            let flags = if chunk.ranges.is_empty() || busy {
                 MsgFlags::empty()
             } else {
                 MsgFlags::MSG_DONTWAIT
@@ -171,10 +200,24 @@ pub fn drain(
                     let start = chunk.len;
                     chunk.len += n;
                     // A coalesced buffer holds datagrams of `segment` bytes, the last shorter.
+                    let in_use = queued.load(Ordering::Acquire);
                     let mut at = start;
                     while at < chunk.len {
-                        at = (at + segment.unwrap_or(n).max(1)).min(chunk.len);
-                        chunk.ends.push(at);
+                        let end = (at + segment.unwrap_or(n).max(1)).min(chunk.len);
+                        if early.drop_next(in_use, total) {
+                            let all = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                            if let Some(suppressed) = behind.allow() {
+                                warn!(
+                                    dropped_total = all,
+                                    queued_chunks = in_use,
+                                    suppressed,
+                                    "receiver falling behind: dropping datagrams early, spread out (FEC repairs them)"
+                                );
+                            }
+                        } else {
+                            chunk.ranges.push((at, end));
+                        }
+                        at = end;
                     }
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -184,7 +227,7 @@ pub fn drain(
                 break;
             }
         }
-        if chunk.ends.is_empty() {
+        if chunk.ranges.is_empty() {
             spare = Some(chunk);
             continue;
         }
@@ -192,5 +235,22 @@ pub fn drain(
         if full.send(chunk).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_drop_is_spread_and_bounded() {
+        let mut e = EarlyDrop::default();
+        let drops = |e: &mut EarlyDrop, q| (0..1000).filter(|_| e.drop_next(q, 100)).count();
+        assert_eq!(drops(&mut e, 50), 0);
+        assert!((99..=101).contains(&drops(&mut e, 75)));
+        assert!((199..=201).contains(&drops(&mut e, 100)));
+        // Never two in a row below one in two.
+        let pattern: Vec<bool> = (0..20).map(|_| e.drop_next(100, 100)).collect();
+        assert!(pattern.windows(2).all(|w| !(w[0] && w[1])), "{pattern:?}");
     }
 }

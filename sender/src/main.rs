@@ -20,6 +20,9 @@ use checkvalve_common::units::{parse_duration, parse_rate};
 use clap::Parser;
 use tracing::{error, info, warn};
 
+/// Datagram bytes an interleaving group holds by default.
+const GROUP_BYTES: usize = 8 << 20;
+
 /// Bounded hand-off between producer and transmitter: a few groups, tens of MiB at most.
 const QUEUED_BATCHES: usize = 4;
 
@@ -30,8 +33,9 @@ struct Args {
     /// Receiver (or simulator) address, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     to: String,
-    /// Output rate in bits per second (50k, 800M, 1G); counts IP and UDP headers.
-    #[arg(long, default_value = "100M", value_parser = parse_rate)]
+    /// Output rate in bits per second (50k, 800M, 1G, or max for no limit); counts IP and UDP
+    /// headers. The default is what a 2-core receiver takes without loss (docs/performance.md).
+    #[arg(long, default_value = "1G", value_parser = parse_rate)]
     rate: u64,
     /// Reed-Solomon shape: K data shards and M parity shards per block (K + M <= 256).
     #[arg(long, default_value = "64:22", value_name = "K:M")]
@@ -39,9 +43,10 @@ struct Args {
     /// Largest shard payload in bytes; 1400 keeps datagrams under a 1500-byte MTU for IPv4 and IPv6.
     #[arg(long, default_value_t = 1400)]
     shard_size: u16,
-    /// Blocks per interleaving group: bursts are spread over this many blocks.
-    #[arg(long, default_value_t = 64)]
-    interleave: usize,
+    /// Blocks per interleaving group: bursts are spread over this many blocks [default: as many
+    /// as fill about 8 MiB of datagrams, at most 64: 64 at 1,400-byte shards, 10 at 8,900].
+    #[arg(long)]
+    interleave: Option<usize>,
     /// Interval between heartbeats.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     heartbeat: Duration,
@@ -106,8 +111,14 @@ fn run(args: Args) -> Result<ExitCode> {
     if args.heartbeat.is_zero() {
         bail!("--heartbeat must be positive");
     }
+    // A group is held whole in memory (and a few queued): size it in bytes, not blocks.
+    let block_bytes = (usize::from(fec.data_shards) + usize::from(fec.parity_shards))
+        * (usize::from(fec.shard_len) + checkvalve_common::wire::SHARD_OVERHEAD);
+    let depth = args
+        .interleave
+        .unwrap_or((GROUP_BYTES / block_bytes).clamp(1, 64));
     let interleave = InterleaveParams {
-        depth: args.interleave.max(1),
+        depth: depth.max(1),
         ..InterleaveParams::default()
     };
     let walked = walk::walk(&args.paths)?;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use nix::sys::socket::{MsgFlags, recv};
+use nix::sys::socket::MsgFlags;
 use tracing::{info, warn};
 
 use crate::link::{Counters, Link, Schedule};
@@ -52,6 +52,7 @@ impl Forwarder {
         let inbound = UdpSocket::bind(options.bind)
             .with_context(|| format!("cannot bind {}", options.bind))?;
         crate::socket::grow_receive_buffer(&inbound, 64 << 20);
+        crate::socket::enable_receive_offload(&inbound);
         let local: SocketAddr = if options.to.is_ipv4() {
             "0.0.0.0:0".parse()?
         } else {
@@ -94,6 +95,8 @@ impl Forwarder {
         };
         let fd = self.inbound.as_raw_fd();
         let mut buf = vec![0u8; 65_535];
+        let mut cmsg = nix::cmsg_space!(i32);
+        let mut out = crate::socket::Outgoing::default();
         let mut pool: Vec<Vec<u8>> = Vec::new();
         let mut timeout = Duration::ZERO;
         let mut send_errors = 0u64;
@@ -113,12 +116,17 @@ impl Forwarder {
             // The first read waits; the rest take only what is already queued.
             let mut flags = MsgFlags::empty();
             for _ in 0..BATCH {
-                match recv(fd, &mut buf, flags) {
-                    Ok(n) => {
-                        let mut d = pool.pop().unwrap_or_default();
-                        d.clear();
-                        d.extend_from_slice(&buf[..n]);
-                        link.push(Instant::now(), d);
+                match crate::socket::receive(fd, &mut buf, flags, &mut cmsg) {
+                    Ok((n, segment)) => {
+                        // A coalesced buffer holds datagrams of `segment` bytes, the last shorter:
+                        // the link model sees each datagram on its own.
+                        let now = Instant::now();
+                        for part in buf[..n].chunks(segment.unwrap_or(n).max(1)) {
+                            let mut d = pool.pop().unwrap_or_default();
+                            d.clear();
+                            d.extend_from_slice(part);
+                            link.push(now, d);
+                        }
                     }
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(_) => break,
@@ -127,9 +135,10 @@ impl Forwarder {
             }
             let now = Instant::now();
             while let Some(d) = link.poll(now) {
-                if self.outbound.send_to(&d, o.to).is_err() {
-                    send_errors += 1;
+                if !out.fits(&d) {
+                    send_errors += out.flush(&self.outbound, o.to);
                 }
+                out.push(&d);
                 if let Some(c) = capture.as_mut() {
                     c.record(&d).context("cannot write the capture")?;
                 }
@@ -137,6 +146,7 @@ impl Forwarder {
                     pool.push(d);
                 }
             }
+            send_errors += out.flush(&self.outbound, o.to);
             if let Some(every) = o.stats_every
                 && now - last_stats.0 >= every
             {

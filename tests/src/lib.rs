@@ -330,6 +330,10 @@ impl Rig {
     /// Starts the sender on `paths` (logging to `tag`.log) and returns it running.
     pub fn start_sender(&self, tag: &str, paths: &[&Path], extra: &[&str]) -> Proc {
         let mut args = vec!["--to".to_string(), self.send_to.clone()];
+        // The binaries under test are debug builds: a modest rate unless the test sets one.
+        if !extra.contains(&"--rate") {
+            args.extend(["--rate".to_string(), "200M".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         args.extend(paths.iter().map(|p| p.display().to_string()));
         Proc::start(self.dir.path(), tag, &bin("checkvalve-send"), &args)

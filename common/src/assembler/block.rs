@@ -29,8 +29,13 @@ pub(crate) enum Added {
 impl Pending {
     /// A block of `n` shards of `l` bytes in `buf` (resized to fit).
     pub(crate) fn new(parity: u8, mut buf: Vec<u8>, n: usize, l: usize) -> Self {
-        buf.clear();
-        buf.resize(n * l, 0);
+        // Every byte is overwritten by a shard or by the decode before it is read, so a reused
+        // buffer keeps its old bytes: only growth is zero-filled.
+        if buf.len() >= n * l {
+            buf.truncate(n * l);
+        } else {
+            buf.resize(n * l, 0);
+        }
         Pending {
             parity,
             buf,

@@ -29,8 +29,8 @@ use budget::{BLOCK_COST, Budget, OBJECT_COST, RANGE_COST};
 use session::Session;
 
 /// Block buffers kept for reuse (and counted in the budget), so that steady reception allocates
-/// nothing per block.
-const MAX_POOLED: usize = 64;
+/// nothing per block: enough for the blocks on their way to disk.
+const MAX_POOLED: usize = 512;
 /// Shortest heartbeat interval a receiver believes; a shorter announced one is raised to it.
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest heartbeat interval a receiver believes, so that no sender can switch off the silence
@@ -300,7 +300,9 @@ impl Shared<'_> {
     }
 
     /// Keeps a buffer for reuse if the pool has room and the budget allows it.
-    fn pool_buffer(&mut self, buf: Vec<u8>) {
+    fn pool_buffer(&mut self, mut buf: Vec<u8>) {
+        // Keep the whole allocation in use so that reuse needs no zero-filling.
+        buf.resize(buf.capacity(), 0);
         if self.pool.len() < MAX_POOLED && self.budget.fits(buf.capacity()) {
             self.budget.take(buf.capacity());
             self.pool.push(buf);

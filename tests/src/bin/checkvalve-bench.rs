@@ -31,6 +31,9 @@ struct Args {
     /// Runs of the unthrottled case.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Sender rate of the `max1400`, `max8900`, `small` and `loss5` cases.
+    #[arg(long, default_value = "max")]
+    rate: String,
     /// Cases to run (comma-separated): ceiling, max1400, max8900, small, loss5, stall.
     #[arg(long, default_value = "ceiling,max1400,max8900,small,loss5,stall")]
     cases: String,
@@ -311,12 +314,15 @@ fn run_case(b: &Bins, work: &Path, case: &Case) -> String {
         .and_then(|l| field(l, "datagrams"))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let recv_dropped: u64 = rlog
-        .lines()
-        .rfind(|l| l.contains(" stats "))
-        .and_then(|l| field(l, "dropped_behind"))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let stat = |name: &str| -> u64 {
+        rlog.lines()
+            .rfind(|l| l.contains(" stats "))
+            .and_then(|l| field(l, name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let recv_dropped = stat("dropped_behind");
+    let over_budget = stat("over_budget");
     let secs = elapsed.as_secs_f64();
     let gib = case.bytes as f64 / f64::from(1u32 << 30);
     let mut line = format!(
@@ -333,7 +339,7 @@ fn run_case(b: &Bins, work: &Path, case: &Case) -> String {
         line += &format!(" sim {:>5.2}", u.cpu_s / gib);
     }
     line += &format!(
-        " | peak RSS send {:>4} MiB recv {:>4} MiB | drops kernel {kernel_drops} receiver {recv_dropped} | delivered {}/{} lost {}",
+        " | peak RSS send {:>4} MiB recv {:>4} MiB | drops kernel {kernel_drops} receiver {recv_dropped} over budget {over_budget} | delivered {}/{} lost {}",
         su.peak_kib / 1024,
         ru.peak_kib / 1024,
         o.delivered.len(),
@@ -487,7 +493,12 @@ fn main() {
     };
     if cases.contains(&"max1400") {
         for run in 1..=args.runs {
-            let c = one_big(&format!("max1400-{run}"), &["--rate", "max"], None, vec![]);
+            let c = one_big(
+                &format!("max1400-{run}"),
+                &["--rate", &args.rate],
+                None,
+                vec![],
+            );
             let line = run_case(&b, work, &c);
             println!("{line}{}", ratio(&line, 1472));
         }
@@ -495,7 +506,7 @@ fn main() {
     if cases.contains(&"max8900") {
         let c = one_big(
             "max8900",
-            &["--rate", "max", "--shard-size", "8900"],
+            &["--rate", &args.rate, "--shard-size", "8900"],
             None,
             vec![],
         );
@@ -515,7 +526,7 @@ fn main() {
             files,
             src: src.clone(),
             bytes: 1000 * (64 << 10),
-            sender: vec!["--rate".into(), "max".into()],
+            sender: vec!["--rate".into(), args.rate.clone()],
             sim: None,
             stalls: vec![],
         };
@@ -524,7 +535,7 @@ fn main() {
     if cases.contains(&"loss5") {
         let c = one_big(
             "loss5",
-            &["--rate", "max"],
+            &["--rate", &args.rate],
             Some(&["--loss", "5%", "--seed", "5"]),
             vec![],
         );
