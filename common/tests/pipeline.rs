@@ -645,3 +645,29 @@ fn stopping_reports_every_object_in_progress() {
     assert_eq!(asm.objects_in_progress(), 0);
     assert_eq!(asm.pending_bytes(), 0);
 }
+
+#[test]
+fn when_memory_runs_short_an_object_that_cannot_complete_makes_room_for_one_that_can() {
+    // Object 0 loses every shard of its first block but one: it can never complete. Object 1
+    // follows in the same session, in a budget that cannot hold both.
+    let files = vec![
+        ("dead".to_string(), content(1, 64 * 1400 * 400)),
+        ("alive".to_string(), content(2, 64 * 1400 * 200)),
+    ];
+    let dg = encode(&files, FecParams::default(), InterleaveParams::default());
+    let kept: Vec<Vec<u8>> = dg
+        .into_iter()
+        .filter(|d| {
+            !matches!(wire::parse(d), Ok(wire::Datagram::Shard(h, _))
+                if h.object == 0 && h.block % 2 == 1 && h.shard > 0)
+        })
+        .collect();
+    let config = AssemblerConfig {
+        max_pending_bytes: 24 << 20,
+        ..AssemblerConfig::default()
+    };
+    let (out, asm) = receive(&kept, config);
+    assert!(out.delivered.contains_key("alive"), "{:?}", out.lost);
+    assert!(!out.delivered.contains_key("dead"));
+    assert!(asm.held_bytes() <= 24 << 20);
+}

@@ -45,9 +45,9 @@ struct Args {
     /// Largest file accepted.
     #[arg(long, default_value = "1T", value_parser = parse_size)]
     max_object_size: u64,
-    /// Memory for datagrams queued (a quarter), content on its way to disk (a quarter) and blocks
-    /// in progress (half); the receiver's resident memory stays below this plus about 32 MiB.
-    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    /// Memory for datagrams queued (a quarter), content on its way to disk (an eighth) and blocks
+    /// in progress (the rest); the receiver's resident memory stays below this plus about 16 MiB.
+    #[arg(long, default_value = "48M", value_parser = parse_size)]
     max_pending: u64,
     /// Free space always left on the output filesystem (half of it is kept for the manifest).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
@@ -115,10 +115,10 @@ fn run(args: Args) -> Result<()> {
     );
     raise_fd_limit();
     let budget = usize::try_from(args.max_pending).unwrap_or(usize::MAX);
-    // A quarter queues datagrams, a quarter decoded content on its way to disk, half blocks in
-    // progress.
+    // A quarter queues datagrams (the kernel's buffer absorbs more), an eighth holds decoded
+    // content on its way to disk, the rest blocks in progress.
     let queue_bytes = budget / 4;
-    let writer_bytes = budget / 4;
+    let writer_bytes = budget / 8;
     let (socket, local) = net::bind(bind, usize::try_from(args.rcvbuf).unwrap_or(usize::MAX))?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

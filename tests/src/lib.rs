@@ -424,7 +424,9 @@ impl Outcome {
         let text = fs::read_to_string(path).unwrap_or_default();
         let mut o = Outcome::default();
         let mut seen = std::collections::HashSet::new();
-        for line in text.lines() {
+        // A record being appended right now may be seen half-written: only whole lines count.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        for line in whole.lines() {
             let r: serde_json::Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("manifest line {line:?} is not JSON: {e}"));
             let object = r["object"].as_str().expect("object").to_owned();

@@ -13,6 +13,8 @@ pub(crate) struct Pending {
     /// Which shards arrived (bit `i` for shard `i`).
     present: [u64; MAX_SHARDS_PER_BLOCK / 64],
     count: usize,
+    /// Blocks its session had decoded when it started: how long it has waited, in blocks.
+    pub(crate) born: u64,
 }
 
 /// What adding a shard did.
@@ -28,7 +30,7 @@ pub(crate) enum Added {
 
 impl Pending {
     /// A block of `n` shards of `l` bytes in `buf` (resized to fit).
-    pub(crate) fn new(parity: u8, mut buf: Vec<u8>, n: usize, l: usize) -> Self {
+    pub(crate) fn new(parity: u8, mut buf: Vec<u8>, n: usize, l: usize, born: u64) -> Self {
         // Every byte is overwritten by a shard or by the decode before it is read, so a reused
         // buffer keeps its old bytes: only growth is zero-filled.
         if buf.len() >= n * l {
@@ -41,6 +43,7 @@ impl Pending {
             buf,
             present: [0; MAX_SHARDS_PER_BLOCK / 64],
             count: 0,
+            born,
         }
     }
 

@@ -31,6 +31,10 @@ use session::Session;
 /// Block buffers kept for reuse (and counted in the budget), so that steady reception allocates
 /// nothing per block: enough for the blocks on their way to disk.
 const MAX_POOLED: usize = 512;
+/// A block still incomplete after this many later blocks of its session completed is given up
+/// when memory runs short: the reference sender keeps a block open over one interleaving group
+/// (at most 64 blocks), so this is two groups.
+pub const STALE_BLOCKS: u64 = 128;
 /// Shortest heartbeat interval a receiver believes; a shorter announced one is raised to it.
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest heartbeat interval a receiver believes, so that no sender can switch off the silence
@@ -122,6 +126,17 @@ pub enum Abandon {
     /// The receiver was stopped before the object was complete.
     #[error("receiver stopped before the object was complete")]
     ReceiverStopped,
+    /// Memory ran short while a block of the object had waited, incomplete, for many later blocks
+    /// of its session to complete: its missing shards are not coming.
+    #[error(
+        "block {block} cannot be completed (its shards stopped arriving while {waited} later blocks completed)"
+    )]
+    Unrecoverable {
+        /// The block.
+        block: u32,
+        /// Blocks of the session decoded since it started.
+        waited: u64,
+    },
 }
 
 /// What the assembler has to report.
@@ -653,6 +668,35 @@ impl Assembler {
             }
             sh.counters.preempted_blocks += 1;
         }
+        // Still short: blocks that have waited far longer than any interleaving keeps a block
+        // open can no longer complete, and neither can their objects. Losing those objects now
+        // frees memory for the ones that still can.
+        while !self.budget.fits(cost) {
+            let stale = self
+                .sessions
+                .iter()
+                .flat_map(|(&sid, s)| {
+                    s.objects.iter().flat_map(move |(&o, obj)| {
+                        obj.blocks
+                            .iter()
+                            .map(move |(&b, p)| (s.decoded.saturating_sub(p.born), sid, o, b))
+                    })
+                })
+                .filter(|(waited, ..)| *waited >= STALE_BLOCKS)
+                .max();
+            let Some((waited, session, object, block)) = stale else {
+                break;
+            };
+            let (sessions, mut sh) = self.split();
+            let Some(s) = sessions.get_mut(&session) else {
+                break;
+            };
+            sh.lose(
+                s,
+                ObjectKey { session, object },
+                Some(Abandon::Unrecoverable { block, waited }),
+            );
+        }
     }
 
     fn evict(&mut self, victim: u64) {
@@ -808,11 +852,12 @@ impl Assembler {
                 sh.counters.over_budget += 1;
                 return Ok(());
             };
+            let born = s.decoded;
             let Some(obj) = s.objects.get_mut(&h.object) else {
                 return Ok(());
             };
             obj.blocks
-                .insert(h.block, Pending::new(h.parity_shards, buf, n, l));
+                .insert(h.block, Pending::new(h.parity_shards, buf, n, l, born));
         }
         let Some(obj) = s.objects.get_mut(&h.object) else {
             return Ok(());
@@ -845,6 +890,7 @@ impl Assembler {
             return Ok(());
         }
         sh.counters.blocks_decoded += 1;
+        s.decoded += 1;
         s.last_progress = Some(now);
         let Some(obj) = s.objects.get_mut(&h.object) else {
             return Ok(());

@@ -68,6 +68,8 @@ pub(crate) struct Session {
     pub(crate) identified: bool,
     /// Bytes of the budget its blocks and objects hold.
     pub(crate) used: usize,
+    /// Blocks decoded so far.
+    pub(crate) decoded: u64,
 }
 
 impl Session {
@@ -86,6 +88,7 @@ impl Session {
             heartbeat: None,
             identified: false,
             used: 0,
+            decoded: 0,
         }
     }
 

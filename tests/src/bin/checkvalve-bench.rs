@@ -40,6 +40,9 @@ struct Args {
     /// Scratch folder (sources and outputs; needs twice the file size free).
     #[arg(long)]
     work: Option<PathBuf>,
+    /// Keep the scratch folder (logs and manifests of every case) and print its path.
+    #[arg(long)]
+    keep: bool,
 }
 
 /// CPU time and peak memory of a process, sampled from /proc while it runs.
@@ -325,12 +328,20 @@ fn run_case(b: &Bins, work: &Path, case: &Case) -> String {
     let over_budget = stat("over_budget");
     let secs = elapsed.as_secs_f64();
     let gib = case.bytes as f64 / f64::from(1u32 << 30);
+    // Goodput and files/s mean something only when everything arrived.
+    let per_s = |x: f64| {
+        if intact {
+            format!("{:>8.1}", x / secs)
+        } else {
+            format!("{:>8}", "-")
+        }
+    };
     let mut line = format!(
-        "{:<9} {:>4} {:>8.1} MB/s {:>8.0} files/s {:>9.0} dgram/s | CPU-s/GiB send {:>5.2} recv {:>5.2}",
+        "{:<9} {:>4} {} MB/s {} files/s {:>9.0} dgram/s | CPU-s/GiB send {:>5.2} recv {:>5.2}",
         case.name,
         if intact { "OK" } else { "LOST" },
-        case.bytes as f64 / secs / 1e6,
-        o.delivered.len() as f64 / secs,
+        per_s(case.bytes as f64 / 1e6),
+        per_s(o.delivered.len() as f64),
         datagrams as f64 / secs,
         su.cpu_s / gib,
         ru.cpu_s / gib,
@@ -428,7 +439,11 @@ fn main() {
         .prefix("checkvalve-bench")
         .tempdir_in(args.work.clone().unwrap_or_else(std::env::temp_dir))
         .expect("scratch");
-    let work = scratch.path();
+    let work = scratch.path().to_path_buf();
+    let work = work.as_path();
+    if args.keep {
+        println!("scratch: {}", scratch.path().display());
+    }
     let cases: Vec<&str> = args.cases.split(',').map(str::trim).collect();
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -488,6 +503,7 @@ fn main() {
             .unwrap_or(0.0);
         ceilings
             .get(&len)
+            .filter(|_| mbps > 0.0)
             .map(|c| format!(" | {:.2}x ceiling", mbps * 1e6 / c))
             .unwrap_or_default()
     };
@@ -548,5 +564,8 @@ fn main() {
         ];
         let c = one_big("stall", &["--rate", "1G"], None, stalls);
         println!("{}", run_case(&b, work, &c));
+    }
+    if args.keep {
+        let _ = scratch.keep();
     }
 }
