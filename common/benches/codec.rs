@@ -81,5 +81,67 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// The Reed-Solomon codec alone, on one core: parity of full 64:22 blocks, and the decode of a
+/// block that lost 22 data shards (the most it can), with the same erasures each time and with new
+/// ones each time (a matrix inversion per block).
+fn fec(c: &mut Criterion) {
+    use checkvalve_common::fec::Fec;
+    const K: usize = 64;
+    const M: usize = 22;
+    const L: usize = 1400;
+    const BLOCKS: usize = 64;
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut data = vec![0u8; K * L * BLOCKS];
+    rng.fill(&mut data[..]);
+    let mut fec = Fec::default();
+    let mut g = c.benchmark_group("fec");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.sample_size(20);
+    g.bench_function("encode 64:22 x 1400", |b| {
+        b.iter(|| {
+            for block in data.chunks(K * L) {
+                fec.encode(block, L, M).unwrap();
+            }
+        })
+    });
+    let coded: Vec<Vec<u8>> = data
+        .chunks(K * L)
+        .map(|block| {
+            let mut all = block.to_vec();
+            all.extend(fec.encode(block, L, M).unwrap());
+            all
+        })
+        .collect();
+    let patterns: Vec<Vec<bool>> = (0..BLOCKS)
+        .map(|_| {
+            let mut present = vec![true; K + M];
+            let mut lost = 0;
+            while lost < M {
+                let i = rng.random_range(0..K);
+                if present[i] {
+                    present[i] = false;
+                    lost += 1;
+                }
+            }
+            present
+        })
+        .collect();
+    for (name, varied) in [
+        ("decode 22 erasures, same pattern", false),
+        ("decode 22 erasures, new pattern each block", true),
+    ] {
+        let mut bufs = coded.clone();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for (i, buf) in bufs.iter_mut().enumerate() {
+                    let present = &patterns[if varied { i } else { 0 }];
+                    fec.reconstruct(K, buf, L, present).unwrap();
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, fec);
 criterion_main!(benches);
