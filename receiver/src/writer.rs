@@ -60,6 +60,19 @@ struct Open {
     failed: bool,
 }
 
+impl Open {
+    fn new(temp: Temp) -> Self {
+        Open {
+            temp,
+            hasher: Sha256::new(),
+            hashed: 0,
+            stash: BTreeMap::new(),
+            read_back: false,
+            failed: false,
+        }
+    }
+}
+
 /// State of the writer thread.
 pub struct Writer {
     share: Arc<Share>,
@@ -140,17 +153,7 @@ impl Writer {
         if !self.objects.contains_key(&key) {
             match self.share.create_temp(key) {
                 Ok(temp) => {
-                    self.objects.insert(
-                        key,
-                        Open {
-                            temp,
-                            hasher: Sha256::new(),
-                            hashed: 0,
-                            stash: BTreeMap::new(),
-                            read_back: false,
-                            failed: false,
-                        },
-                    );
+                    self.objects.insert(key, Open::new(temp));
                 }
                 Err(e) => {
                     self.give_back(data);
@@ -212,14 +215,7 @@ impl Writer {
             Some(o) => o,
             // An empty file never had content written.
             None => match self.share.create_temp(key) {
-                Ok(temp) => Open {
-                    temp,
-                    hasher: Sha256::new(),
-                    hashed: 0,
-                    stash: BTreeMap::new(),
-                    read_back: false,
-                    failed: false,
-                },
+                Ok(temp) => Open::new(temp),
                 Err(e) => {
                     self.reserved.fetch_sub(head.size, Ordering::Relaxed);
                     return self.record(key, &head, format!("cannot create temporary file: {e}"));

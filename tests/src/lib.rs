@@ -19,6 +19,25 @@ pub const SHARD: usize = 1400;
 /// Bytes per full content block at the defaults (64 x 1,400).
 pub const BLOCK: usize = 64 * SHARD;
 
+/// Builds the three programs with cargo profile `profile`; panics if the build fails.
+pub fn build_programs(profile: &str) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--bins", "--profile", profile])
+        .args([
+            "-p",
+            "checkvalve-send",
+            "-p",
+            "checkvalve-receive",
+            "-p",
+            "checkvalve-sim",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building the binaries failed");
+}
+
 /// Path of one of the workspace binaries, built on first use.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -35,21 +54,7 @@ pub fn bin(name: &str) -> PathBuf {
             Some(other) => other.to_string(),
             None => "dev".to_string(),
         };
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--bins", "--profile", &profile])
-            .args([
-                "-p",
-                "checkvalve-send",
-                "-p",
-                "checkvalve-receive",
-                "-p",
-                "checkvalve-sim",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the binaries failed");
+        build_programs(&profile);
         profile_dir
     });
     dir.join(name)

@@ -10,14 +10,15 @@ use checkvalve_tests::{Rig, digest_tree, make_tree};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn rss_kib(pid: u32) -> u64 {
+/// A memory figure of a process from /proc, in KiB: `VmRSS` (now) or `VmHWM` (peak).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 #[test]
@@ -42,7 +43,7 @@ fn random_datagrams_neither_crash_nor_bloat_the_receiver_and_a_transfer_still_su
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let rss_end = rss_kib(pid);
+    let rss_end = status_kib(pid, "VmRSS");
     eprintln!("receiver RSS after the flood: {rss_end} KiB");
     assert!(
         rss_end < 160 * 1024,
@@ -227,17 +228,6 @@ fn a_full_disk_costs_only_the_files_that_do_not_fit() {
     drop(rig);
 }
 
-/// Peak resident memory of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM")
-}
-
 #[test]
 fn a_flood_of_large_forged_shards_stays_within_the_memory_bound() {
     const MAX_PENDING_MIB: u64 = 64;
@@ -278,7 +268,7 @@ fn a_flood_of_large_forged_shards_stays_within_the_memory_bound() {
         .collect();
     let sent: u64 = senders.into_iter().map(|t| t.join().expect("flood")).sum();
     std::thread::sleep(Duration::from_millis(500));
-    let peak = peak_rss_kib(pid);
+    let peak = status_kib(pid, "VmHWM");
     let log = rig.receiver.log_text();
     eprintln!(
         "{sent} forged 60 kB datagrams; receiver peak RSS {peak} KiB; {}",

@@ -333,6 +333,30 @@ impl Shared<'_> {
         }
     }
 
+    /// Reports every object of session `sid` still in progress lost for `reason`, and every gap
+    /// in its numbering missing.
+    fn close_all(&mut self, sid: u64, s: &mut Session, reason: Abandon) {
+        let mut open: Vec<u64> = s.objects.keys().copied().collect();
+        open.sort_unstable();
+        for object in open {
+            let key = ObjectKey {
+                session: sid,
+                object,
+            };
+            self.lose(s, key, Some(reason.clone()));
+        }
+        let gaps: Vec<(u64, u64)> = s
+            .gaps
+            .drain_where(|_| true)
+            .into_iter()
+            .map(|(first, end, _)| (first, end))
+            .collect();
+        for &(first, end) in &gaps {
+            s.finished.insert(first, end);
+        }
+        self.missing(sid, gaps);
+    }
+
     /// Drops an object's state and reports it lost.
     fn lose(&mut self, s: &mut Session, key: ObjectKey, reason: Option<Abandon>) {
         let Some(obj) = s.objects.remove(&key.object) else {
@@ -569,28 +593,9 @@ impl Assembler {
         let mut ids: Vec<u64> = sessions.keys().copied().collect();
         ids.sort_unstable();
         for sid in ids {
-            let Some(s) = sessions.get_mut(&sid) else {
-                continue;
-            };
-            let mut open: Vec<u64> = s.objects.keys().copied().collect();
-            open.sort_unstable();
-            for object in open {
-                let key = ObjectKey {
-                    session: sid,
-                    object,
-                };
-                sh.lose(s, key, Some(Abandon::ReceiverStopped));
+            if let Some(s) = sessions.get_mut(&sid) {
+                sh.close_all(sid, s, Abandon::ReceiverStopped);
             }
-            let gaps: Vec<(u64, u64)> = s
-                .gaps
-                .drain_where(|_| true)
-                .into_iter()
-                .map(|(first, end, _)| (first, end))
-                .collect();
-            for &(first, end) in &gaps {
-                s.finished.insert(first, end);
-            }
-            sh.missing(sid, gaps);
         }
     }
 
@@ -704,22 +709,7 @@ impl Assembler {
         let Some(mut s) = sessions.remove(&victim) else {
             return;
         };
-        let mut open: Vec<u64> = s.objects.keys().copied().collect();
-        open.sort_unstable();
-        for object in open {
-            let key = ObjectKey {
-                session: victim,
-                object,
-            };
-            sh.lose(&mut s, key, Some(Abandon::SessionEvicted));
-        }
-        let gaps: Vec<(u64, u64)> = s
-            .gaps
-            .drain_where(|_| true)
-            .into_iter()
-            .map(|(first, end, _)| (first, end))
-            .collect();
-        sh.missing(victim, gaps);
+        sh.close_all(victim, &mut s, Abandon::SessionEvicted);
         sh.counters.evicted_sessions += 1;
     }
 

@@ -176,21 +176,8 @@ fn bins() -> Bins {
         .parent()
         .expect("dir")
         .to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--release", "--bins"])
-        .args([
-            "-p",
-            "checkvalve-send",
-            "-p",
-            "checkvalve-receive",
-            "-p",
-            "checkvalve-sim",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building the release binaries failed");
+    checkvalve_tests::build_programs("release");
+
     Bins {
         send: dir.join("checkvalve-send"),
         receive: dir.join("checkvalve-receive"),
