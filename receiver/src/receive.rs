@@ -28,6 +28,47 @@ struct Unnamed {
     reason: String,
 }
 
+/// Says, at most every ten seconds while it lasts, that the receiver is behind: what it dropped
+/// and the rate it sustains.
+#[derive(Debug, Default)]
+struct Overload {
+    /// When the current window started, with the datagram and drop counts then.
+    window: Option<(Instant, u64, u64)>,
+    /// The last window ended with drops: the next line waits a full window.
+    behind: bool,
+}
+
+impl Overload {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// Returns, when a line is due, the datagrams dropped and the rate sustained since the last.
+    fn tick(&mut self, now: Instant, datagrams: u64, dropped: u64) -> Option<(u64, f64)> {
+        let Some((start, d0, x0)) = self.window else {
+            self.window = Some((now, datagrams, dropped));
+            return None;
+        };
+        let elapsed = now.saturating_duration_since(start);
+        // The first drops are reported after a second (to measure a rate), later ones every
+        // window; a window without drops ends the episode.
+        let due = if self.behind {
+            elapsed >= Self::WINDOW
+        } else {
+            elapsed >= Duration::from_secs(1) && dropped > x0 || elapsed >= Self::WINDOW
+        };
+        if !due {
+            return None;
+        }
+        self.behind = dropped > x0;
+        self.window = Some((now, datagrams, dropped));
+        self.behind.then(|| {
+            (
+                dropped - x0,
+                datagrams.saturating_sub(d0) as f64 / elapsed.as_secs_f64(),
+            )
+        })
+    }
+}
+
 /// Rate limits of the loop's repeated log lines.
 struct Limits {
     sessions: Limiter,
@@ -65,6 +106,7 @@ pub struct Receive {
     last_aggregate: Instant,
     unnamed: BTreeMap<u64, Unnamed>,
     limits: Limits,
+    overload: Overload,
     reported_malformed: u64,
     /// Datagram count at the last statistics line: an idle receiver does not repeat itself.
     reported_datagrams: Option<u64>,
@@ -95,6 +137,7 @@ impl Receive {
                 named: Limiter::new(window, 100),
                 unnamed: Limiter::new(window, 10),
             },
+            overload: Overload::default(),
             reported_malformed: 0,
             reported_datagrams: None,
         }
@@ -141,6 +184,17 @@ impl Receive {
                 if now - self.last_stats >= self.stats_every {
                     self.last_stats = now;
                     self.log_stats(net_dropped.load(Ordering::Relaxed), false);
+                }
+                let (datagrams, dropped) = (
+                    self.asm.counters().datagrams,
+                    net_dropped.load(Ordering::Relaxed),
+                );
+                if let Some((n, rate)) = self.overload.tick(now, datagrams, dropped) {
+                    warn!(
+                        dropped = n,
+                        sustained_datagrams_per_s = format_args!("{rate:.0}"),
+                        "receiver behind the sender: lower the sender's --rate below what this receiver sustains"
+                    );
                 }
             }
         }
@@ -403,5 +457,33 @@ impl Receive {
                 last,
             } => self.add_unnamed(session, first, last, "not one datagram arrived".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overload_is_said_after_a_second_then_every_ten() {
+        let t = Instant::now();
+        let at = |s: u64| t + Duration::from_millis(s * 100);
+        let mut o = Overload::default();
+        assert_eq!(o.tick(at(0), 0, 0), None);
+        assert_eq!(o.tick(at(5), 500, 10), None, "too early to measure a rate");
+        let (n, rate) = o.tick(at(10), 1000, 20).expect("first line after a second");
+        assert_eq!(n, 20);
+        assert!((rate - 1000.0).abs() < 1.0, "{rate}");
+        for i in 11..110 {
+            assert_eq!(
+                o.tick(at(i), 1000 + i, 20 + i),
+                None,
+                "repeated within ten seconds"
+            );
+        }
+        assert!(o.tick(at(110), 2000, 200).is_some());
+        // Ten quiet seconds end the episode; the next drop is said after a second again.
+        assert_eq!(o.tick(at(210), 3000, 200), None);
+        assert!(o.tick(at(220), 3100, 201).is_some());
     }
 }
