@@ -38,6 +38,9 @@ pub struct Batch {
     pub blocks: usize,
     /// One past the highest object number in the batch.
     pub objects_end: u64,
+    /// One past the highest object whose last block (its digest) is in the batch: with the
+    /// batches before it, every object below this has been sent whole (0 when none ends here).
+    pub complete_end: u64,
 }
 
 impl Batch {
@@ -178,6 +181,15 @@ impl Interleaver {
             blocks: coded.len(),
             objects_end: coded
                 .iter()
+                .map(|(b, _)| b.header.object + 1)
+                .max()
+                .unwrap_or(0),
+            complete_end: coded
+                .iter()
+                .filter(|(b, _)| {
+                    crate::layout::Geometry::from_header(&b.header)
+                        .is_ok_and(|g| u64::from(b.header.block) + 1 == g.block_count())
+                })
                 .map(|(b, _)| b.header.object + 1)
                 .max()
                 .unwrap_or(0),

@@ -1,7 +1,10 @@
 //! `checkvalve-send`: pushes files and folder trees over a one-way UDP link with forward error
 //! correction. It never reads from the link: no acks, no retransmission requests, no handshake.
 
+mod config;
 mod produce;
+mod service;
+mod spool;
 mod transmit;
 mod walk;
 
@@ -24,15 +27,32 @@ use tracing::{error, info, warn};
 const GROUP_BYTES: usize = 8 << 20;
 
 /// Bounded hand-off between producer and transmitter: a few groups, tens of MiB at most.
-const QUEUED_BATCHES: usize = 4;
+pub(crate) const QUEUED_BATCHES: usize = 4;
 
-/// Push files and folder trees across a one-way link.
+/// Push files and folder trees across a one-way link: once (PATH...), or as a service watching
+/// spool folders (--watch DIR, or --config FILE with channels).
 #[derive(Debug, Parser)]
 #[command(name = "checkvalve-send", version, about)]
 struct Args {
-    /// Receiver (or simulator) address, HOST:PORT.
+    /// Receiver (or simulator) address, HOST:PORT (required unless --config gives it).
     #[arg(long, value_name = "HOST:PORT")]
-    to: String,
+    to: Option<String>,
+    /// Service configuration (TOML): destination, rate, FEC, channels. See docs/operator.md.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["paths", "watch"])]
+    config: Option<PathBuf>,
+    /// Check the configuration and exit (0 if it is usable).
+    #[arg(long, requires = "config")]
+    check: bool,
+    /// Watch this spool folder and send every file that appears in it, as a service; a file lands
+    /// under its path relative to the folder, and is deleted from it once sent.
+    #[arg(long, value_name = "DIR", conflicts_with = "paths")]
+    watch: Option<PathBuf>,
+    /// With --watch: a file written in place is taken once unchanged for this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    settle: Duration,
+    /// With --watch: full rescan interval.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    rescan: Duration,
     /// Output rate in bits per second (50k, 800M, 1G, or max for no limit); counts IP and UDP
     /// headers. The default is what a 2-core receiver takes without loss (docs/performance.md).
     #[arg(long, default_value = "1G", value_parser = parse_rate)]
@@ -50,8 +70,8 @@ struct Args {
     /// Interval between heartbeats.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     heartbeat: Duration,
-    /// Files or folders to send; each lands under its name relative to its parent folder.
-    #[arg(required = true, value_name = "PATH")]
+    /// Files or folders to send once; each lands under its name relative to its parent folder.
+    #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
 }
 
@@ -61,12 +81,7 @@ struct FecSpec(u8, u8);
 impl FromStr for FecSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (k, m) = s.split_once(':').ok_or("expected K:M, for example 64:22")?;
-        let k: u8 = k.trim().parse().map_err(|_| format!("bad K in {s:?}"))?;
-        let m: u8 = m.trim().parse().map_err(|_| format!("bad M in {s:?}"))?;
-        if k == 0 || usize::from(k) + usize::from(m) > 256 {
-            return Err("need K >= 1 and K + M <= 256".into());
-        }
+        let (k, m) = config::parse_fec(s)?;
         Ok(FecSpec(k, m))
     }
 }
@@ -90,7 +105,7 @@ fn main() -> ExitCode {
 }
 
 /// Resolves `--to` once, at start: an IP literal needs no name lookup at all.
-fn resolve(to: &str) -> Result<SocketAddr> {
+pub(crate) fn resolve(to: &str) -> Result<SocketAddr> {
     if let Ok(addr) = to.parse() {
         return Ok(addr);
     }
@@ -100,8 +115,37 @@ fn resolve(to: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{to:?} resolves to no address"))
 }
 
+/// Interleaving groups hold about [`GROUP_BYTES`] of datagrams unless `depth` is given.
+fn interleave_for(fec: FecParams, depth: Option<usize>) -> InterleaveParams {
+    // A group is held whole in memory (and a few queued): size it in bytes, not blocks.
+    let block_bytes = (usize::from(fec.data_shards) + usize::from(fec.parity_shards))
+        * (usize::from(fec.shard_len) + checkvalve_common::wire::SHARD_OVERHEAD);
+    let depth = depth.unwrap_or((GROUP_BYTES / block_bytes).clamp(1, 64));
+    InterleaveParams {
+        depth: depth.max(1),
+        ..InterleaveParams::default()
+    }
+}
+
 fn run(args: Args) -> Result<ExitCode> {
-    let to = resolve(&args.to)?;
+    if let Some(file) = &args.config {
+        let cfg = match config::Config::load(file) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("{e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        if args.check {
+            info!(channels = cfg.channels.len(), "configuration is usable");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let interleave = interleave_for(cfg.fec, None);
+        return service::run(cfg, interleave);
+    }
+    let Some(to) = args.to.clone() else {
+        bail!("--to is required (or --config FILE)");
+    };
     let fec = FecParams {
         data_shards: args.fec.0,
         parity_shards: args.fec.1,
@@ -111,16 +155,34 @@ fn run(args: Args) -> Result<ExitCode> {
     if args.heartbeat.is_zero() {
         bail!("--heartbeat must be positive");
     }
-    // A group is held whole in memory (and a few queued): size it in bytes, not blocks.
-    let block_bytes = (usize::from(fec.data_shards) + usize::from(fec.parity_shards))
-        * (usize::from(fec.shard_len) + checkvalve_common::wire::SHARD_OVERHEAD);
-    let depth = args
-        .interleave
-        .unwrap_or((GROUP_BYTES / block_bytes).clamp(1, 64));
-    let interleave = InterleaveParams {
-        depth: depth.max(1),
-        ..InterleaveParams::default()
-    };
+    let interleave = interleave_for(fec, args.interleave);
+    if let Some(dir) = &args.watch {
+        let spool =
+            std::path::absolute(dir).with_context(|| format!("cannot use {}", dir.display()))?;
+        let cfg = config::Config {
+            to,
+            rate: args.rate,
+            fec,
+            heartbeat: args.heartbeat,
+            settle: args.settle,
+            rescan: args.rescan,
+            ignore: config::DEFAULT_IGNORE
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            channels: vec![config::Channel {
+                name: String::new(),
+                spool,
+                priority: 0,
+                after_send: config::AfterSend::Delete,
+            }],
+        };
+        return service::run(cfg, interleave);
+    }
+    if args.paths.is_empty() {
+        bail!("nothing to send: give PATHs, --watch DIR or --config FILE");
+    }
+    let to = resolve(&to)?;
     let walked = walk::walk(&args.paths)?;
     let session = rand::random::<u64>() | 1;
     let stop = transmit::stop_flag()?;

@@ -8,7 +8,8 @@ use std::fs::File;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::time::Duration;
 use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, Result};
@@ -55,14 +56,58 @@ pub fn produce(
     tx: SyncSender<Batch>,
     stop: Arc<AtomicBool>,
 ) -> Produced {
+    let (feed, rx) = std::sync::mpsc::channel();
+    for (id, e) in entries.into_iter().enumerate() {
+        let _ = feed.send((id as u64, e));
+    }
+    drop(feed);
+    let (announce, _) = std::sync::mpsc::channel();
+    produce_stream(session, &rx, &announce, fec, interleave, tx, stop)
+}
+
+/// Encodes entries as they come from `rx` (each with the caller's id) as objects `0..` of
+/// `session`, sending batches to `tx` and `(object, id)` to `announce` for every file encoded
+/// whole. When no entry is waiting, the group in progress is sealed so that nothing waits for a
+/// group to fill. Ends when `rx` closes or `stop` is raised.
+pub fn produce_stream(
+    session: u64,
+    rx: &Receiver<(u64, Entry)>,
+    announce: &Sender<(u64, u64)>,
+    fec: FecParams,
+    interleave: InterleaveParams,
+    tx: SyncSender<Batch>,
+    stop: Arc<AtomicBool>,
+) -> Produced {
     let mut inter = Interleaver::new(interleave);
     let mut out = Produced::default();
     let mut next_object = 0u64;
     let mut blocks = Vec::new();
-    for entry in entries {
+    loop {
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        let (id, entry) = match rx.try_recv() {
+            Ok(x) => x,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                if inter.pending() > 0 {
+                    match inter.flush() {
+                        Ok(Some(batch)) => {
+                            if tx.send(batch).is_err() {
+                                return out;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => error!("parity encoding failed: {e}"),
+                    }
+                }
+                match rx.recv_timeout(Duration::from_millis(200)) {
+                    Ok(x) => x,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        };
         for attempt in 1..=MAX_TRIES {
             let result = encode_file(session, next_object, &entry, fec, &mut blocks, |blocks| {
                 forward(&mut inter, blocks, &tx)
@@ -75,6 +120,7 @@ pub fn produce(
                 Attempt::Sent(size) => {
                     out.files += 1;
                     out.bytes += size;
+                    let _ = announce.send((next_object - 1, id));
                     debug!(file = %entry.name, size, "encoded");
                 }
                 Attempt::Refused => out.failed += 1,

@@ -3,7 +3,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use std::io::IoSlice;
@@ -54,6 +54,10 @@ pub struct Transmitter {
     rate_bps: u64,
     /// UDP segmentation offload in use (until the kernel refuses it once).
     gso: bool,
+    /// Every object below this has been handed to the kernel whole.
+    complete_end: u64,
+    /// Told `complete_end` whenever it grows.
+    done: Option<Sender<u64>>,
 }
 
 impl Transmitter {
@@ -82,7 +86,14 @@ impl Transmitter {
             warned: false,
             rate_bps,
             gso: true,
+            complete_end: 0,
+            done: None,
         })
+    }
+
+    /// Tells `done` how many objects have been sent whole, each time that grows.
+    pub fn report_completion(&mut self, done: Sender<u64>) {
+        self.done = Some(done);
     }
 
     /// What was sent so far.
@@ -113,6 +124,12 @@ impl Transmitter {
                         self.paced_send_run(bytes, seg, count);
                     }
                     self.objects_sent = self.objects_sent.max(batch.objects_end);
+                    if batch.complete_end > self.complete_end {
+                        self.complete_end = batch.complete_end;
+                        if let Some(done) = &self.done {
+                            let _ = done.send(self.complete_end);
+                        }
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,

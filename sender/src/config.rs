@@ -1,0 +1,330 @@
+//! The service configuration file (TOML): destination, shape of the traffic, and the channels whose
+//! spool folders are watched. Every mistake is reported with the file, line and reason.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use checkvalve_common::object::FecParams;
+use checkvalve_common::units::{parse_duration, parse_rate};
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+
+/// A configuration that could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A value (or the syntax) is wrong at a known line.
+    #[error("{file}:{line}: {reason}")]
+    At {
+        /// The file.
+        file: PathBuf,
+        /// Line number, from 1.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What happens to a spooled file once it has been sent completely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterSend {
+    /// Deleted from the spool.
+    Delete,
+    /// Left in place; the sender remembers it (until it changes) and does not send it again.
+    Keep,
+}
+
+/// One watched spool folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channel {
+    /// Name: files land under `OUT/NAME/` (the empty name: directly under `OUT/`).
+    pub name: String,
+    /// The spool folder.
+    pub spool: PathBuf,
+    /// Higher goes first.
+    pub priority: i64,
+    /// What to do with a sent file.
+    pub after_send: AfterSend,
+}
+
+/// The sender service's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Receiver (or diode) address, HOST:PORT.
+    pub to: String,
+    /// Output rate, bits per second.
+    pub rate: u64,
+    /// FEC shape and shard length.
+    pub fec: FecParams,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// A file written in place is taken once unchanged for this long.
+    pub settle: Duration,
+    /// Full rescan interval (a missed event never means a missed file).
+    pub rescan: Duration,
+    /// File name patterns never taken (temporary names of producers).
+    pub ignore: Vec<String>,
+    /// The watched channels.
+    pub channels: Vec<Channel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    to: Spanned<String>,
+    rate: Option<Spanned<String>>,
+    fec: Option<Spanned<String>>,
+    shard_size: Option<Spanned<u16>>,
+    heartbeat: Option<Spanned<String>>,
+    settle: Option<Spanned<String>>,
+    rescan: Option<Spanned<String>>,
+    ignore: Option<Vec<String>>,
+    #[serde(default, rename = "channel")]
+    channels: Vec<Spanned<RawChannel>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    name: Spanned<String>,
+    spool: Spanned<PathBuf>,
+    #[serde(default)]
+    priority: i64,
+    after_send: Option<Spanned<String>>,
+}
+
+/// Temporary names producers use while writing; never taken.
+pub const DEFAULT_IGNORE: [&str; 4] = [".*", "*.tmp", "*.part", "*~"];
+
+/// Parses `K:M`.
+pub fn parse_fec(s: &str) -> Result<(u8, u8), String> {
+    let (k, m) = s.split_once(':').ok_or("expected K:M, for example 64:22")?;
+    let k: u8 = k.trim().parse().map_err(|_| format!("bad K in {s:?}"))?;
+    let m: u8 = m.trim().parse().map_err(|_| format!("bad M in {s:?}"))?;
+    if k == 0 || usize::from(k) + usize::from(m) > 256 {
+        return Err("need K >= 1 and K + M <= 256".into());
+    }
+    Ok((k, m))
+}
+
+impl Config {
+    /// Reads and checks `file`.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Parses and checks `text`, naming `file` in errors.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let at = |offset: usize, reason: String| ConfigError::At {
+            file: file.to_owned(),
+            line: text[..offset.min(text.len())].matches('\n').count() + 1,
+            reason,
+        };
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            at(offset, e.message().to_owned())
+        })?;
+        let spanned = |v: &Spanned<String>| (v.span().start, v.get_ref().clone());
+        let rate = match &raw.rate {
+            Some(r) => parse_rate(r.get_ref()).map_err(|e| at(spanned(r).0, e.to_string()))?,
+            None => 1_000_000_000,
+        };
+        let (k, m) = match &raw.fec {
+            Some(f) => parse_fec(f.get_ref()).map_err(|e| at(spanned(f).0, e))?,
+            None => (64, 22),
+        };
+        let shard_len = raw.shard_size.as_ref().map_or(1400, |s| *s.get_ref());
+        let fec = FecParams {
+            data_shards: k,
+            parity_shards: m,
+            shard_len,
+        };
+        fec.validate().map_err(|e| {
+            let offset = raw.shard_size.as_ref().map_or_else(
+                || raw.fec.as_ref().map_or(0, |f| f.span().start),
+                |s| s.span().start,
+            );
+            at(offset, e.to_string())
+        })?;
+        let duration =
+            |v: &Option<Spanned<String>>, default: Duration| -> Result<Duration, ConfigError> {
+                match v {
+                    Some(d) => {
+                        let parsed = parse_duration(d.get_ref())
+                            .map_err(|e| at(d.span().start, e.to_string()))?;
+                        if parsed.is_zero() {
+                            return Err(at(d.span().start, "must be positive".into()));
+                        }
+                        Ok(parsed)
+                    }
+                    None => Ok(default),
+                }
+            };
+        let heartbeat = duration(&raw.heartbeat, Duration::from_secs(1))?;
+        let settle = duration(&raw.settle, Duration::from_secs(5))?;
+        let rescan = duration(&raw.rescan, Duration::from_secs(30))?;
+        if raw.channels.is_empty() {
+            return Err(at(text.len(), "no [[channel]]: nothing to watch".into()));
+        }
+        let mut channels: Vec<Channel> = Vec::new();
+        for c in &raw.channels {
+            let r = c.get_ref();
+            let name = r.name.get_ref().clone();
+            if name.is_empty()
+                || checkvalve_common::meta::check_path(&name).is_err()
+                || name.contains('/')
+            {
+                return Err(at(
+                    r.name.span().start,
+                    format!("channel name {name:?} is not a plain folder name"),
+                ));
+            }
+            if channels.iter().any(|o| o.name == name) {
+                return Err(at(
+                    r.name.span().start,
+                    format!("channel {name:?} appears twice"),
+                ));
+            }
+            let spool = r.spool.get_ref().clone();
+            if !spool.is_absolute() {
+                return Err(at(
+                    r.spool.span().start,
+                    "spool must be an absolute path".into(),
+                ));
+            }
+            let after_send = match r
+                .after_send
+                .as_ref()
+                .map(|a| (a.span().start, a.get_ref().as_str()))
+            {
+                None | Some((_, "delete")) => AfterSend::Delete,
+                Some((_, "keep")) => AfterSend::Keep,
+                Some((at_, other)) => {
+                    return Err(at(
+                        at_,
+                        format!("after_send {other:?}: expected \"delete\" or \"keep\""),
+                    ));
+                }
+            };
+            channels.push(Channel {
+                name,
+                spool,
+                priority: r.priority,
+                after_send,
+            });
+        }
+        // Higher priority first; equal priorities in file order.
+        channels.sort_by_key(|c| std::cmp::Reverse(c.priority));
+        Ok(Config {
+            to: raw.to.get_ref().clone(),
+            rate,
+            fec,
+            heartbeat,
+            settle,
+            rescan,
+            ignore: raw
+                .ignore
+                .unwrap_or_else(|| DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect()),
+            channels,
+        })
+    }
+}
+
+/// True if `name` matches `pattern` (`*` for any run of characters, `?` for one).
+pub fn glob(pattern: &str, name: &str) -> bool {
+    fn m(p: &[char], n: &[char]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some('*'), _) => m(&p[1..], n) || (!n.is_empty() && m(p, &n[1..])),
+            (Some('?'), Some(_)) => m(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => m(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    m(&p, &n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+to = "192.0.2.10:5000"
+rate = "800M"
+settle = "2s"
+
+[[channel]]
+name = "bulk"
+spool = "/var/spool/checkvalve/bulk"
+
+[[channel]]
+name = "alarms"
+spool = "/var/spool/checkvalve/alarms"
+priority = 10
+after_send = "keep"
+"#;
+
+    fn err_line(text: &str) -> (usize, String) {
+        match Config::parse(Path::new("send.toml"), text) {
+            Err(ConfigError::At { line, reason, .. }) => (line, reason),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_config_loads_with_priorities_first() {
+        let c = Config::parse(Path::new("send.toml"), GOOD).unwrap();
+        assert_eq!(c.rate, 800_000_000);
+        assert_eq!(c.settle, Duration::from_secs(2));
+        assert_eq!(c.channels[0].name, "alarms");
+        assert_eq!(c.channels[0].after_send, AfterSend::Keep);
+        assert_eq!(c.channels[1].after_send, AfterSend::Delete);
+    }
+
+    #[test]
+    fn mistakes_are_named_with_their_line() {
+        let (line, reason) = err_line(&GOOD.replace("\"800M\"", "\"fast\""));
+        assert_eq!(line, 3, "{reason}");
+        let (line, reason) =
+            err_line(&GOOD.replace("after_send = \"keep\"", "after_send = \"shred\""));
+        assert_eq!(line, 14, "{reason}");
+        assert!(reason.contains("shred"));
+        let (line, _) = err_line(&GOOD.replace("priority = 10", "priority = 10\ncolour = 1"));
+        assert_eq!(line, 14);
+        let (line, _) = err_line(&GOOD.replace("name = \"alarms\"", "name = \"bulk\""));
+        assert_eq!(line, 11);
+        let (line, _) = err_line(&GOOD.replace("\"/var/spool/checkvalve/bulk\"", "\"relative\""));
+        assert_eq!(line, 8);
+        let (line, _) = err_line("to = \"x:1\"\nrate = [\n");
+        assert!(line >= 2);
+    }
+
+    #[test]
+    fn the_shipped_example_loads() {
+        let text = include_str!("../../docs/checkvalve-send.example.toml");
+        let c = Config::parse(Path::new("example.toml"), text).unwrap();
+        assert_eq!(c.channels.len(), 2);
+        assert_eq!(c.channels[0].name, "alarms");
+    }
+
+    #[test]
+    fn globs_match_temporary_names() {
+        assert!(glob(".*", ".hidden") && glob("*.tmp", "a.tmp") && glob("*.part", "x.y.part"));
+        assert!(!glob("*.tmp", "a.tmp.csv") && !glob(".*", "a.csv"));
+        assert!(glob("a?c", "abc") && !glob("a?c", "ac"));
+    }
+}

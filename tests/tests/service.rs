@@ -1,0 +1,118 @@
+//! The sender as a service: spool folders watched, files sent and removed, configuration checked.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use checkvalve_tests::{Proc, Rig, bin, digest_tree, write_file};
+use sha2::Digest;
+
+fn config(dir: &Path, to: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join("send.toml");
+    std::fs::write(
+        &path,
+        format!("to = \"{to}\"\nrate = \"200M\"\nsettle = \"1s\"\n{body}"),
+    )
+    .expect("config");
+    path
+}
+
+#[test]
+fn files_dropped_into_two_channels_arrive_under_their_channel_and_leave_the_spools() {
+    let mut rig = Rig::start(Some(&["--loss", "2%", "--seed", "9"]), &[]);
+    let spools = rig.dir.path().join("spool");
+    let cfg = config(
+        rig.dir.path(),
+        &rig.send_to,
+        &format!(
+            "[[channel]]\nname = \"bulk\"\nspool = \"{}\"\n\n[[channel]]\nname = \"alarms\"\nspool = \"{}\"\npriority = 10\n",
+            spools.join("bulk").display(),
+            spools.join("alarms").display()
+        ),
+    );
+    let args = vec!["--config".to_string(), cfg.display().to_string()];
+    let mut sender = Proc::start(rig.dir.path(), "sender", &bin("checkvalve-send"), &args);
+    checkvalve_tests::wait_for_log(&sender, " watching", Duration::from_secs(20));
+    // 200 files over about ten seconds, written elsewhere and renamed in, some in subfolders.
+    let staging = rig.dir.path().join("staging");
+    let mut expected = Vec::new();
+    let mut digests = std::collections::BTreeMap::new();
+    for i in 0..200u64 {
+        let channel = if i % 4 == 0 { "alarms" } else { "bulk" };
+        let rel = format!("d{}/f{i:03}.dat", i % 5);
+        let tmp = staging.join(format!("{i}.tmp"));
+        write_file(&tmp, 1000 + (i as usize * 7919) % 200_000, 500 + i);
+        let digest: [u8; 32] = sha2::Sha256::digest(std::fs::read(&tmp).expect("read")).into();
+        digests.insert(format!("{channel}/{rel}"), digest);
+        let dest = spools.join(channel).join(&rel);
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+        std::fs::rename(&tmp, &dest).expect("rename");
+        expected.push(format!("{channel}/{rel}"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = digest_tree(&spools).len();
+        if left == 0 || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let outcome = rig.settle(200, Duration::from_secs(30));
+    assert_eq!(outcome.delivered.len(), 200, "{:?}", outcome.lost_named);
+    let got: Vec<(String, [u8; 32])> = digest_tree(&rig.out)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(".checkvalve"))
+        .collect();
+    let got: std::collections::BTreeMap<String, [u8; 32]> = got.into_iter().collect();
+    assert!(
+        got == digests,
+        "the share differs from what was dropped into the spools"
+    );
+    expected.sort();
+    assert_eq!(got.keys().cloned().collect::<Vec<_>>(), expected);
+    assert!(digest_tree(&spools).is_empty(), "the spools did not empty");
+    let leftover: Vec<_> = std::fs::read_dir(spools.join("bulk"))
+        .expect("spool")
+        .flatten()
+        .collect();
+    assert!(leftover.is_empty(), "empty subfolders left: {leftover:?}");
+    assert!(sender.stop().success(), "SIGTERM must exit 0");
+    assert!(sender.log_text().matches(" sent ").count() >= 200);
+    rig.stop_sim();
+}
+
+#[test]
+fn a_config_with_an_error_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = config(
+        dir.path(),
+        "127.0.0.1:9",
+        "[[channel]]\nname = \"bulk\"\nspool = \"/tmp/x\"\nafter_send = \"shred\"\n",
+    );
+    let args = vec![
+        "--config".to_string(),
+        cfg.display().to_string(),
+        "--check".into(),
+    ];
+    let mut check = Proc::start(dir.path(), "check", &bin("checkvalve-send"), &args);
+    let status = check.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2));
+    let log = check.log_text();
+    assert!(
+        log.contains("send.toml:7:") && log.contains("shred"),
+        "{log}"
+    );
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .expect("read")
+            .replace("shred", "keep"),
+    )
+    .expect("fix");
+    let mut check = Proc::start(dir.path(), "check-2", &bin("checkvalve-send"), &args);
+    assert!(
+        check.wait(Duration::from_secs(20)).success(),
+        "{}",
+        check.log_text()
+    );
+}
