@@ -25,7 +25,7 @@ use crate::ratelimit::Limiter;
 struct Record<'a> {
     /// When the outcome was decided (RFC 3339, UTC).
     time: String,
-    /// `delivered`, `superseded` or `lost`.
+    /// `delivered`, `repeat`, `superseded` or `lost`.
     status: &'static str,
     /// Path under the output folder, when known.
     path: Option<&'a str>,
@@ -145,6 +145,20 @@ impl Manifest {
             object,
             objects: 1,
             reason: None,
+        });
+    }
+
+    /// Records a verified file the share already held, identical, under its path (sent again).
+    pub fn repeat(&self, object: &str, head: &Head, digest: &[u8; DIGEST_LEN]) {
+        self.write(&Record {
+            time: now(),
+            status: "repeat",
+            path: Some(&head.path),
+            size: Some(head.size),
+            sha256: Some(hex(digest)),
+            object,
+            objects: 1,
+            reason: Some("the share already holds this content under this path".into()),
         });
     }
 

@@ -13,7 +13,7 @@ use checkvalve_common::meta::{DIGEST_LEN, Head};
 use tracing::{error, info, warn};
 
 use crate::manifest::Manifest;
-use crate::share::{PublishError, Share, Temp};
+use crate::share::{PublishError, Published, Share, Temp};
 
 /// Files at least this large go to the large-file lane.
 const LARGE: u64 = 16 << 20;
@@ -100,10 +100,14 @@ fn run(share: &Share, manifest: &Manifest, reserved: &AtomicU64, jobs: Receiver<
     for job in jobs {
         let object = job.key.to_string();
         let (head, digest) = (&job.head, &job.digest);
-        match share.publish(job.temp, head, job.precedence) {
-            Ok(_) => {
+        match share.publish(job.temp, head, digest, job.precedence) {
+            Ok(Published::New(_)) => {
                 info!(path = %head.path, size = head.size, object, "delivered");
                 manifest.delivered(&object, head, digest);
+            }
+            Ok(Published::Repeat) => {
+                info!(path = %head.path, size = head.size, object, "repeat: the share already holds this content");
+                manifest.repeat(&object, head, digest);
             }
             Err(PublishError::Superseded) => {
                 warn!(path = %head.path, object, "not published: newer content for this path was already published");

@@ -11,18 +11,19 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use checkvalve_common::assembler::{ObjectKey, Precedence};
-use checkvalve_common::meta::{Head, STATE_DIR};
+use checkvalve_common::meta::{DIGEST_LEN, Head, STATE_DIR};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2, renameat};
 use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 /// Paths whose newest published version is remembered, to settle late arrivals of older content.
@@ -84,6 +85,15 @@ impl From<Errno> for PublishError {
     }
 }
 
+/// What publishing did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// The file is now in the share at this path.
+    New(PathBuf),
+    /// The share already held exactly this content under this path: nothing changed.
+    Repeat,
+}
+
 /// A temporary file in the state folder, created exclusively and used once.
 #[derive(Debug)]
 pub struct Temp {
@@ -92,20 +102,21 @@ pub struct Temp {
     name: String,
 }
 
-/// Newest published precedence per path, bounded.
+/// Newest published precedence and content digest per path, bounded.
 #[derive(Debug, Default)]
 struct Newest {
-    map: HashMap<String, Precedence>,
+    map: HashMap<String, (Precedence, [u8; DIGEST_LEN])>,
     order: VecDeque<String>,
 }
 
 impl Newest {
-    fn get(&self, path: &str) -> Option<Precedence> {
+    fn get(&self, path: &str) -> Option<(Precedence, [u8; DIGEST_LEN])> {
         self.map.get(path).copied()
     }
 
-    fn set(&mut self, path: &str, p: Precedence) {
-        if self.map.insert(path.to_owned(), p).is_none() {
+    fn set(&mut self, path: &str, p: Precedence, digest: [u8; DIGEST_LEN]) {
+        let p = self.get(path).map_or(p, |(old, _)| old.max(p));
+        if self.map.insert(path.to_owned(), (p, digest)).is_none() {
             self.order.push_back(path.to_owned());
             while self.order.len() > REMEMBERED_PATHS {
                 if let Some(old) = self.order.pop_front() {
@@ -247,28 +258,65 @@ impl Share {
             .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
     }
 
-    /// Makes the (already verified) temporary file durable with the sender's modification time,
-    /// and renames exactly that file to `head.path` unless newer content for the path was
-    /// published already. On error the temporary file is removed and nothing is published.
+    /// Publishes the (already verified) temporary file as `head.path`: made durable with the
+    /// sender's modification time, and exactly that file renamed into place. Content the share
+    /// already holds under that path (a file sent again) is not published twice: `Repeat`. Older
+    /// content than what was published is not published: `Superseded`. The temporary file is
+    /// removed whenever nothing is published.
     pub fn publish(
         &self,
         temp: Temp,
         head: &Head,
+        digest: &[u8; DIGEST_LEN],
         precedence: Precedence,
-    ) -> Result<PathBuf, PublishError> {
-        let result = self.make_durable(&temp.file, head).and_then(|()| {
+    ) -> Result<Published, PublishError> {
+        let result = (|| {
             let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
-            if newest.get(&head.path).is_some_and(|n| n > precedence) {
+            let known = match newest.get(&head.path) {
+                Some(k) => Some(k.1),
+                None => self.digest_of(&head.path, head.size),
+            };
+            if known.as_ref() == Some(digest) {
+                newest.set(&head.path, precedence, *digest);
+                return Ok(Published::Repeat);
+            }
+            if newest.get(&head.path).is_some_and(|(n, _)| n > precedence) {
                 return Err(PublishError::Superseded);
             }
+            self.make_durable(&temp.file, head)?;
             self.rename_into_place(&temp, &head.path)?;
-            newest.set(&head.path, precedence);
-            Ok(self.root.join(&head.path))
-        });
-        if result.is_err() {
+            newest.set(&head.path, precedence, *digest);
+            Ok(Published::New(self.root.join(&head.path)))
+        })();
+        if !matches!(result, Ok(Published::New(_))) {
             self.discard(temp);
         }
         result
+    }
+
+    /// SHA-256 of the file the share holds at `rel`, if it is a regular file of `size` bytes
+    /// (opened beneath the share, never through a link).
+    fn digest_of(&self, rel: &str, size: u64) -> Option<[u8; DIGEST_LEN]> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .resolve(beneath());
+        let file = File::from(openat2(self.root_dir.as_fd(), rel, how).ok()?);
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.len() != size {
+            return None;
+        }
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        loop {
+            let n = file.read_at(&mut buf, at).ok()?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        (at == size).then(|| hasher.finalize().into())
     }
 
     fn make_durable(&self, file: &File, head: &Head) -> Result<(), PublishError> {
@@ -374,7 +422,7 @@ mod tests {
     use checkvalve_common::meta::ObjectKind;
     use std::io::Write;
 
-    fn head(path: &str, data: &[u8]) -> (Head, ()) {
+    fn head(path: &str, data: &[u8]) -> (Head, [u8; 32]) {
         (
             Head {
                 path: path.into(),
@@ -383,8 +431,15 @@ mod tests {
                 mtime_nanos: 0,
                 kind: ObjectKind::File,
             },
-            (),
+            Sha256::digest(data).into(),
         )
+    }
+
+    fn path_of(p: Published) -> PathBuf {
+        match p {
+            Published::New(p) => p,
+            Published::Repeat => panic!("a repeat"),
+        }
     }
 
     fn key(object: u64) -> ObjectKey {
@@ -412,18 +467,39 @@ mod tests {
     fn publishes_files_and_refuses_a_wrong_size() {
         let dir = tempfile::tempdir().unwrap();
         let (share, _) = Share::open(dir.path(), None).unwrap();
-        let (h, _) = head("a/b/c.txt", b"hello");
-        let p = share
-            .publish(temp(&share, key(1), b"hello"), &h, order(1))
-            .unwrap();
+        let (h, d) = head("a/b/c.txt", b"hello");
+        let p = path_of(
+            share
+                .publish(temp(&share, key(1), b"hello"), &h, &d, order(1))
+                .unwrap(),
+        );
         assert_eq!(fs::read(&p).unwrap(), b"hello");
         assert_eq!(p, share.root().join("a/b/c.txt"));
+        // The same content again (a sender restarted, a repeat): not published twice.
+        let again = share.publish(temp(&share, key(7), b"hello"), &h, &d, order(7));
+        assert!(matches!(again, Ok(Published::Repeat)), "{again:?}");
+        assert_eq!(tmp_count(&share), 0);
 
-        let (h, _) = head("x.txt", b"hello");
-        let r = share.publish(temp(&share, key(2), b"hell"), &h, order(2));
+        let (h, d) = head("x.txt", b"hello");
+        let r = share.publish(temp(&share, key(2), b"hell"), &h, &d, order(2));
         assert!(matches!(r, Err(PublishError::SizeMismatch { .. })));
         assert!(!share.root().join("x.txt").exists());
         assert_eq!(tmp_count(&share), 0);
+    }
+
+    #[test]
+    fn content_already_in_the_share_from_an_earlier_run_is_a_repeat() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("logs")).unwrap();
+        fs::write(dir.path().join("logs/a.log"), b"same").unwrap();
+        let (share, _) = Share::open(dir.path(), None).unwrap();
+        let (h, d) = head("logs/a.log", b"same");
+        let r = share.publish(temp(&share, key(1), b"same"), &h, &d, order(1));
+        assert!(matches!(r, Ok(Published::Repeat)), "{r:?}");
+        let (h, d) = head("logs/a.log", b"diff");
+        let r = share.publish(temp(&share, key(2), b"diff"), &h, &d, order(2));
+        assert!(matches!(r, Ok(Published::New(_))), "{r:?}");
+        assert_eq!(fs::read(dir.path().join("logs/a.log")).unwrap(), b"diff");
     }
 
     #[test]
@@ -434,9 +510,9 @@ mod tests {
         let a = temp(&share, key(5), b"first");
         let b = share.create_temp(key(5)).unwrap();
         assert_ne!(a.name, b.name);
-        let (h, _) = head("f.txt", b"first");
+        let (h, d) = head("f.txt", b"first");
         share.discard(b);
-        share.publish(a, &h, order(5)).unwrap();
+        share.publish(a, &h, &d, order(5)).unwrap();
         assert_eq!(fs::read(share.root().join("f.txt")).unwrap(), b"first");
     }
 
@@ -449,9 +525,9 @@ mod tests {
         let path = share.state().join("tmp").join(&t.name);
         fs::remove_file(&path).unwrap();
         fs::write(&path, b"evil").unwrap();
-        let (h, _) = head("g.txt", b"good");
+        let (h, d) = head("g.txt", b"good");
         assert!(matches!(
-            share.publish(t, &h, order(6)),
+            share.publish(t, &h, &d, order(6)),
             Err(PublishError::Replaced)
         ));
         assert!(!share.root().join("g.txt").exists());
@@ -469,8 +545,13 @@ mod tests {
             .iter()
             .enumerate()
         {
-            let (h, _) = head(p, b"x");
-            let r = share.publish(temp(&share, key(10 + i as u64), b"x"), &h, order(i as u64));
+            let (h, d) = head(p, b"x");
+            let r = share.publish(
+                temp(&share, key(10 + i as u64), b"x"),
+                &h,
+                &d,
+                order(i as u64),
+            );
             assert!(
                 matches!(r, Err(PublishError::SymlinkOnPath(_))),
                 "{p}: {r:?}"
@@ -483,12 +564,12 @@ mod tests {
     fn older_content_never_replaces_newer() {
         let dir = tempfile::tempdir().unwrap();
         let (share, _) = Share::open(dir.path(), None).unwrap();
-        let (h_new, _) = head("same.csv", b"new");
-        let (h_old, _) = head("same.csv", b"old");
+        let (h_new, d_new) = head("same.csv", b"new");
+        let (h_old, d_old) = head("same.csv", b"old");
         share
-            .publish(temp(&share, key(9), b"new"), &h_new, order(9))
+            .publish(temp(&share, key(9), b"new"), &h_new, &d_new, order(9))
             .unwrap();
-        let r = share.publish(temp(&share, key(3), b"old"), &h_old, order(3));
+        let r = share.publish(temp(&share, key(3), b"old"), &h_old, &d_old, order(3));
         assert!(matches!(r, Err(PublishError::Superseded)));
         assert_eq!(fs::read(share.root().join("same.csv")).unwrap(), b"new");
         let later = Precedence {
@@ -496,7 +577,7 @@ mod tests {
             object: 0,
         };
         share
-            .publish(temp(&share, key(0), b"old"), &h_old, later)
+            .publish(temp(&share, key(0), b"old"), &h_old, &d_old, later)
             .unwrap();
         assert_eq!(fs::read(share.root().join("same.csv")).unwrap(), b"old");
     }
@@ -505,13 +586,13 @@ mod tests {
     fn names_differing_only_by_case_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (share, _) = Share::open(dir.path(), None).unwrap();
-        let (h, _) = head("Logs/Pump.csv", b"a");
+        let (h, d) = head("Logs/Pump.csv", b"a");
         share
-            .publish(temp(&share, key(1), b"a"), &h, order(1))
+            .publish(temp(&share, key(1), b"a"), &h, &d, order(1))
             .unwrap();
         for p in ["Logs/pump.CSV", "logs/other.csv"] {
-            let (h, _) = head(p, b"b");
-            let r = share.publish(temp(&share, key(2), b"b"), &h, order(2));
+            let (h, d) = head(p, b"b");
+            let r = share.publish(temp(&share, key(2), b"b"), &h, &d, order(2));
             assert!(
                 matches!(r, Err(PublishError::CaseClash { .. })),
                 "{p}: {r:?}"

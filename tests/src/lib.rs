@@ -408,6 +408,8 @@ pub struct Outcome {
     pub delivered: Vec<String>,
     /// Paths verified but superseded by newer content.
     pub superseded: Vec<String>,
+    /// Paths sent again whose content the share already held.
+    pub repeats: Vec<String>,
     /// Paths reported lost by name.
     pub lost_named: Vec<String>,
     /// Objects reported lost without a name (metadata not recovered, or nothing received).
@@ -443,6 +445,7 @@ impl Outcome {
             match (r["status"].as_str(), path) {
                 (Some("delivered"), Some(p)) => o.delivered.push(p),
                 (Some("superseded"), Some(p)) => o.superseded.push(p),
+                (Some("repeat"), Some(p)) => o.repeats.push(p),
                 (Some("lost"), Some(p)) => o.lost_named.push(p),
                 (Some("lost"), None) => o.lost_unnamed += r["objects"].as_u64().expect("objects"),
                 _ => panic!("unexpected manifest record {line}"),
@@ -456,6 +459,7 @@ impl Outcome {
     pub fn total(&self) -> usize {
         self.delivered.len()
             + self.superseded.len()
+            + self.repeats.len()
             + self.lost_named.len()
             + self.lost_unnamed as usize
     }

@@ -237,3 +237,19 @@ fn a_sender_whose_datagrams_are_refused_exits_non_zero() {
         sender.log_text()
     );
 }
+
+#[test]
+fn a_tree_sent_twice_is_published_once_and_the_repeats_recorded() {
+    let rig = Rig::start(None, &[]);
+    let src = rig.dir.path().join("src");
+    let tree = make_tree(&src, "exports", 20, 1 << 20, 71);
+    let expected = digest_tree(&src);
+    assert!(rig.send(&[&tree], &[], Duration::from_secs(60)).success());
+    rig.settle(expected.len(), Duration::from_secs(30));
+    let first: Vec<_> = published(&rig.out);
+    assert!(rig.send(&[&tree], &[], Duration::from_secs(60)).success());
+    let outcome = rig.settle(2 * expected.len(), Duration::from_secs(30));
+    assert_eq!(outcome.delivered.len(), expected.len(), "{outcome:?}");
+    assert_eq!(outcome.repeats.len(), expected.len(), "{outcome:?}");
+    assert!(published(&rig.out) == first && first == expected);
+}
