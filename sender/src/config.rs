@@ -51,6 +51,8 @@ pub struct Channel {
     pub spool: PathBuf,
     /// Higher goes first.
     pub priority: i64,
+    /// Copies of each file sent (1: once).
+    pub repeat: u32,
     /// What to do with a sent file.
     pub after_send: AfterSend,
 }
@@ -70,6 +72,8 @@ pub struct Config {
     pub settle: Duration,
     /// Full rescan interval (a missed event never means a missed file).
     pub rescan: Duration,
+    /// Time between two copies of a file of a repeated channel.
+    pub repeat_spacing: Duration,
     /// File name patterns never taken (temporary names of producers).
     pub ignore: Vec<String>,
     /// The watched channels.
@@ -86,6 +90,7 @@ struct Raw {
     heartbeat: Option<Spanned<String>>,
     settle: Option<Spanned<String>>,
     rescan: Option<Spanned<String>>,
+    repeat_spacing: Option<Spanned<String>>,
     ignore: Option<Vec<String>>,
     #[serde(default, rename = "channel")]
     channels: Vec<Spanned<RawChannel>>,
@@ -98,6 +103,7 @@ struct RawChannel {
     spool: Spanned<PathBuf>,
     #[serde(default)]
     priority: i64,
+    repeat: Option<Spanned<u32>>,
     after_send: Option<Spanned<String>>,
 }
 
@@ -175,6 +181,7 @@ impl Config {
         let heartbeat = duration(&raw.heartbeat, Duration::from_secs(1))?;
         let settle = duration(&raw.settle, Duration::from_secs(5))?;
         let rescan = duration(&raw.rescan, Duration::from_secs(30))?;
+        let repeat_spacing = duration(&raw.repeat_spacing, Duration::from_secs(5))?;
         if raw.channels.is_empty() {
             return Err(at(text.len(), "no [[channel]]: nothing to watch".into()));
         }
@@ -218,10 +225,18 @@ impl Config {
                     ));
                 }
             };
+            let repeat = match &r.repeat {
+                Some(n) if !(1..=100).contains(n.get_ref()) => {
+                    return Err(at(n.span().start, "repeat must be 1 to 100".into()));
+                }
+                Some(n) => *n.get_ref(),
+                None => 1,
+            };
             channels.push(Channel {
                 name,
                 spool,
                 priority: r.priority,
+                repeat,
                 after_send,
             });
         }
@@ -234,6 +249,7 @@ impl Config {
             heartbeat,
             settle,
             rescan,
+            repeat_spacing,
             ignore: raw
                 .ignore
                 .unwrap_or_else(|| DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect()),

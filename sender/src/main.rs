@@ -166,6 +166,7 @@ fn run(args: Args) -> Result<ExitCode> {
             heartbeat: args.heartbeat,
             settle: args.settle,
             rescan: args.rescan,
+            repeat_spacing: Duration::from_secs(5),
             ignore: config::DEFAULT_IGNORE
                 .iter()
                 .map(|s| s.to_string())
@@ -174,6 +175,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 name: String::new(),
                 spool,
                 priority: 0,
+                repeat: 1,
                 after_send: config::AfterSend::Delete,
             }],
         };

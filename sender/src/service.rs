@@ -69,7 +69,12 @@ pub fn run(cfg: Config, interleave: InterleaveParams) -> Result<ExitCode> {
     let finished = Arc::new(AtomicBool::new(false));
     let spooler = {
         let finished = Arc::clone(&finished);
-        let mut spools = Spools::new(cfg.channels.clone(), cfg.ignore.clone(), cfg.settle);
+        let mut spools = Spools::new(
+            cfg.channels.clone(),
+            cfg.ignore.clone(),
+            cfg.settle,
+            cfg.repeat_spacing,
+        );
         let rescan = cfg.rescan;
         std::thread::Builder::new()
             .name("spool".into())
@@ -108,6 +113,11 @@ pub fn run(cfg: Config, interleave: InterleaveParams) -> Result<ExitCode> {
                         }
                     }
                     apply(&mut spools, &announce_rx, &done_rx, now);
+                    for item in spools.due(now) {
+                        if feed_tx.send(item).is_err() {
+                            return;
+                        }
+                    }
                     spools.release_unencoded(RETRY_AFTER, now);
                 }
                 apply(&mut spools, &announce_rx, &done_rx, Instant::now());

@@ -23,6 +23,9 @@ pub type Fingerprint = (u64, SystemTime);
 struct Queued {
     channel: usize,
     path: PathBuf,
+    name: String,
+    /// Which copy this is, from 1 (a channel may send each file several times).
+    copy: u32,
     fingerprint: Fingerprint,
     size: u64,
     since: Instant,
@@ -42,12 +45,21 @@ pub struct Spools {
     encoded: BTreeMap<u64, u64>,
     /// Files kept after sending (policy `keep`), not to be sent again while unchanged.
     kept: HashSet<(PathBuf, Fingerprint)>,
+    /// Further copies waiting for their time, soonest first.
+    later: Vec<(Instant, Queued)>,
+    repeat_spacing: Duration,
     next_id: u64,
 }
 
 impl Spools {
-    /// Spools of `channels`, creating missing spool folders.
-    pub fn new(channels: Vec<Channel>, ignore: Vec<String>, settle: Duration) -> Self {
+    /// Spools of `channels`, creating missing spool folders; further copies of a file (a channel's
+    /// `repeat`) go `repeat_spacing` apart, so that one outage does not take them all.
+    pub fn new(
+        channels: Vec<Channel>,
+        ignore: Vec<String>,
+        settle: Duration,
+        repeat_spacing: Duration,
+    ) -> Self {
         for c in &channels {
             if let Err(e) = fs::create_dir_all(&c.spool) {
                 warn!(channel = %c.name, spool = %c.spool.display(), "cannot create the spool: {e}");
@@ -62,6 +74,8 @@ impl Spools {
             queued_paths: HashSet::new(),
             encoded: BTreeMap::new(),
             kept: HashSet::new(),
+            later: Vec::new(),
+            repeat_spacing,
             next_id: 0,
         }
     }
@@ -134,6 +148,8 @@ impl Spools {
                     Queued {
                         channel: ci,
                         path: path.clone(),
+                        name: name.clone(),
+                        copy: 1,
                         fingerprint: fp,
                         size: fp.0,
                         since: now,
@@ -144,6 +160,28 @@ impl Spools {
         }
         self.seen.retain(|p, _| present.contains(p));
         ready
+    }
+
+    /// Further copies whose time has come, with their new ids.
+    pub fn due(&mut self, now: Instant) -> Vec<(u64, Entry)> {
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.later)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.later = waiting;
+        ready
+            .into_iter()
+            .map(|(_, mut q)| {
+                let id = self.next_id;
+                self.next_id += 1;
+                q.since = now;
+                let entry = Entry {
+                    source: q.path.clone(),
+                    name: q.name.clone(),
+                };
+                self.queued.insert(id, q);
+                (id, entry)
+            })
+            .collect()
     }
 
     /// The producer encoded file `id` whole as `object`.
@@ -165,15 +203,25 @@ impl Spools {
             let Some(q) = self.queued.remove(&id) else {
                 continue;
             };
-            self.queued_paths.remove(&q.path);
             let c = &self.channels[q.channel];
             info!(
                 channel = %c.name,
                 path = %q.path.display(),
                 bytes = q.size,
+                copy = q.copy,
+                copies = c.repeat,
                 seconds = format_args!("{:.2}", now.saturating_duration_since(q.since).as_secs_f64()),
                 "sent"
             );
+            if q.copy < c.repeat {
+                let next = Queued {
+                    copy: q.copy + 1,
+                    ..q
+                };
+                self.later.push((now + self.repeat_spacing, next));
+                continue;
+            }
+            self.queued_paths.remove(&q.path);
             let unchanged = fs::symlink_metadata(&q.path)
                 .ok()
                 .and_then(|m| Some((m.len(), m.modified().ok()?)))
@@ -259,6 +307,7 @@ mod tests {
             name: name.into(),
             spool: dir.join(name),
             priority: 0,
+            repeat: 1,
             after_send,
         }
     }
@@ -272,6 +321,7 @@ mod tests {
             vec![ch],
             vec![".*".into(), "*.tmp".into()],
             Duration::from_secs(2),
+            Duration::ZERO,
         );
         fs::create_dir_all(spool.join("sub")).unwrap();
         fs::write(spool.join("sub/a.csv"), b"a").unwrap();
@@ -301,7 +351,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ch = channel(dir.path(), "logs", AfterSend::Keep);
         let spool = ch.spool.clone();
-        let mut s = Spools::new(vec![ch], vec![], Duration::ZERO);
+        let mut s = Spools::new(vec![ch], vec![], Duration::ZERO, Duration::ZERO);
         fs::write(spool.join("a.log"), b"one").unwrap();
         let t0 = Instant::now();
         let ready = s.scan(t0);
@@ -312,5 +362,43 @@ mod tests {
         assert!(s.scan(t0).is_empty());
         fs::write(spool.join("a.log"), b"one two").unwrap();
         assert_eq!(s.scan(t0).len(), 1, "changed: sent again");
+    }
+}
+
+#[cfg(test)]
+mod repeat_tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_channel_sends_each_file_n_times_spaced_then_deletes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ch = Channel {
+            name: "r".into(),
+            spool: dir.path().join("r"),
+            priority: 0,
+            repeat: 3,
+            after_send: AfterSend::Delete,
+        };
+        let spool = ch.spool.clone();
+        let mut s = Spools::new(vec![ch], vec![], Duration::ZERO, Duration::from_secs(5));
+        fs::write(spool.join("a"), b"a").unwrap();
+        let t0 = Instant::now();
+        let mut object = 0;
+        let mut copies = 0;
+        let mut ready = s.scan(t0);
+        for round in 0..3u64 {
+            assert_eq!(ready.len(), 1, "round {round}");
+            copies += 1;
+            s.encoded(object, ready[0].0);
+            object += 1;
+            let t = t0 + Duration::from_secs(5 * round);
+            s.sent(object, t);
+            assert!(s.scan(t).is_empty(), "not taken again while copies remain");
+            assert!(s.due(t + Duration::from_secs(4)).is_empty(), "spaced");
+            ready = s.due(t + Duration::from_secs(5));
+        }
+        assert_eq!(copies, 3);
+        assert!(ready.is_empty());
+        assert!(!spool.join("a").exists(), "deleted after the last copy");
     }
 }

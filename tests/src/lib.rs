@@ -234,6 +234,19 @@ pub fn make_tree(root: &Path, name: &str, count: usize, big: usize, seed: u64) -
     top
 }
 
+/// How many regular files are under `root` (files vanishing meanwhile are fine: for polling a
+/// folder another process empties).
+pub fn count_files(root: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(root) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Every regular file under `root`, as relative path and SHA-256.
 pub fn digest_tree(root: &Path) -> Vec<(String, [u8; 32])> {
     fn visit(base: &Path, dir: &Path, out: &mut Vec<(String, [u8; 32])>) {
@@ -249,8 +262,13 @@ pub fn digest_tree(root: &Path) -> Vec<(String, [u8; 32])> {
                     .expect("prefix")
                     .to_string_lossy()
                     .into_owned();
-                let data = fs::read(&p).expect("read");
-                out.push((rel, Sha256::digest(&data).into()));
+                // A file another process removes meanwhile (a temporary file, a spooled file
+                // once sent) is simply no longer there.
+                match fs::read(&p) {
+                    Ok(data) => out.push((rel, Sha256::digest(&data).into())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => panic!("cannot read {}: {e}", p.display()),
+                }
             }
         }
     }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use checkvalve_tests::{Proc, Rig, bin, digest_tree, write_file};
+use checkvalve_tests::{Proc, Rig, bin, count_files, digest_tree, write_file};
 use sha2::Digest;
 
 fn config(dir: &Path, to: &str, body: &str) -> std::path::PathBuf {
@@ -51,7 +51,7 @@ fn files_dropped_into_two_channels_arrive_under_their_channel_and_leave_the_spoo
     }
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let left = digest_tree(&spools).len();
+        let left = count_files(&spools);
         if left == 0 || Instant::now() > deadline {
             break;
         }
@@ -70,7 +70,7 @@ fn files_dropped_into_two_channels_arrive_under_their_channel_and_leave_the_spoo
     );
     expected.sort();
     assert_eq!(got.keys().cloned().collect::<Vec<_>>(), expected);
-    assert!(digest_tree(&spools).is_empty(), "the spools did not empty");
+    assert_eq!(count_files(&spools), 0, "the spools did not empty");
     let leftover: Vec<_> = std::fs::read_dir(spools.join("bulk"))
         .expect("spool")
         .flatten()
@@ -114,5 +114,55 @@ fn a_config_with_an_error_is_refused_with_its_line() {
         check.wait(Duration::from_secs(20)).success(),
         "{}",
         check.log_text()
+    );
+}
+
+#[test]
+fn three_copies_spaced_in_time_outlast_a_two_second_outage() {
+    // The link goes down from 3 s to 5 s after the simulator starts; files dropped around then.
+    let mut rig = Rig::start(Some(&["--outage", "3s+2s"]), &["--object-timeout", "2s"]);
+    let spool = rig.dir.path().join("spool");
+    let cfg = config(
+        rig.dir.path(),
+        &rig.send_to,
+        &format!(
+            "repeat_spacing = \"2500ms\"\n[[channel]]\nname = \"diag\"\nspool = \"{}\"\nrepeat = 3\n",
+            spool.display()
+        ),
+    );
+    let args = vec!["--config".to_string(), cfg.display().to_string()];
+    let mut sender = Proc::start(rig.dir.path(), "sender", &bin("checkvalve-send"), &args);
+    checkvalve_tests::wait_for_log(&sender, " watching", Duration::from_secs(20));
+    let staging = rig.dir.path().join("staging");
+    let mut digests = std::collections::BTreeMap::new();
+    for i in 0..30u64 {
+        let tmp = staging.join(format!("{i}.tmp"));
+        write_file(&tmp, 50_000 + i as usize * 1000, 900 + i);
+        let digest: [u8; 32] = sha2::Sha256::digest(std::fs::read(&tmp).expect("read")).into();
+        digests.insert(format!("diag/f{i:02}.bin"), digest);
+        std::fs::create_dir_all(&spool).expect("mkdir");
+        std::fs::rename(&tmp, spool.join(format!("f{i:02}.bin"))).expect("rename");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_files(&spool) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(count_files(&spool), 0, "every copy sent, files deleted");
+    std::thread::sleep(Duration::from_secs(3));
+    let outcome = rig.outcome();
+    let got: std::collections::BTreeMap<String, [u8; 32]> = digest_tree(&rig.out)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(".checkvalve"))
+        .collect();
+    assert!(got == digests, "not every file arrived whole: {outcome:?}");
+    // Published once each; the other copies are repeats (or lost in the outage).
+    assert_eq!(outcome.delivered.len(), 30, "{outcome:?}");
+    assert!(!outcome.repeats.is_empty());
+    assert!(sender.stop().success());
+    let report = rig.stop_sim();
+    assert!(
+        report["dropped_outage"].as_u64().unwrap_or(0) > 0,
+        "the outage cut nothing: {report}"
     );
 }
