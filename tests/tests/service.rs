@@ -166,3 +166,76 @@ fn three_copies_spaced_in_time_outlast_a_two_second_outage() {
         "the outage cut nothing: {report}"
     );
 }
+
+#[test]
+fn a_sender_killed_three_times_loses_nothing_and_publishes_each_file_once() {
+    let rig = Rig::start(
+        Some(&["--loss", "1%", "--seed", "4"]),
+        &["--object-timeout", "2s"],
+    );
+    let spool = rig.dir.path().join("spool");
+    let cfg = config(
+        rig.dir.path(),
+        &rig.send_to,
+        &format!(
+            "[[channel]]\nname = \"x\"\nspool = \"{}\"\n",
+            spool.display()
+        ),
+    );
+    let args = vec!["--config".to_string(), cfg.display().to_string()];
+    let start = |n: usize| {
+        let p = Proc::start(
+            rig.dir.path(),
+            &format!("sender-{n}"),
+            &bin("checkvalve-send"),
+            &args,
+        );
+        checkvalve_tests::wait_for_log(&p, " watching", Duration::from_secs(20));
+        p
+    };
+    let mut sender = start(0);
+    let staging = rig.dir.path().join("staging");
+    let mut digests = std::collections::BTreeMap::new();
+    for i in 0..60u64 {
+        let tmp = staging.join(format!("{i}.tmp"));
+        write_file(&tmp, 20_000 + (i as usize * 104_729) % 2_000_000, 700 + i);
+        let digest: [u8; 32] = sha2::Sha256::digest(std::fs::read(&tmp).expect("read")).into();
+        digests.insert(format!("x/f{i:02}.bin"), digest);
+        std::fs::create_dir_all(&spool).expect("mkdir");
+        std::fs::rename(&tmp, spool.join(format!("f{i:02}.bin"))).expect("rename");
+        std::thread::sleep(Duration::from_millis(100));
+        if i % 20 == 10 {
+            // kill -9 in the middle of the traffic, and start again at once.
+            let pid = sender.pid().expect("running");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .expect("kill");
+            let _ = sender.wait(Duration::from_secs(10));
+            sender = start(i as usize);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while count_files(&spool) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(count_files(&spool), 0, "files left in the spool");
+    std::thread::sleep(Duration::from_secs(3));
+    let outcome = rig.outcome();
+    let got: std::collections::BTreeMap<String, [u8; 32]> = digest_tree(&rig.out)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(".checkvalve"))
+        .collect();
+    assert!(got == digests, "the share differs from what was spooled");
+    let mut delivered = outcome.delivered.clone();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(
+        delivered.len(),
+        outcome.delivered.len(),
+        "a file published twice"
+    );
+    assert_eq!(delivered.len(), 60, "{outcome:?}");
+    assert!(sender.stop().success());
+}
