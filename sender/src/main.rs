@@ -50,6 +50,9 @@ struct Args {
     /// With --watch: a file written in place is taken once unchanged for this long.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     settle: Duration,
+    /// Log lines as text (human) or one JSON object per line (json).
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
     /// With --watch: full rescan interval.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     rescan: Duration,
@@ -86,16 +89,29 @@ impl FromStr for FecSpec {
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line of text per event.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(Args::parse()) {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Human => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match run(args) {
         Ok(code) => code,
         Err(e) => {
             error!("{e:#}");

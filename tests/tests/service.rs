@@ -239,3 +239,21 @@ fn a_sender_killed_three_times_loses_nothing_and_publishes_each_file_once() {
     assert_eq!(delivered.len(), 60, "{outcome:?}");
     assert!(sender.stop().success());
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let rig = Rig::start(None, &[]);
+    let src = rig.dir.path().join("a.csv");
+    write_file(&src, 5_000, 81);
+    let mut sender = rig.start_sender("sender", &[&src], &["--log-format", "json"]);
+    assert!(sender.wait(Duration::from_secs(30)).success());
+    let log = sender.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert!(
+        lines.iter().any(|v| v["fields"]["message"] == "done"),
+        "{log}"
+    );
+}
