@@ -1,5 +1,6 @@
 //! The sender as a service: spool folders watched, files sent and removed, configuration checked.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,34 @@ fn config(dir: &Path, to: &str, body: &str) -> std::path::PathBuf {
     )
     .expect("config");
     path
+}
+
+/// Writes `len` seeded bytes under `staging`, then renames them to `dest` (as producers should);
+/// returns their SHA-256.
+fn drop_file(staging: &Path, dest: &Path, len: usize, seed: u64) -> [u8; 32] {
+    let tmp = staging.join(format!("{seed}.tmp"));
+    write_file(&tmp, len, seed);
+    let digest: [u8; 32] = sha2::Sha256::digest(std::fs::read(&tmp).expect("read")).into();
+    std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+    std::fs::rename(&tmp, dest).expect("rename");
+    digest
+}
+
+/// Waits until the sender has emptied `spool` (at most `limit`), asserting that it did.
+fn wait_until_empty(spool: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while count_files(spool) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(count_files(spool), 0, "files left in {}", spool.display());
+}
+
+/// Published files and their digests.
+fn published(out: &Path) -> BTreeMap<String, [u8; 32]> {
+    digest_tree(out)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(".checkvalve"))
+        .collect()
 }
 
 #[test]
@@ -35,42 +64,31 @@ fn files_dropped_into_two_channels_arrive_under_their_channel_and_leave_the_spoo
     // 200 files over about ten seconds, written elsewhere and renamed in, some in subfolders.
     let staging = rig.dir.path().join("staging");
     let mut expected = Vec::new();
-    let mut digests = std::collections::BTreeMap::new();
+    let mut digests = BTreeMap::new();
     for i in 0..200u64 {
         let channel = if i % 4 == 0 { "alarms" } else { "bulk" };
         let rel = format!("d{}/f{i:03}.dat", i % 5);
-        let tmp = staging.join(format!("{i}.tmp"));
-        write_file(&tmp, 1000 + (i as usize * 7919) % 200_000, 500 + i);
-        let digest: [u8; 32] = sha2::Sha256::digest(std::fs::read(&tmp).expect("read")).into();
-        digests.insert(format!("{channel}/{rel}"), digest);
         let dest = spools.join(channel).join(&rel);
-        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
-        std::fs::rename(&tmp, &dest).expect("rename");
+        let digest = drop_file(
+            &staging,
+            &dest,
+            1000 + (i as usize * 7919) % 200_000,
+            500 + i,
+        );
+        digests.insert(format!("{channel}/{rel}"), digest);
         expected.push(format!("{channel}/{rel}"));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let left = count_files(&spools);
-        if left == 0 || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_empty(&spools, Duration::from_secs(90));
     let outcome = rig.settle(200, Duration::from_secs(30));
     assert_eq!(outcome.delivered.len(), 200, "{:?}", outcome.lost_named);
-    let got: Vec<(String, [u8; 32])> = digest_tree(&rig.out)
-        .into_iter()
-        .filter(|(p, _)| !p.starts_with(".checkvalve"))
-        .collect();
-    let got: std::collections::BTreeMap<String, [u8; 32]> = got.into_iter().collect();
+    let got = published(&rig.out);
     assert!(
         got == digests,
         "the share differs from what was dropped into the spools"
     );
     expected.sort();
     assert_eq!(got.keys().cloned().collect::<Vec<_>>(), expected);
-    assert_eq!(count_files(&spools), 0, "the spools did not empty");
     let leftover: Vec<_> = std::fs::read_dir(spools.join("bulk"))
         .expect("spool")
         .flatten()
@@ -134,27 +152,17 @@ fn three_copies_spaced_in_time_outlast_a_two_second_outage() {
     let mut sender = Proc::start(rig.dir.path(), "sender", &bin("checkvalve-send"), &args);
     checkvalve_tests::wait_for_log(&sender, " watching", Duration::from_secs(20));
     let staging = rig.dir.path().join("staging");
-    let mut digests = std::collections::BTreeMap::new();
+    let mut digests = BTreeMap::new();
     for i in 0..30u64 {
-        let tmp = staging.join(format!("{i}.tmp"));
-        write_file(&tmp, 50_000 + i as usize * 1000, 900 + i);
-        let digest: [u8; 32] = sha2::Sha256::digest(std::fs::read(&tmp).expect("read")).into();
+        let dest = spool.join(format!("f{i:02}.bin"));
+        let digest = drop_file(&staging, &dest, 50_000 + i as usize * 1000, 900 + i);
         digests.insert(format!("diag/f{i:02}.bin"), digest);
-        std::fs::create_dir_all(&spool).expect("mkdir");
-        std::fs::rename(&tmp, spool.join(format!("f{i:02}.bin"))).expect("rename");
         std::thread::sleep(Duration::from_millis(150));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count_files(&spool) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(count_files(&spool), 0, "every copy sent, files deleted");
+    wait_until_empty(&spool, Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(3));
     let outcome = rig.outcome();
-    let got: std::collections::BTreeMap<String, [u8; 32]> = digest_tree(&rig.out)
-        .into_iter()
-        .filter(|(p, _)| !p.starts_with(".checkvalve"))
-        .collect();
+    let got = published(&rig.out);
     assert!(got == digests, "not every file arrived whole: {outcome:?}");
     // Published once each; the other copies are repeats (or lost in the outage).
     assert_eq!(outcome.delivered.len(), 30, "{outcome:?}");
@@ -195,14 +203,14 @@ fn a_sender_killed_three_times_loses_nothing_and_publishes_each_file_once() {
     };
     let mut sender = start(0);
     let staging = rig.dir.path().join("staging");
-    let mut digests = std::collections::BTreeMap::new();
+    let mut digests = BTreeMap::new();
     for i in 0..60u64 {
-        let tmp = staging.join(format!("{i}.tmp"));
-        write_file(&tmp, 20_000 + (i as usize * 104_729) % 2_000_000, 700 + i);
-        let digest: [u8; 32] = sha2::Sha256::digest(std::fs::read(&tmp).expect("read")).into();
-        digests.insert(format!("x/f{i:02}.bin"), digest);
-        std::fs::create_dir_all(&spool).expect("mkdir");
-        std::fs::rename(&tmp, spool.join(format!("f{i:02}.bin"))).expect("rename");
+        let dest = spool.join(format!("f{i:02}.bin"));
+        let len = 20_000 + (i as usize * 104_729) % 2_000_000;
+        digests.insert(
+            format!("x/f{i:02}.bin"),
+            drop_file(&staging, &dest, len, 700 + i),
+        );
         std::thread::sleep(Duration::from_millis(100));
         if i % 20 == 10 {
             // kill -9 in the middle of the traffic, and start again at once.
@@ -216,17 +224,10 @@ fn a_sender_killed_three_times_loses_nothing_and_publishes_each_file_once() {
             sender = start(i as usize);
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while count_files(&spool) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(count_files(&spool), 0, "files left in the spool");
+    wait_until_empty(&spool, Duration::from_secs(90));
     std::thread::sleep(Duration::from_secs(3));
     let outcome = rig.outcome();
-    let got: std::collections::BTreeMap<String, [u8; 32]> = digest_tree(&rig.out)
-        .into_iter()
-        .filter(|(p, _)| !p.starts_with(".checkvalve"))
-        .collect();
+    let got = published(&rig.out);
     assert!(got == digests, "the share differs from what was spooled");
     let mut delivered = outcome.delivered.clone();
     delivered.sort();
