@@ -26,8 +26,8 @@ use tracing::{error, info, warn};
 /// Datagram bytes an interleaving group holds by default.
 const GROUP_BYTES: usize = 8 << 20;
 
-/// Bounded hand-off between producer and transmitter: a few groups, tens of MiB at most.
-pub(crate) const QUEUED_BATCHES: usize = 4;
+/// Bounded hand-off between producer and transmitter: two groups (about 16 MiB at the defaults).
+pub(crate) const QUEUED_BATCHES: usize = 2;
 
 /// Push files and folder trees across a one-way link: once (PATH...), or as a service watching
 /// spool folders (--watch DIR, or --config FILE with channels).
