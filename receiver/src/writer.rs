@@ -157,7 +157,7 @@ impl Writer {
                 }
                 Err(e) => {
                     self.give_back(data);
-                    return self.fail_untracked(key, format!("cannot create temporary file: {e}"));
+                    return self.fail(key, format!("cannot create temporary file: {e}"));
                 }
             }
         }
@@ -308,10 +308,6 @@ impl Writer {
                 let _ = self.recycle.send(buf);
             }
         }
-        let _ = self.failed.send((key, reason));
-    }
-
-    fn fail_untracked(&mut self, key: ObjectKey, reason: String) {
         let _ = self.failed.send((key, reason));
     }
 }
