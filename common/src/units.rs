@@ -89,9 +89,9 @@ pub fn parse_percent(s: &str) -> Result<f64, UnitError> {
     Ok(value)
 }
 
-/// Parses a duration such as `250ms`, `10s`, `2m`, `1h` or `1.5s`; a bare number is seconds.
+/// Parses a duration such as `250ms`, `10s`, `2m`, `1h`, `30d` or `1.5s`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
-    const EXPECTED: &str = "a duration such as 250ms, 10s, 2m or 1h";
+    const EXPECTED: &str = "a duration such as 250ms, 10s, 2m, 1h or 30d";
     let (num, suffix) = split_suffix(s.trim());
     let value: f64 = num.parse().map_err(|_| invalid(s, EXPECTED))?;
     let secs = match suffix {
@@ -100,6 +100,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
         "" | "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         _ => return Err(invalid(s, EXPECTED)),
     };
     Duration::try_from_secs_f64(secs).map_err(|_| invalid(s, EXPECTED))
@@ -124,6 +125,7 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("soon").is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use checkvalve_common::object::FecParams;
-use checkvalve_common::units::{parse_duration, parse_rate};
+use checkvalve_common::units::{parse_duration, parse_rate, parse_size};
 use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
@@ -34,12 +34,25 @@ pub enum ConfigError {
 }
 
 /// What happens to a spooled file once it has been sent completely.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AfterSend {
     /// Deleted from the spool.
     Delete,
-    /// Left in place; the sender remembers it (until it changes) and does not send it again.
+    /// Left in place; the sender records it (until it changes) and does not send it again.
     Keep,
+    /// Moved to `SENT/<day>/<path>`, and removed from there by age and total size.
+    Move(SentFolder),
+}
+
+/// Where a channel with `after_send = "move"` keeps what it sent, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentFolder {
+    /// The folder (outside every spool).
+    pub dir: PathBuf,
+    /// Day folders older than this are removed.
+    pub max_age: Option<Duration>,
+    /// Oldest files are removed while the folder holds more than this many bytes.
+    pub max_bytes: Option<u64>,
 }
 
 /// One watched spool folder.
@@ -76,6 +89,8 @@ pub struct Config {
     pub repeat_spacing: Duration,
     /// File name patterns never taken (temporary names of producers).
     pub ignore: Vec<String>,
+    /// The state folder (record of kept files, status file), if any.
+    pub state: Option<PathBuf>,
     /// The watched channels.
     pub channels: Vec<Channel>,
 }
@@ -92,6 +107,7 @@ struct Raw {
     rescan: Option<Spanned<String>>,
     repeat_spacing: Option<Spanned<String>>,
     ignore: Option<Vec<String>>,
+    state: Option<Spanned<PathBuf>>,
     #[serde(default, rename = "channel")]
     channels: Vec<Spanned<RawChannel>>,
 }
@@ -105,6 +121,9 @@ struct RawChannel {
     priority: i64,
     repeat: Option<Spanned<u32>>,
     after_send: Option<Spanned<String>>,
+    sent: Option<Spanned<PathBuf>>,
+    sent_max_age: Option<Spanned<String>>,
+    sent_max_bytes: Option<Spanned<String>>,
 }
 
 /// Temporary names producers use while writing; never taken.
@@ -211,17 +230,50 @@ impl Config {
                     "spool must be an absolute path".into(),
                 ));
             }
-            let after_send = match r
+            let sent = match &r.sent {
+                Some(dir) if !dir.get_ref().is_absolute() => {
+                    return Err(at(dir.span().start, "sent must be an absolute path".into()));
+                }
+                Some(dir) => Some(SentFolder {
+                    dir: dir.get_ref().clone(),
+                    max_age: match &r.sent_max_age {
+                        Some(_) => Some(duration(&r.sent_max_age, Duration::ZERO)?),
+                        None => None,
+                    },
+                    max_bytes: match &r.sent_max_bytes {
+                        Some(b) => Some(
+                            parse_size(b.get_ref())
+                                .map_err(|e| at(b.span().start, e.to_string()))?,
+                        ),
+                        None => None,
+                    },
+                }),
+                None => None,
+            };
+            let policy_at = r
                 .after_send
                 .as_ref()
-                .map(|a| (a.span().start, a.get_ref().as_str()))
-            {
-                None | Some((_, "delete")) => AfterSend::Delete,
-                Some((_, "keep")) => AfterSend::Keep,
-                Some((at_, other)) => {
+                .map_or(c.span().start, |a| a.span().start);
+            let after_send = match (r.after_send.as_ref().map(|a| a.get_ref().as_str()), sent) {
+                (None | Some("delete"), None) => AfterSend::Delete,
+                (Some("keep"), None) => AfterSend::Keep,
+                (Some("move"), Some(sent)) => AfterSend::Move(sent),
+                (Some("move"), None) => {
                     return Err(at(
-                        at_,
-                        format!("after_send {other:?}: expected \"delete\" or \"keep\""),
+                        policy_at,
+                        "after_send = \"move\" needs sent = \"/folder\"".into(),
+                    ));
+                }
+                (None | Some("delete" | "keep"), Some(_)) => {
+                    return Err(at(
+                        policy_at,
+                        "sent is only for after_send = \"move\"".into(),
+                    ));
+                }
+                (Some(other), _) => {
+                    return Err(at(
+                        policy_at,
+                        format!("after_send {other:?}: expected \"delete\", \"keep\" or \"move\""),
                     ));
                 }
             };
@@ -232,6 +284,41 @@ impl Config {
                 Some(n) => *n.get_ref(),
                 None => 1,
             };
+            let sent_dir = match &after_send {
+                AfterSend::Move(s) => Some(s.dir.clone()),
+                _ => None,
+            };
+            let overlaps = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
+            for o in &channels {
+                if overlaps(&spool, &o.spool) {
+                    return Err(at(
+                        r.spool.span().start,
+                        format!("this spool overlaps the spool of channel {:?}", o.name),
+                    ));
+                }
+                let other_sent = match &o.after_send {
+                    AfterSend::Move(s) => Some(&s.dir),
+                    _ => None,
+                };
+                if other_sent.is_some_and(|d| overlaps(&spool, d))
+                    || sent_dir.as_ref().is_some_and(|d| overlaps(d, &o.spool))
+                    || sent_dir.as_ref().is_some_and(|d| overlaps(d, &spool))
+                {
+                    return Err(at(
+                        r.spool.span().start,
+                        format!(
+                            "a sent folder and a spool overlap (channels {name:?} and {:?}): sent folders must be outside every spool",
+                            o.name
+                        ),
+                    ));
+                }
+            }
+            if sent_dir.as_ref().is_some_and(|d| overlaps(d, &spool)) {
+                return Err(at(
+                    r.spool.span().start,
+                    "the sent folder must be outside the spool".into(),
+                ));
+            }
             channels.push(Channel {
                 name,
                 spool,
@@ -242,6 +329,21 @@ impl Config {
         }
         // Higher priority first; equal priorities in file order.
         channels.sort_by_key(|c| std::cmp::Reverse(c.priority));
+        let state = match &raw.state {
+            Some(s) if !s.get_ref().is_absolute() => {
+                return Err(at(s.span().start, "state must be an absolute path".into()));
+            }
+            Some(s) => Some(s.get_ref().clone()),
+            None => None,
+        };
+        if let (Some(st), Some(span)) = (&state, raw.state.as_ref().map(|s| s.span().start))
+            && let Some(o) = channels.iter().find(|o| st.starts_with(&o.spool))
+        {
+            return Err(at(
+                span,
+                format!("the state folder is inside the spool of {:?}", o.name),
+            ));
+        }
         Ok(Config {
             to: raw.to.get_ref().clone(),
             rate,
@@ -253,6 +355,7 @@ impl Config {
             ignore: raw
                 .ignore
                 .unwrap_or_else(|| DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect()),
+            state,
             channels,
         })
     }
@@ -327,6 +430,37 @@ after_send = "keep"
         assert_eq!(line, 8);
         let (line, _) = err_line("to = \"x:1\"\nrate = [\n");
         assert!(line >= 2);
+        let (line, reason) = err_line(&GOOD.replace("/alarms\"", "/bulk/alarms\""));
+        assert_eq!(line, 12, "{reason}");
+        let (line, reason) =
+            err_line(&GOOD.replace("after_send = \"keep\"", "after_send = \"move\""));
+        assert_eq!(line, 14, "{reason}");
+        let moved = GOOD.replace(
+            "after_send = \"keep\"",
+            "after_send = \"move\"\nsent = \"/var/spool/checkvalve/bulk/sent\"",
+        );
+        let (line, reason) = err_line(&moved);
+        assert_eq!(line, 12, "{reason}");
+        let moved = moved
+            .replace("bulk/sent", "sent-alarms")
+            .replace("settle = \"2s\"", "settle = \"2s\"\nsent_max_age = \"1d\"");
+        let (line, reason) = err_line(&moved);
+        assert_eq!(line, 5, "{reason}");
+        let moved = moved.replace("sent_max_age = \"1d\"\n", "")
+            + "sent_max_age = \"30d\"\nsent_max_bytes = \"10G\"\n";
+        let cfg = Config::parse(Path::new("send.toml"), &moved).unwrap();
+        assert_eq!(
+            cfg.channels[0].after_send,
+            AfterSend::Move(SentFolder {
+                dir: "/var/spool/checkvalve/sent-alarms".into(),
+                max_age: Some(Duration::from_secs(30 * 86_400)),
+                max_bytes: Some(10 << 30),
+            })
+        );
+        let (line, reason) = err_line(&format!(
+            "state = \"/var/spool/checkvalve/bulk/st\"\n{GOOD}"
+        ));
+        assert_eq!(line, 1, "{reason}");
     }
 
     #[test]

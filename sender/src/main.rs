@@ -1,10 +1,14 @@
 //! `checkvalve-send`: pushes files and folder trees over a one-way UDP link with forward error
 //! correction. It never reads from the link: no acks, no retransmission requests, no handshake.
 
+mod archive;
 mod config;
+mod kept;
 mod produce;
+mod queue;
 mod service;
 mod spool;
+mod status;
 mod transmit;
 mod walk;
 
@@ -22,6 +26,9 @@ use checkvalve_common::object::FecParams;
 use checkvalve_common::units::{parse_duration, parse_rate};
 use clap::Parser;
 use tracing::{error, info, warn};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Datagram bytes an interleaving group holds by default.
 const GROUP_BYTES: usize = 8 << 20;
@@ -32,8 +39,15 @@ pub(crate) const QUEUED_BATCHES: usize = 2;
 /// Push files and folder trees across a one-way link: once (PATH...), or as a service watching
 /// spool folders (--watch DIR, or --config FILE with channels).
 #[derive(Debug, Parser)]
-#[command(name = "checkvalve-send", version, about)]
+#[command(
+    name = "checkvalve-send",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Receiver (or simulator) address, HOST:PORT (required unless --config gives it).
     #[arg(long, value_name = "HOST:PORT")]
     to: Option<String>,
@@ -53,6 +67,9 @@ struct Args {
     /// Log lines as text (human) or one JSON object per line (json).
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// With --watch: state folder (status file, record of kept files); see `checkvalve-send status`.
+    #[arg(long, value_name = "DIR", requires = "watch")]
+    state: Option<PathBuf>,
     /// With --watch: full rescan interval.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     rescan: Duration,
@@ -76,6 +93,24 @@ struct Args {
     /// Files or folders to send once; each lands under its name relative to its parent folder.
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
+}
+
+/// Commands other than sending.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print the service's queue per channel, what it sent today and its last error, from its
+    /// spools and state folder (no running sender needed).
+    Status {
+        /// The service's configuration (the queue is counted live in its spools).
+        #[arg(long, value_name = "FILE", required_unless_present = "state")]
+        config: Option<PathBuf>,
+        /// Or only its state folder (the queue as the sender last wrote it).
+        #[arg(long, value_name = "DIR", conflicts_with = "config")]
+        state: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -102,15 +137,17 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Human => logs
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match args.log_format {
+        LogFormat::Human => fmt
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => logs.json().init(),
-    }
+            .boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(status::LastProblem)
+        .init();
     match run(args) {
         Ok(code) => code,
         Err(e) => {
@@ -144,6 +181,25 @@ fn interleave_for(fec: FecParams, depth: Option<usize>) -> InterleaveParams {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    if let Some(Command::Status {
+        config,
+        state,
+        json,
+    }) = &args.command
+    {
+        let cfg = match config {
+            Some(file) => match config::Config::load(file) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    error!("{e}");
+                    return Ok(ExitCode::from(2));
+                }
+            },
+            None => None,
+        };
+        status::print(cfg.as_ref(), state.as_deref(), *json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(file) = &args.config {
         let cfg = match config::Config::load(file) {
             Ok(c) => c,
@@ -157,7 +213,7 @@ fn run(args: Args) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let interleave = interleave_for(cfg.fec, None);
-        return service::run(cfg, interleave);
+        return service::run(cfg, Some(file.clone()), interleave);
     }
     let Some(to) = args.to.clone() else {
         bail!("--to is required (or --config FILE)");
@@ -194,8 +250,15 @@ fn run(args: Args) -> Result<ExitCode> {
                 repeat: 1,
                 after_send: config::AfterSend::Delete,
             }],
+            state: match &args.state {
+                Some(s) => Some(
+                    std::path::absolute(s)
+                        .with_context(|| format!("cannot use {}", s.display()))?,
+                ),
+                None => None,
+            },
         };
-        return service::run(cfg, interleave);
+        return service::run(cfg, None, interleave);
     }
     if args.paths.is_empty() {
         bail!("nothing to send: give PATHs, --watch DIR or --config FILE");

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{Sender, SyncSender};
 use std::time::Duration;
 use std::time::UNIX_EPOCH;
 
@@ -18,6 +18,7 @@ use checkvalve_common::meta::{Head, ObjectKind};
 use checkvalve_common::object::{DataBlock, FecParams, ObjectEncoder};
 use tracing::{debug, error, warn};
 
+use crate::queue::{Feed, Next};
 use crate::walk::Entry;
 
 /// Attempts at a file that changes while it is read, before it is skipped as unstable.
@@ -71,7 +72,7 @@ pub fn produce(
 /// group to fill. Ends when `rx` closes or `stop` is raised.
 pub fn produce_stream(
     session: u64,
-    rx: &Receiver<(u64, Entry)>,
+    rx: &dyn Feed,
     announce: &Sender<(u64, u64)>,
     fec: FecParams,
     interleave: InterleaveParams,
@@ -86,10 +87,10 @@ pub fn produce_stream(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let (id, entry) = match rx.try_recv() {
-            Ok(x) => x,
-            Err(TryRecvError::Disconnected) => break,
-            Err(TryRecvError::Empty) => {
+        let (id, entry) = match rx.next(Duration::ZERO) {
+            Next::Item(x) => x,
+            Next::Closed => break,
+            Next::Empty => {
                 if inter.pending() > 0 {
                     match inter.flush() {
                         Ok(Some(batch)) => {
@@ -101,10 +102,10 @@ pub fn produce_stream(
                         Err(e) => error!("parity encoding failed: {e}"),
                     }
                 }
-                match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(x) => x,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => break,
+                match rx.next(Duration::from_millis(200)) {
+                    Next::Item(x) => x,
+                    Next::Empty => continue,
+                    Next::Closed => break,
                 }
             }
         };

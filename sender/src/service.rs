@@ -1,36 +1,57 @@
 //! The sender as a service: watches the channels' spool folders and sends what appears in them,
-//! until SIGTERM or SIGINT.
+//! until SIGTERM or SIGINT; SIGHUP reloads the configuration file.
 //!
-//! Three threads: the spool thread (scans, on filesystem events and periodically, and applies the
-//! after-send policy once a file's last datagram has gone out), the producer (reads, hashes and
-//! encodes, sealing a group whenever it runs out of files), and the transmitter (paced output and
-//! heartbeats, on this thread).
+//! Three threads: the spool thread (looks at what filesystem events name, rescans periodically,
+//! queues ready files by channel, applies the after-send policy once a file's last datagram has
+//! gone out, writes the status file), the producer (takes files from the queue by priority, reads,
+//! hashes and encodes them, sealing a group whenever it runs out of files), and the transmitter
+//! (paced output and heartbeats, on this thread).
 
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 use checkvalve_common::interleave::InterleaveParams;
 use notify::{RecursiveMode, Watcher};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::spool::Spools;
+use crate::kept::Kept;
+use crate::queue::Queue;
+use crate::spool::{Rules, Spools};
+use crate::status::Status;
+use crate::transmit::Shared;
 use crate::{QUEUED_BATCHES, produce, resolve, transmit};
 
-/// How often the spool thread looks again while files are settling.
+/// How often the spool thread looks again at files settling, and checks for news.
 const TICK: Duration = Duration::from_millis(250);
 /// A file handed to the producer but not encoded whole within this long is scanned again.
 const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How often the status file is written.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
-/// Runs the service until a stop signal; exits 0 after finishing the batch in flight.
-pub fn run(cfg: Config, interleave: InterleaveParams) -> Result<ExitCode> {
+/// Runs the service until a stop signal; exits 0 after finishing the batch in flight. `file` is
+/// the configuration file SIGHUP reloads, if any.
+pub fn run(cfg: Config, file: Option<PathBuf>, interleave: InterleaveParams) -> Result<ExitCode> {
     let to = resolve(&cfg.to)?;
     let session = rand::random::<u64>() | 1;
     let stop = transmit::stop_flag()?;
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+        .context("cannot install the SIGHUP handler")?;
+    if let Some(state) = &cfg.state {
+        std::fs::create_dir_all(state)
+            .with_context(|| format!("cannot create the state folder {}", state.display()))?;
+    } else {
+        warn!(
+            "no state folder: kept files are sent again after a restart, and `status` has no counters"
+        );
+    }
     info!(
         session = format_args!("{session:016x}"),
         %to,
@@ -39,24 +60,23 @@ pub fn run(cfg: Config, interleave: InterleaveParams) -> Result<ExitCode> {
         channels = cfg.channels.len(),
         "watching"
     );
-    for c in &cfg.channels {
-        info!(channel = %c.name, spool = %c.spool.display(), priority = c.priority, after_send = ?c.after_send, "channel");
-    }
+    log_channels(&cfg);
     let mut tx = transmit::Transmitter::new(to, cfg.rate, session, cfg.heartbeat)?;
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     tx.report_completion(done_tx);
     let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES);
-    let (feed_tx, feed_rx) = std::sync::mpsc::channel();
+    let queue = Arc::new(Queue::default());
     let (announce_tx, announce_rx) = std::sync::mpsc::channel();
     let producer = {
         let stop = Arc::clone(&stop);
         let fec = cfg.fec;
+        let queue = Arc::clone(&queue);
         std::thread::Builder::new()
             .name("produce".into())
             .spawn(move || {
                 produce::produce_stream(
                     session,
-                    &feed_rx,
+                    queue.as_ref(),
                     &announce_tx,
                     fec,
                     interleave,
@@ -68,68 +88,42 @@ pub fn run(cfg: Config, interleave: InterleaveParams) -> Result<ExitCode> {
     };
     let finished = Arc::new(AtomicBool::new(false));
     let spooler = {
+        let thread = SpoolThread {
+            spools: Spools::new(
+                rules(&cfg),
+                Kept::open(cfg.state.as_deref()),
+                Arc::clone(&queue),
+            ),
+            status: Status {
+                pid: std::process::id(),
+                session: format!("{session:016x}"),
+                started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                updated: String::new(),
+                updated_unix: 0,
+                stopped: false,
+                sent: Default::default(),
+                datagrams: 0,
+                send_errors: 0,
+                channels: Vec::new(),
+                last_problem: None,
+            },
+            cfg,
+            file,
+            shared: tx.shared(),
+            announce: announce_rx,
+            done: done_rx,
+            status_failing: false,
+        };
         let finished = Arc::clone(&finished);
-        let mut spools = Spools::new(
-            cfg.channels.clone(),
-            cfg.ignore.clone(),
-            cfg.settle,
-            cfg.repeat_spacing,
-        );
-        let rescan = cfg.rescan;
         std::thread::Builder::new()
             .name("spool".into())
-            .spawn(move || {
-                let (ev_tx, ev_rx) = std::sync::mpsc::channel();
-                let watcher = notify::recommended_watcher(move |ev| {
-                    let _ = ev_tx.send(ev);
-                });
-                let _watcher = match watcher {
-                    Ok(mut w) => {
-                        for dir in spools.folders() {
-                            if let Err(e) = w.watch(dir, RecursiveMode::Recursive) {
-                                warn!(spool = %dir.display(), "cannot watch (periodic scans only): {e}");
-                            }
-                        }
-                        Some(w)
-                    }
-                    Err(e) => {
-                        warn!("cannot watch the spools (periodic scans only): {e}");
-                        None
-                    }
-                };
-                let mut last_scan: Option<Instant> = None;
-                while !finished.load(Ordering::Acquire) {
-                    let event = wait_for_events(&ev_rx);
-                    let now = Instant::now();
-                    let due = event
-                        || spools.settling()
-                        || last_scan.is_none_or(|t| now.saturating_duration_since(t) >= rescan);
-                    if due {
-                        last_scan = Some(now);
-                        for item in spools.scan(now) {
-                            if feed_tx.send(item).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    apply(&mut spools, &announce_rx, &done_rx, now);
-                    for item in spools.due(now) {
-                        if feed_tx.send(item).is_err() {
-                            return;
-                        }
-                    }
-                    spools.release_unencoded(RETRY_AFTER, now);
-                }
-                apply(&mut spools, &announce_rx, &done_rx, Instant::now());
-                if spools.backlog() > 0 {
-                    info!(files = spools.backlog(), "stopping: files not sent whole stay in their spools");
-                }
-            })
+            .spawn(move || thread.run(&finished, &reload))
             .context("cannot start the spool thread")?
     };
     tx.run(&batch_rx, &stop);
     tx.finish(1);
     finished.store(true, Ordering::Release);
+    queue.close();
     spooler
         .join()
         .map_err(|_| anyhow!("spool thread panicked"))?;
@@ -144,23 +138,209 @@ pub fn run(cfg: Config, interleave: InterleaveParams) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Waits up to a tick for filesystem events; true if any came.
-fn wait_for_events(rx: &Receiver<notify::Result<notify::Event>>) -> bool {
-    match rx.recv_timeout(TICK) {
-        Ok(_) => {
-            while rx.try_recv().is_ok() {}
-            true
-        }
-        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => false,
+fn rules(cfg: &Config) -> Rules {
+    Rules {
+        channels: cfg.channels.clone(),
+        ignore: cfg.ignore.clone(),
+        settle: cfg.settle,
+        repeat_spacing: cfg.repeat_spacing,
     }
 }
 
-/// Takes the producer's and the transmitter's news to the spools.
-fn apply(spools: &mut Spools, announce: &Receiver<(u64, u64)>, done: &Receiver<u64>, now: Instant) {
-    while let Ok((object, id)) = announce.try_recv() {
-        spools.encoded(object, id);
+fn log_channels(cfg: &Config) {
+    for c in &cfg.channels {
+        info!(channel = %c.name, spool = %c.spool.display(), priority = c.priority, repeat = c.repeat, after_send = ?c.after_send, "channel");
     }
-    if let Some(end) = done.try_iter().max() {
-        spools.sent(end, now);
+}
+
+/// The spool thread's state.
+struct SpoolThread {
+    spools: Spools,
+    status: Status,
+    cfg: Config,
+    file: Option<PathBuf>,
+    shared: Arc<Shared>,
+    announce: Receiver<(u64, u64)>,
+    done: Receiver<u64>,
+    status_failing: bool,
+}
+
+impl SpoolThread {
+    fn run(mut self, finished: &AtomicBool, reload: &AtomicBool) {
+        if let Some(state) = &self.cfg.state
+            && let Some(previous) = Status::read(state)
+        {
+            // Counters continue across restarts; so does the last problem until a new one.
+            *self.spools.counters() = previous.sent;
+            self.status.last_problem = previous.last_problem;
+        }
+        let (ev_tx, ev_rx) = std::sync::mpsc::channel();
+        let mut watcher = match notify::recommended_watcher(move |ev| {
+            let _ = ev_tx.send(ev);
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!("cannot watch the spools (periodic scans only): {e}");
+                None
+            }
+        };
+        let mut watched = HashSet::new();
+        self.watch(watcher.as_mut(), &mut watched);
+        let mut last_scan: Option<Instant> = None;
+        let mut last_status: Option<Instant> = None;
+        while !finished.load(Ordering::Acquire) {
+            let (paths, overflow) = wait_for_events(&ev_rx);
+            let now = Instant::now();
+            if reload.swap(false, Ordering::AcqRel) && self.reload() {
+                self.watch(watcher.as_mut(), &mut watched);
+                last_scan = None;
+            }
+            if overflow
+                || last_scan.is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.rescan)
+            {
+                last_scan = Some(now);
+                self.spools.scan(now);
+            } else {
+                self.spools.look_at(&paths, now);
+                if self.spools.settling() {
+                    self.spools.recheck(now);
+                }
+            }
+            self.apply(now);
+            self.spools.due(now);
+            self.spools.release_unencoded(RETRY_AFTER, now);
+            if last_status.is_none_or(|t| now.saturating_duration_since(t) >= STATUS_EVERY) {
+                last_status = Some(now);
+                self.write_status(false);
+            }
+        }
+        self.apply(Instant::now());
+        if self.spools.backlog() > 0 {
+            info!(
+                files = self.spools.backlog(),
+                "stopping: files not sent whole stay in their spools"
+            );
+        }
+        self.write_status(true);
     }
+
+    /// Watches every spool folder not yet watched, and stops watching folders no longer spools.
+    fn watch(
+        &self,
+        watcher: Option<&mut notify::RecommendedWatcher>,
+        watched: &mut HashSet<PathBuf>,
+    ) {
+        let Some(w) = watcher else { return };
+        let folders: HashSet<PathBuf> = self.spools.folders().into_iter().collect();
+        for gone in watched.difference(&folders) {
+            let _ = w.unwatch(gone);
+        }
+        watched.retain(|d| folders.contains(d));
+        for dir in folders {
+            if watched.contains(&dir) {
+                continue;
+            }
+            match w.watch(&dir, RecursiveMode::Recursive) {
+                Ok(()) => {
+                    watched.insert(dir);
+                }
+                Err(e) => {
+                    warn!(spool = %dir.display(), "cannot watch (periodic scans only): {e}");
+                }
+            }
+        }
+    }
+
+    /// Reloads the configuration file; true if the new one is in force.
+    fn reload(&mut self) -> bool {
+        let Some(file) = &self.file else {
+            warn!("SIGHUP: nothing to reload (started without --config)");
+            return false;
+        };
+        let new = match Config::load(file) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("SIGHUP: the configuration is refused, the running one stays in force: {e}");
+                return false;
+            }
+        };
+        let fixed = [
+            ("to", new.to != self.cfg.to),
+            ("fec or shard_size", new.fec != self.cfg.fec),
+            ("heartbeat", new.heartbeat != self.cfg.heartbeat),
+            ("state", new.state != self.cfg.state),
+        ];
+        for (what, changed) in fixed {
+            if changed {
+                warn!("SIGHUP: a change of {what} takes effect at the next restart only");
+            }
+        }
+        let mut applied = new.clone();
+        applied.to = self.cfg.to.clone();
+        applied.fec = self.cfg.fec;
+        applied.heartbeat = self.cfg.heartbeat;
+        applied.state = self.cfg.state.clone();
+        self.shared.rate_bps.store(applied.rate, Ordering::Relaxed);
+        self.spools.reconfigure(rules(&applied));
+        info!(file = %file.display(), channels = applied.channels.len(), rate = applied.rate, "configuration reloaded");
+        log_channels(&applied);
+        self.cfg = applied;
+        true
+    }
+
+    /// Takes the producer's and the transmitter's news to the spools.
+    fn apply(&mut self, now: Instant) {
+        while let Ok((object, id)) = self.announce.try_recv() {
+            self.spools.encoded(object, id);
+        }
+        if let Some(end) = self.done.try_iter().max() {
+            self.spools.sent(end, now);
+        }
+    }
+
+    fn write_status(&mut self, stopped: bool) {
+        let Some(state) = self.cfg.state.clone() else {
+            return;
+        };
+        self.status.stopped = stopped;
+        self.status.sent = self.spools.counters().clone();
+        self.status.datagrams = self.shared.datagrams.load(Ordering::Relaxed);
+        self.status.send_errors = self.shared.errors.load(Ordering::Relaxed);
+        self.status.channels = self.spools.backlog_by_channel(SystemTime::now());
+        match self.status.write(&state) {
+            Ok(()) => self.status_failing = false,
+            Err(e) if !self.status_failing => {
+                self.status_failing = true;
+                warn!(state = %state.display(), "cannot write the status file (said once until it works again): {e}");
+            }
+            Err(_) => {}
+        }
+        *self.spools.counters() = self.status.sent.clone();
+    }
+}
+
+/// Waits up to a tick for filesystem events; returns the paths they name, and true if the
+/// watcher lost events (a full rescan is due).
+fn wait_for_events(rx: &Receiver<notify::Result<notify::Event>>) -> (Vec<PathBuf>, bool) {
+    let mut paths = Vec::new();
+    let mut overflow = false;
+    let mut take = |ev: notify::Result<notify::Event>| match ev {
+        Ok(ev) => {
+            overflow |= ev.need_rescan();
+            paths.extend(ev.paths);
+        }
+        Err(_) => overflow = true,
+    };
+    match rx.recv_timeout(TICK) {
+        Ok(ev) => {
+            take(ev);
+            while let Ok(ev) = rx.try_recv() {
+                take(ev);
+            }
+        }
+        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+    }
+    paths.sort();
+    paths.dedup();
+    (paths, overflow)
 }

@@ -2,7 +2,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use checkvalve_common::pacer::Pacer;
 use checkvalve_common::wire::Heartbeat;
 use nix::errno::Errno;
 use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Most datagrams in one segmentation-offload send (the kernel's UDP_MAX_SEGMENTS).
 const GSO_MAX_SEGMENTS: usize = 64;
@@ -39,6 +39,18 @@ pub struct Sent {
     pub errors: u64,
 }
 
+/// What the transmitter has sent so far and the rate it keeps, shared with the service's other
+/// threads (the status file reads the counters; a configuration reload sets the rate).
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Datagrams sent, heartbeats included.
+    pub datagrams: AtomicU64,
+    /// Datagrams the kernel refused.
+    pub errors: AtomicU64,
+    /// The output rate, bits per second; read before every batch.
+    pub rate_bps: AtomicU64,
+}
+
 /// Owns the link socket. It has no receive path: nothing is ever read from it.
 pub struct Transmitter {
     socket: UdpSocket,
@@ -58,6 +70,7 @@ pub struct Transmitter {
     complete_end: u64,
     /// Told `complete_end` whenever it grows.
     done: Option<Sender<u64>>,
+    shared: Arc<Shared>,
 }
 
 impl Transmitter {
@@ -88,7 +101,33 @@ impl Transmitter {
             gso: true,
             complete_end: 0,
             done: None,
+            shared: Arc::new(Shared {
+                rate_bps: AtomicU64::new(rate_bps),
+                ..Shared::default()
+            }),
         })
+    }
+
+    /// Counters and rate shared with other threads.
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    fn follow_rate(&mut self) {
+        let rate = self.shared.rate_bps.load(Ordering::Relaxed);
+        if rate != self.rate_bps {
+            info!(from = self.rate_bps, to = rate, "output rate changed");
+            self.rate_bps = rate;
+            self.pacer = Pacer::new(rate, Duration::from_millis(1));
+        }
+    }
+
+    fn count(&mut self, datagrams: u64, bytes: u64) {
+        self.sent.datagrams += datagrams;
+        self.sent.bytes += bytes;
+        self.shared
+            .datagrams
+            .fetch_add(datagrams, Ordering::Relaxed);
     }
 
     /// Tells `done` how many objects have been sent whole, each time that grows.
@@ -113,6 +152,7 @@ impl Transmitter {
                 .saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
                 Ok(batch) => {
+                    self.follow_rate();
                     // One segmentation-offload send carries at most a millisecond at the set
                     // rate, so that batching never turns into a burst above it.
                     let per_ms = usize::try_from(self.rate_bps / 8 / 1000).unwrap_or(usize::MAX);
@@ -161,8 +201,7 @@ impl Transmitter {
                     for d in bytes.chunks(seg) {
                         self.pacer.on_send(now, d.len());
                     }
-                    self.sent.datagrams += count as u64;
-                    self.sent.bytes += bytes.len() as u64;
+                    self.count(count as u64, bytes.len() as u64);
                     return;
                 }
                 Err(e @ (Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP)) => {
@@ -234,16 +273,14 @@ impl Transmitter {
     fn raw_send(&mut self, datagram: &[u8]) {
         self.pacer.on_send(Instant::now(), datagram.len());
         match self.socket.send_to(datagram, self.to) {
-            Ok(_) => {
-                self.sent.datagrams += 1;
-                self.sent.bytes += datagram.len() as u64;
-            }
+            Ok(_) => self.count(1, datagram.len() as u64),
             Err(e) => self.on_send_error(e, 1),
         }
     }
 
     fn on_send_error(&mut self, e: std::io::Error, datagrams: u64) {
         self.sent.errors += datagrams;
+        self.shared.errors.fetch_add(datagrams, Ordering::Relaxed);
         if !self.warned {
             warn!(
                 "send to {} failed: {e} (further failures are only counted)",

@@ -1,0 +1,332 @@
+//! The status file in the state folder, written by the running service every second, and the
+//! `checkvalve-send status` command that reads it (no running sender needed).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+
+use crate::archive::day;
+use crate::config::{Config, glob};
+use crate::kept::Kept;
+
+/// File name of the status inside the state folder.
+pub const FILE: &str = "status.json";
+
+/// A status older than this, from a sender that did not say it stopped, means it died.
+const STALE: Duration = Duration::from_secs(10);
+
+/// The last warning or error logged, kept for the status file.
+static LAST_PROBLEM: Mutex<Option<Problem>> = Mutex::new(None);
+
+/// A warning or error logged by the service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Problem {
+    /// When (RFC 3339, UTC).
+    pub time: String,
+    /// `WARN` or `ERROR`.
+    pub level: String,
+    /// The log line's message and fields.
+    pub message: String,
+}
+
+/// Keeps the last WARN or ERROR event for the status file.
+pub struct LastProblem;
+
+struct Text(String);
+
+impl Visit for Text {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0.insert_str(0, &format!("{value:?} "));
+        } else {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.insert_str(0, &format!("{value} "));
+        } else {
+            self.0.push_str(&format!("{}={value} ", field.name()));
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for LastProblem {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let level = *event.metadata().level();
+        if level > Level::WARN {
+            return;
+        }
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        let problem = Problem {
+            time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            level: level.to_string(),
+            message: text.0.trim_end().to_owned(),
+        };
+        *LAST_PROBLEM
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(problem);
+    }
+}
+
+/// Files and bytes sent (each file counted once, after its last copy), today and since the state
+/// folder was created.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counters {
+    /// The UTC day `files_today` and `bytes_today` count.
+    pub day: String,
+    /// Files sent whole today.
+    pub files_today: u64,
+    /// Their content bytes.
+    pub bytes_today: u64,
+    /// Files sent whole in all.
+    pub files_total: u64,
+    /// Their content bytes.
+    pub bytes_total: u64,
+}
+
+impl Counters {
+    /// Counts a file of `bytes` sent whole.
+    pub fn file_sent(&mut self, bytes: u64) {
+        self.roll(SystemTime::now());
+        self.files_today += 1;
+        self.bytes_today += bytes;
+        self.files_total += 1;
+        self.bytes_total += bytes;
+    }
+
+    fn roll(&mut self, now: SystemTime) {
+        let today = day(now);
+        if self.day != today {
+            self.day = today;
+            self.files_today = 0;
+            self.bytes_today = 0;
+        }
+    }
+}
+
+/// A channel's queue in the status file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelStatus {
+    /// Channel name.
+    pub name: String,
+    /// Files waiting or in progress.
+    pub queued: usize,
+    /// Their bytes.
+    pub queued_bytes: u64,
+    /// The file waiting longest.
+    pub oldest: Option<PathBuf>,
+    /// How long it has waited, in seconds.
+    pub oldest_age_s: Option<u64>,
+}
+
+/// The status file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Process id of the sender that wrote it.
+    pub pid: u32,
+    /// Its session id (hex).
+    pub session: String,
+    /// When it started (RFC 3339).
+    pub started: String,
+    /// When this was written (RFC 3339).
+    pub updated: String,
+    /// The same, in seconds since the Unix epoch.
+    pub updated_unix: u64,
+    /// True once the sender stopped cleanly.
+    pub stopped: bool,
+    /// Sent counters.
+    pub sent: Counters,
+    /// Datagrams sent by this process, heartbeats included.
+    pub datagrams: u64,
+    /// Datagrams the kernel refused.
+    pub send_errors: u64,
+    /// Per channel.
+    pub channels: Vec<ChannelStatus>,
+    /// The last warning or error logged.
+    pub last_problem: Option<Problem>,
+}
+
+impl Status {
+    /// Fills the time and last problem and writes the status atomically into `state`.
+    pub fn write(&mut self, state: &Path) -> std::io::Result<()> {
+        let now = SystemTime::now();
+        self.sent.roll(now);
+        self.updated = humantime::format_rfc3339_seconds(now).to_string();
+        self.updated_unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.last_problem = LAST_PROBLEM
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .or_else(|| self.last_problem.take());
+        let tmp = state.join(format!("{FILE}.new"));
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        fs::rename(&tmp, state.join(FILE))
+    }
+
+    /// The status last written into `state`, if any.
+    pub fn read(state: &Path) -> Option<Status> {
+        serde_json::from_slice(&fs::read(state.join(FILE)).ok()?).ok()
+    }
+}
+
+/// Prints the status of the sender configured by `cfg` (live queue from its spools) or of the one
+/// whose state folder is `state` (the queue as last written).
+pub fn print(cfg: Option<&Config>, state: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let state = state
+        .map(Path::to_path_buf)
+        .or_else(|| cfg.and_then(|c| c.state.clone()));
+    let status = state.as_deref().and_then(Status::read);
+    let now = SystemTime::now();
+    let channels = match cfg {
+        Some(cfg) => {
+            let kept = Kept::open_read_only(state.as_deref());
+            cfg.channels
+                .iter()
+                .map(|c| live_queue(&c.name, &c.spool, &cfg.ignore, &kept, now))
+                .collect()
+        }
+        None => status
+            .as_ref()
+            .map(|s| s.channels.clone())
+            .unwrap_or_default(),
+    };
+    let running = status.as_ref().is_some_and(|s| {
+        !s.stopped
+            && now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+                <= s.updated_unix + STALE.as_secs()
+    });
+    if json {
+        let v = serde_json::json!({
+            "running": running,
+            "state": state,
+            "status": status,
+            "channels": channels,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match (&state, &status) {
+        (None, _) => {
+            println!("sender:        no state folder configured (no counters, no last error)")
+        }
+        (Some(st), None) => println!(
+            "sender:        never ran with state folder {}",
+            st.display()
+        ),
+        (Some(_), Some(s)) if running => println!(
+            "sender:        running (pid {}, session {}, since {}, status written {})",
+            s.pid, s.session, s.started, s.updated
+        ),
+        (Some(_), Some(s)) => println!(
+            "sender:        NOT RUNNING (last status {}{})",
+            s.updated,
+            if s.stopped {
+                ", stopped cleanly"
+            } else {
+                ", did not stop cleanly"
+            }
+        ),
+    }
+    if let Some(s) = &status {
+        let (files, bytes) = if s.sent.day == day(now) {
+            (s.sent.files_today, s.sent.bytes_today)
+        } else {
+            (0, 0)
+        };
+        println!(
+            "sent today:    {files} files, {bytes} bytes (UTC day {})",
+            day(now)
+        );
+        println!(
+            "sent in all:   {} files, {} bytes",
+            s.sent.files_total, s.sent.bytes_total
+        );
+        match &s.last_problem {
+            Some(p) => println!("last error:    {} {} {}", p.time, p.level, p.message),
+            None => println!("last error:    none"),
+        }
+    }
+    println!("queue:");
+    for c in &channels {
+        let oldest = match (&c.oldest, c.oldest_age_s) {
+            (Some(p), Some(age)) => format!(", oldest {} ({age} s)", p.display()),
+            _ => String::new(),
+        };
+        let name = if c.name.is_empty() {
+            "(spool)"
+        } else {
+            &c.name
+        };
+        println!(
+            "  {name:<14} {} files, {} bytes{oldest}",
+            c.queued, c.queued_bytes
+        );
+    }
+    Ok(())
+}
+
+/// What waits in a spool now: every file not ignored and not kept, the oldest by modification time.
+fn live_queue(
+    name: &str,
+    spool: &Path,
+    ignore: &[String],
+    kept: &Kept,
+    now: SystemTime,
+) -> ChannelStatus {
+    let mut files = Vec::new();
+    walk(spool, ignore, &mut files);
+    let mut out = ChannelStatus {
+        name: name.to_owned(),
+        queued: 0,
+        queued_bytes: 0,
+        oldest: None,
+        oldest_age_s: None,
+    };
+    let mut oldest: Option<SystemTime> = None;
+    for (path, m) in files {
+        let Ok(mtime) = m.modified() else { continue };
+        if kept.contains(&path, (m.len(), mtime)) {
+            continue;
+        }
+        out.queued += 1;
+        out.queued_bytes += m.len();
+        if oldest.is_none_or(|o| mtime < o) {
+            oldest = Some(mtime);
+            out.oldest_age_s = Some(now.duration_since(mtime).map_or(0, |d| d.as_secs()));
+            out.oldest = Some(path);
+        }
+    }
+    out
+}
+
+fn walk(dir: &Path, ignore: &[String], out: &mut Vec<(PathBuf, fs::Metadata)>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if name
+            .to_str()
+            .is_none_or(|n| ignore.iter().any(|p| glob(p, n)))
+        {
+            continue;
+        }
+        let Ok(m) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if m.is_dir() {
+            walk(&e.path(), ignore, out);
+        } else if m.is_file() {
+            out.push((e.path(), m));
+        }
+    }
+}
