@@ -258,3 +258,282 @@ fn json_logs_are_one_object_per_line() {
         "{log}"
     );
 }
+
+/// Sends `sig` to `proc`.
+fn signal(proc: &Proc, sig: nix::sys::signal::Signal) {
+    let pid = proc.pid().expect("running");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");
+}
+
+/// Waits until `path` holds `want` (at most `limit`).
+fn wait_for_file(path: &Path, want: &[u8], limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if std::fs::read(path).is_ok_and(|b| b == want) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn a_file_appended_slowly_is_sent_once_it_stops_changing_and_arrives_whole() {
+    let rig = Rig::start(Some(&["--loss", "3%", "--seed", "12"]), &[]);
+    let spool = rig.dir.path().join("spool");
+    std::fs::create_dir_all(&spool).expect("spool");
+    let mut sender = Proc::start(
+        rig.dir.path(),
+        "sender",
+        &bin("checkvalve-send"),
+        &[
+            "--to".into(),
+            rig.send_to.clone(),
+            "--watch".into(),
+            spool.display().to_string(),
+            "--settle".into(),
+            "2s".into(),
+        ],
+    );
+    checkvalve_tests::wait_for_log(&sender, " watching", Duration::from_secs(20));
+    // Written in place, 40 kB every 400 ms for 6 s: never still for the 2 s settle time.
+    let path = spool.join("growing.log");
+    let mut content = Vec::new();
+    let mut f = std::fs::File::create(&path).expect("create");
+    let started = Instant::now();
+    for i in 0..15u8 {
+        let chunk = vec![i; 40_000];
+        std::io::Write::write_all(&mut f, &chunk).expect("append");
+        content.extend_from_slice(&chunk);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    drop(f);
+    let written_for = started.elapsed();
+    assert!(
+        wait_for_file(
+            &rig.out.join("growing.log"),
+            &content,
+            Duration::from_secs(30)
+        ),
+        "the whole file never arrived"
+    );
+    let outcome = rig.settle(1, Duration::from_secs(10));
+    assert_eq!(
+        outcome.delivered,
+        vec!["growing.log".to_string()],
+        "a partial version was published: {outcome:?}"
+    );
+    assert!(outcome.superseded.is_empty() && outcome.repeats.is_empty());
+    assert!(written_for >= Duration::from_secs(5));
+    assert!(sender.stop().success());
+}
+
+#[test]
+fn status_reports_the_queue_what_was_sent_today_and_the_last_error_with_no_sender_running() {
+    let rig = Rig::start(Some(&["--loss", "2%", "--seed", "5"]), &[]);
+    let root = rig.dir.path();
+    let (a, b, sent, state) = (
+        root.join("spool/a"),
+        root.join("spool/b"),
+        root.join("sent-a"),
+        root.join("state"),
+    );
+    let cfg = config(
+        root,
+        &rig.send_to,
+        &format!(
+            "state = \"{}\"\n[[channel]]\nname = \"a\"\nspool = \"{}\"\nafter_send = \"move\"\nsent = \"{}\"\nsent_max_age = \"30d\"\n\n[[channel]]\nname = \"b\"\nspool = \"{}\"\nafter_send = \"keep\"\n",
+            state.display(),
+            a.display(),
+            sent.display(),
+            b.display()
+        ),
+    );
+    let args = vec!["--config".to_string(), cfg.display().to_string()];
+    let mut sender = Proc::start(root, "sender", &bin("checkvalve-send"), &args);
+    checkvalve_tests::wait_for_log(&sender, " watching", Duration::from_secs(20));
+    let staging = root.join("staging");
+    for i in 0..5u64 {
+        drop_file(&staging, &a.join(format!("sub/f{i}")), 30_000, 40 + i);
+    }
+    drop_file(&staging, &b.join("kept.csv"), 10_000, 50);
+    // A name the receiver would refuse (a control character): not sent, and a warning.
+    std::fs::write(a.join("bad\u{1}name"), b"x").expect("bad name");
+    wait_until_empty(&a.join("sub"), Duration::from_secs(60));
+    assert!(
+        wait_for_file(
+            &rig.out.join("b/kept.csv"),
+            &std::fs::read(b.join("kept.csv")).expect("kept"),
+            Duration::from_secs(30)
+        ),
+        "kept file never arrived"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(sender.stop().success());
+    assert_eq!(count_files(&sent), 5, "moved into the sent folder");
+    assert!(b.join("kept.csv").exists(), "kept in its spool");
+    // Two files queued while no sender runs.
+    drop_file(&staging, &b.join("later1"), 1_000, 60);
+    drop_file(&staging, &b.join("later2"), 2_000, 61);
+    let out = std::process::Command::new(bin("checkvalve-send"))
+        .args(["status", "--config", &cfg.display().to_string()])
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("NOT RUNNING"), "{text}");
+    assert!(text.contains("sent today:    6 files"), "{text}");
+    assert!(
+        text.contains("bad"),
+        "the last error names the refused file: {text}"
+    );
+    let b_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("b "))
+        .unwrap_or_default();
+    assert!(b_line.contains("2 files, 3000 bytes"), "{text}");
+    let a_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("a "))
+        .unwrap_or_default();
+    assert!(
+        a_line.contains("1 files"),
+        "only the refused file waits in a: {text}"
+    );
+    // Restarted, the kept file is not sent again; the two new ones are.
+    let mut sender = Proc::start(root, "sender-2", &bin("checkvalve-send"), &args);
+    assert!(wait_for_file(
+        &rig.out.join("b/later2"),
+        &std::fs::read(b.join("later2")).expect("later2"),
+        Duration::from_secs(30)
+    ));
+    std::thread::sleep(Duration::from_secs(2));
+    let json = std::process::Command::new(bin("checkvalve-send"))
+        .args(["status", "--json", "--state", &state.display().to_string()])
+        .output()
+        .expect("status");
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json status");
+    assert_eq!(v["running"], true, "{v}");
+    assert_eq!(v["status"]["sent"]["files_today"], 8, "{v}");
+    assert!(sender.stop().success());
+    let outcome = rig.outcome();
+    assert_eq!(outcome.delivered.len(), 8, "{outcome:?}");
+    assert!(
+        outcome.repeats.is_empty(),
+        "the kept file was sent again: {outcome:?}"
+    );
+}
+
+#[test]
+fn sighup_reloads_the_channels_and_a_broken_config_leaves_the_running_one_in_force() {
+    let rig = Rig::start(None, &[]);
+    let root = rig.dir.path();
+    let (a, b) = (root.join("spool/a"), root.join("spool/b"));
+    let channel = |name: &str, dir: &Path| {
+        format!(
+            "[[channel]]\nname = \"{name}\"\nspool = \"{}\"\n",
+            dir.display()
+        )
+    };
+    let cfg = config(root, &rig.send_to, &channel("a", &a));
+    let args = vec!["--config".to_string(), cfg.display().to_string()];
+    let mut sender = Proc::start(root, "sender", &bin("checkvalve-send"), &args);
+    checkvalve_tests::wait_for_log(&sender, " watching", Duration::from_secs(20));
+    config(
+        root,
+        &rig.send_to,
+        &format!("{}{}", channel("a", &a), channel("b", &b)),
+    );
+    signal(&sender, nix::sys::signal::Signal::SIGHUP);
+    checkvalve_tests::wait_for_log(&sender, "configuration reloaded", Duration::from_secs(10));
+    let staging = root.join("staging");
+    let digest = drop_file(&staging, &b.join("new.bin"), 5_000, 1);
+    let published = rig.out.join("b/new.bin");
+    assert!(
+        wait_until_published(&published, Duration::from_secs(20)),
+        "the channel added by SIGHUP is not watched"
+    );
+    let got: [u8; 32] = sha2::Sha256::digest(std::fs::read(&published).expect("read")).into();
+    assert_eq!(got, digest);
+    std::fs::write(&cfg, "to = \"nowhere\"\n[[channel]]\nname = \"a/b\"\n").expect("break");
+    signal(&sender, nix::sys::signal::Signal::SIGHUP);
+    checkvalve_tests::wait_for_log(
+        &sender,
+        "running one stays in force",
+        Duration::from_secs(10),
+    );
+    assert!(
+        sender.log_text().contains("send.toml:"),
+        "{}",
+        sender.log_text()
+    );
+    drop_file(&staging, &a.join("still.bin"), 6_000, 2);
+    assert!(
+        wait_until_published(&rig.out.join("a/still.bin"), Duration::from_secs(20)),
+        "a broken reload stopped the service"
+    );
+    assert!(sender.stop().success());
+}
+
+fn wait_until_published(path: &Path, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && !path.exists() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    path.exists()
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(probe) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        eprintln!("systemd-analyze not installed: unit not verified");
+        return;
+    };
+    assert!(probe.status.success());
+    let dir = tempfile::tempdir().expect("tmp");
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sender/dist/checkvalve-send.service"),
+    )
+    .expect("unit");
+    // verify checks that the programs exist: point it at the one just built.
+    let local = unit.replace(
+        "/usr/local/bin/checkvalve-send",
+        &bin("checkvalve-send").display().to_string(),
+    );
+    let path = dir.path().join("checkvalve-send.service");
+    std::fs::write(&path, local).expect("write");
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("verify");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let about_unit: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("checkvalve-send.service"))
+        .collect();
+    assert!(out.status.success() && about_unit.is_empty(), "{said}");
+    for hardening in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=\n",
+        "RestrictAddressFamilies=",
+        "SystemCallFilter=",
+        "ReadWritePaths=",
+        "User=checkvalve",
+    ] {
+        assert!(unit.contains(hardening), "missing {hardening}");
+    }
+}
