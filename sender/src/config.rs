@@ -467,7 +467,8 @@ after_send = "keep"
     fn the_shipped_example_loads() {
         let text = include_str!("../../docs/checkvalve-send.example.toml");
         let c = Config::parse(Path::new("example.toml"), text).unwrap();
-        assert_eq!(c.channels.len(), 2);
+        assert_eq!(c.channels.len(), 3);
+        assert!(matches!(c.channels[1].after_send, AfterSend::Move(_)));
         assert_eq!(c.channels[0].name, "alarms");
     }
 
