@@ -6,40 +6,70 @@
 //! outcomes cannot fill the disk; what is not written is counted and logged.
 
 use std::collections::{HashSet, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use checkvalve_common::meta::{DIGEST_LEN, Head};
 use serde::Serialize;
-use tracing::{debug, error};
+use sha2::{Digest, Sha256};
+use tracing::{debug, error, warn};
 
 use crate::ratelimit::Limiter;
 
-/// One line of the manifest.
+/// `prev` of the first record ever written.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The longest record read back at start (a record is far shorter: paths are at most 4 KiB).
+const MAX_LINE: u64 = 64 << 10;
+
+/// How a published object crossed, for its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evidence {
+    /// Arrival of its first datagram.
+    pub first_datagram: SystemTime,
+    /// Arrival of the datagram that completed it.
+    pub last_datagram: SystemTime,
+    /// Data shards rebuilt from parity.
+    pub repaired: u64,
+}
+
+/// One line of the manifest. Field order is the order written; `prev` comes last.
 #[derive(Debug, Serialize)]
 struct Record<'a> {
+    /// Position in the chain, from 1.
+    seq: u64,
     /// When the outcome was decided (RFC 3339, UTC).
     time: String,
-    /// `delivered`, `repeat`, `superseded` or `lost`.
-    status: &'static str,
+    /// What the record says: an outcome or an event (docs/vendor.md lists them).
+    status: &'a str,
     /// Path under the output folder, when known.
     path: Option<&'a str>,
     /// Content length, when known.
     size: Option<u64>,
-    /// SHA-256 of the delivered content, hex.
+    /// SHA-256 of the content, hex.
     sha256: Option<String>,
-    /// Sender session and object number (`SESSION-OBJECT`), or the session alone for an
-    /// aggregate record.
-    object: &'a str,
+    /// Sender session and object number (`SESSION-OBJECT`), or the session alone.
+    object: Option<&'a str>,
     /// Objects the record stands for (1 but for aggregate records of unnamed losses).
     objects: u64,
-    /// Why it was lost or superseded.
+    /// Arrival of the object's first datagram.
+    first_datagram: Option<String>,
+    /// Arrival of the datagram that completed it.
+    last_datagram: Option<String>,
+    /// Data shards rebuilt from parity.
+    repaired: Option<u64>,
+    /// Why it was lost, superseded, removed, or what happened on the link.
     reason: Option<String>,
+    /// Figures of a link event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<serde_json::Value>,
+    /// SHA-256 (hex) of the previous record's line, without its newline.
+    prev: &'a str,
 }
 
 /// Object keys of recent records: a second outcome for one object (two threads deciding about it
@@ -53,9 +83,61 @@ struct Recent {
 /// Objects remembered to refuse a second record.
 const RECENT_KEYS: usize = 65_536;
 
-/// Append-only record of outcomes.
+/// The end of the chain: the last record's number and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainEnd {
+    /// Its `seq` (0: no record yet).
+    pub seq: u64,
+    /// SHA-256 of its line, hex.
+    pub hash: String,
+}
+
+/// Recent outcomes kept for the live state.
+const RECENT_OUTCOMES: usize = 20;
+
+/// What the manifest recorded since start, for the live state and the status page.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Tally {
+    /// Files published.
+    pub delivered: u64,
+    /// Their bytes.
+    pub delivered_bytes: u64,
+    /// Copies of files already published.
+    pub repeats: u64,
+    /// Objects lost (named or not).
+    pub lost: u64,
+    /// Data shards rebuilt from parity in published files.
+    pub repaired: u64,
+    /// Files removed by retention.
+    pub removed: u64,
+    /// The last published files: (time, path, size).
+    pub recent_files: VecDeque<(String, String, u64)>,
+    /// The last losses: (time, path or object, objects, reason).
+    pub recent_losses: VecDeque<(String, String, u64, String)>,
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, item: T) {
+    if q.len() == RECENT_OUTCOMES {
+        q.pop_front();
+    }
+    q.push_back(item);
+}
+
+struct Inner {
+    tally: Tally,
+    dir: PathBuf,
+    /// UTC day of the open file.
+    day: String,
+    file: File,
+    end: ChainEnd,
+    limiter: Limiter,
+    recent: Recent,
+    last_sync: Instant,
+}
+
+/// Append-only, hash-chained record of outcomes and link events, one file per UTC day.
 pub struct Manifest {
-    file: Mutex<(File, Limiter, Recent)>,
+    inner: Mutex<Inner>,
     min_free: u64,
     dropped: AtomicU64,
 }
@@ -64,24 +146,113 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// SHA-256 of a record line (without its newline), hex.
+pub fn line_hash(line: &[u8]) -> String {
+    hex(&Sha256::digest(line))
+}
+
+/// The manifest files of `dir`, oldest first.
+pub fn files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The last whole line of `file` and the length up to its end; cuts off a torn tail (a record a
+/// crash interrupted), returning its length.
+fn last_line(file: &mut File) -> io::Result<(Option<Vec<u8>>, u64)> {
+    let len = file.metadata()?.len();
+    let from = len.saturating_sub(MAX_LINE);
+    file.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let Some(end) = tail.iter().rposition(|b| *b == b'\n') else {
+        if len > 0 && from == 0 {
+            file.set_len(0)?;
+        }
+        return Ok((None, len));
+    };
+    let torn = tail.len() as u64 - end as u64 - 1;
+    if torn > 0 {
+        file.set_len(len - torn)?;
+    }
+    let start = tail[..end]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    Ok((Some(tail[start..end].to_vec()), torn))
 }
 
 impl Manifest {
-    /// Opens (creating if needed) the manifest at `path` for appending; records stop while the
-    /// filesystem has less than `min_free / 2` bytes free.
-    pub fn open(path: &Path, min_free: u64) -> io::Result<Manifest> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Manifest {
-            file: Mutex::new((
+    /// Opens the manifest folder `dir` (created if needed) and continues its chain; records stop
+    /// while the filesystem has less than `min_free / 2` bytes free.
+    pub fn open(dir: &Path, min_free: u64) -> io::Result<Manifest> {
+        fs::create_dir_all(dir)?;
+        let mut end = ChainEnd {
+            seq: 0,
+            hash: GENESIS.to_owned(),
+        };
+        let mut torn = 0;
+        if let Some(last) = files(dir)?.pop() {
+            let mut f = OpenOptions::new().read(true).write(true).open(&last)?;
+            let (line, cut) = last_line(&mut f)?;
+            torn = cut;
+            if let Some(line) = line {
+                let seq = serde_json::from_slice::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64())
+                    .ok_or_else(|| {
+                        io::Error::other(format!(
+                            "the last record of {} is not a manifest record: the chain cannot be continued (run verify-manifest)",
+                            last.display()
+                        ))
+                    })?;
+                end = ChainEnd {
+                    seq,
+                    hash: line_hash(&line),
+                };
+            }
+        }
+        let day = rfc3339(SystemTime::now())[..10].to_owned();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{day}.jsonl")))?;
+        let m = Manifest {
+            inner: Mutex::new(Inner {
+                tally: Tally::default(),
+                dir: dir.to_owned(),
+                day,
                 file,
-                Limiter::new(Duration::from_secs(60), 1),
-                Recent::default(),
-            )),
+                end,
+                limiter: Limiter::new(Duration::from_secs(60), 1),
+                recent: Recent::default(),
+                last_sync: Instant::now(),
+            }),
             min_free,
             dropped: AtomicU64::new(0),
-        })
+        };
+        if torn > 0 {
+            warn!(
+                bytes = torn,
+                "the manifest's last record was cut by a crash: removed, and recorded"
+            );
+            m.event(
+                "torn",
+                None,
+                format!("a record cut by a crash ({torn} bytes) was removed at start"),
+                None,
+            );
+        }
+        Ok(m)
     }
 
     /// Records not written for lack of space or because of an error.
@@ -89,31 +260,97 @@ impl Manifest {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn write(&self, record: &Record<'_>) {
-        let mut line = match serde_json::to_vec(record) {
-            Ok(l) => l,
-            Err(e) => return error!("cannot encode manifest record: {e}"),
-        };
-        line.push(b'\n');
-        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let (file, limiter, recent) = &mut *guard;
-        // Aggregate records name a session, not an object: a session has one per interval.
-        if record.object.contains('-') {
-            if !recent.keys.insert(record.object.to_owned()) {
-                debug!(
-                    object = record.object,
-                    "second outcome for one object not recorded"
-                );
+    /// What was recorded since start.
+    pub fn tally(&self) -> Tally {
+        self.lock().tally.clone()
+    }
+
+    /// The last record written: its number and hash.
+    pub fn end(&self) -> ChainEnd {
+        self.lock().end.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Syncs what was written to disk.
+    pub fn sync(&self) {
+        let mut inner = self.lock();
+        if let Err(e) = inner.file.sync_data() {
+            error!("cannot sync the manifest: {e}");
+        }
+        inner.last_sync = Instant::now();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        status: &str,
+        object: Option<&str>,
+        objects: u64,
+        file: (Option<&str>, Option<u64>, Option<String>),
+        evidence: Option<&Evidence>,
+        reason: Option<String>,
+        detail: Option<serde_json::Value>,
+    ) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        // Aggregate and event records name a session, not an object.
+        if let Some(key) = object.filter(|o| o.contains('-')) {
+            if !inner.recent.keys.insert(key.to_owned()) {
+                debug!(object = key, "second outcome for one object not recorded");
                 return;
             }
-            recent.order.push_back(record.object.to_owned());
-            while recent.order.len() > RECENT_KEYS {
-                if let Some(old) = recent.order.pop_front() {
-                    recent.keys.remove(&old);
+            inner.recent.order.push_back(key.to_owned());
+            while inner.recent.order.len() > RECENT_KEYS {
+                if let Some(old) = inner.recent.order.pop_front() {
+                    inner.recent.keys.remove(&old);
                 }
             }
         }
-        let free = nix::sys::statvfs::fstatvfs(file.as_fd())
+        let now = SystemTime::now();
+        let time = rfc3339(now);
+        if time[..10] != inner.day {
+            match OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(inner.dir.join(format!("{}.jsonl", &time[..10])))
+            {
+                Ok(f) => {
+                    let _ = inner.file.sync_data();
+                    inner.file = f;
+                    inner.day = time[..10].to_owned();
+                }
+                Err(e) => error!(
+                    "cannot open the manifest file of a new day (records go on in the previous one): {e}"
+                ),
+            }
+        }
+        let prev = inner.end.hash.clone();
+        let record = Record {
+            seq: inner.end.seq + 1,
+            time,
+            status,
+            path: file.0,
+            size: file.1,
+            sha256: file.2,
+            object,
+            objects,
+            first_datagram: evidence.map(|e| rfc3339(e.first_datagram)),
+            last_datagram: evidence.map(|e| rfc3339(e.last_datagram)),
+            repaired: evidence.map(|e| e.repaired),
+            reason,
+            detail,
+            prev: &prev,
+        };
+        let mut line = match serde_json::to_vec(&record) {
+            Ok(l) => l,
+            Err(e) => return error!("cannot encode manifest record: {e}"),
+        };
+        let hash = line_hash(&line);
+        line.push(b'\n');
+        let free = nix::sys::statvfs::fstatvfs(inner.file.as_fd())
             .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
             .unwrap_or(u64::MAX);
         let result = if free < (self.min_free / 2).saturating_add(line.len() as u64) {
@@ -121,59 +358,149 @@ impl Manifest {
                 "only {free} bytes free, below half of --min-free"
             )))
         } else {
-            file.write_all(&line)
+            inner.file.write_all(&line)
         };
-        if let Err(e) = result {
-            let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Some(suppressed) = limiter.allow() {
-                error!(
-                    dropped_total = total,
-                    suppressed, "manifest record not written: {e}"
-                );
+        match result {
+            Ok(()) => {
+                inner.end = ChainEnd {
+                    seq: record.seq,
+                    hash,
+                };
+                let t = &mut inner.tally;
+                match status {
+                    "delivered" => {
+                        t.delivered += 1;
+                        t.delivered_bytes += record.size.unwrap_or(0);
+                        t.repaired += record.repaired.unwrap_or(0);
+                        push_bounded(
+                            &mut t.recent_files,
+                            (
+                                record.time.clone(),
+                                record.path.unwrap_or("").to_owned(),
+                                record.size.unwrap_or(0),
+                            ),
+                        );
+                    }
+                    "repeat" => t.repeats += 1,
+                    "removed" => t.removed += 1,
+                    "lost" => {
+                        t.lost += objects;
+                        push_bounded(
+                            &mut t.recent_losses,
+                            (
+                                record.time.clone(),
+                                record.path.or(object).unwrap_or("").to_owned(),
+                                objects,
+                                record.reason.clone().unwrap_or_default(),
+                            ),
+                        );
+                    }
+                    _ => {}
+                }
+                if inner.last_sync.elapsed() >= Duration::from_secs(1) {
+                    let _ = inner.file.sync_data();
+                    inner.last_sync = Instant::now();
+                }
+            }
+            Err(e) => {
+                let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(suppressed) = inner.limiter.allow() {
+                    error!(
+                        dropped_total = total,
+                        suppressed, "manifest record not written: {e}"
+                    );
+                }
             }
         }
     }
 
+    /// Records a link or session event (`status` names it), with its figures.
+    pub fn event(
+        &self,
+        status: &str,
+        session: Option<&str>,
+        reason: String,
+        detail: Option<serde_json::Value>,
+    ) {
+        self.write(
+            status,
+            session,
+            0,
+            (None, None, None),
+            None,
+            Some(reason),
+            detail,
+        );
+    }
+
+    /// Records a published file removed from the share by retention.
+    pub fn removed(&self, path: &str, size: u64, reason: String) {
+        self.write(
+            "removed",
+            None,
+            0,
+            (Some(path), Some(size), None),
+            None,
+            Some(reason),
+            None,
+        );
+    }
+
     /// Records a verified, published file.
-    pub fn delivered(&self, object: &str, head: &Head, digest: &[u8; DIGEST_LEN]) {
-        self.write(&Record {
-            time: now(),
-            status: "delivered",
-            path: Some(&head.path),
-            size: Some(head.size),
-            sha256: Some(hex(digest)),
-            object,
-            objects: 1,
-            reason: None,
-        });
+    pub fn delivered(
+        &self,
+        object: &str,
+        head: &Head,
+        digest: &[u8; DIGEST_LEN],
+        evidence: &Evidence,
+    ) {
+        self.write(
+            "delivered",
+            Some(object),
+            1,
+            (Some(&head.path), Some(head.size), Some(hex(digest))),
+            Some(evidence),
+            None,
+            None,
+        );
     }
 
     /// Records a verified file the share already held, identical, under its path (sent again).
-    pub fn repeat(&self, object: &str, head: &Head, digest: &[u8; DIGEST_LEN]) {
-        self.write(&Record {
-            time: now(),
-            status: "repeat",
-            path: Some(&head.path),
-            size: Some(head.size),
-            sha256: Some(hex(digest)),
-            object,
-            objects: 1,
-            reason: Some("the share already holds this content under this path".into()),
-        });
+    pub fn repeat(
+        &self,
+        object: &str,
+        head: &Head,
+        digest: &[u8; DIGEST_LEN],
+        evidence: &Evidence,
+    ) {
+        self.write(
+            "repeat",
+            Some(object),
+            1,
+            (Some(&head.path), Some(head.size), Some(hex(digest))),
+            Some(evidence),
+            Some("the share already holds this content under this path".into()),
+            None,
+        );
     }
 
     /// Records a verified file not published because newer content for its path already was.
-    pub fn superseded(&self, object: &str, head: &Head, digest: &[u8; DIGEST_LEN]) {
-        self.write(&Record {
-            time: now(),
-            status: "superseded",
-            path: Some(&head.path),
-            size: Some(head.size),
-            sha256: Some(hex(digest)),
-            object,
-            objects: 1,
-            reason: Some("newer content for this path was already published".into()),
-        });
+    pub fn superseded(
+        &self,
+        object: &str,
+        head: &Head,
+        digest: &[u8; DIGEST_LEN],
+        evidence: &Evidence,
+    ) {
+        self.write(
+            "superseded",
+            Some(object),
+            1,
+            (Some(&head.path), Some(head.size), Some(hex(digest))),
+            Some(evidence),
+            Some("newer content for this path was already published".into()),
+            None,
+        );
     }
 
     /// Records `objects` objects (one, or an aggregate) that will not be delivered.
@@ -185,16 +512,15 @@ impl Manifest {
         size: Option<u64>,
         reason: String,
     ) {
-        self.write(&Record {
-            time: now(),
-            status: "lost",
-            path,
-            size,
-            sha256: None,
-            object,
+        self.write(
+            "lost",
+            Some(object),
             objects,
-            reason: Some(reason),
-        });
+            (path, size, None),
+            None,
+            Some(reason),
+            None,
+        );
     }
 }
 
@@ -205,18 +531,19 @@ mod tests {
     #[test]
     fn records_stop_below_half_of_min_free_and_are_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.jsonl");
-        let ok = Manifest::open(&path, 0).unwrap();
+        let ok = Manifest::open(dir.path(), 0).unwrap();
         ok.lost("1-1", 1, Some("a"), None, "x".into());
         assert_eq!(ok.dropped(), 0);
+        drop(ok);
         // No filesystem has an exabyte free: every record is refused and counted.
-        let full = Manifest::open(&path, u64::MAX).unwrap();
+        let full = Manifest::open(dir.path(), u64::MAX).unwrap();
         for i in 0..3 {
             full.lost(&format!("1-{}", i + 2), 1, Some("b"), None, "x".into());
         }
         full.lost("1-2", 1, Some("b"), None, "again".into());
         assert_eq!(full.dropped(), 3);
-        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(full.end().seq, 1);
+        let text = std::fs::read_to_string(files(dir.path()).unwrap().pop().unwrap()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
     }
 }

@@ -4,13 +4,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use checkvalve_common::assembler::{Assembler, Event, ObjectKey};
 use checkvalve_common::link::LinkChange;
 use tracing::{debug, error, info, warn};
 
-use crate::manifest::Manifest;
+use crate::live::{Counts, Live};
+use crate::manifest::{Evidence, Manifest};
 use crate::net::Chunk;
 use crate::ratelimit::Limiter;
 use crate::share::Share;
@@ -90,6 +91,8 @@ pub struct Outputs {
     pub failed: Receiver<(ObjectKey, String)>,
     /// Bytes of objects in progress or queued for publication (their announced sizes).
     pub reserved: Arc<AtomicU64>,
+    /// Link state, its records, and the live state file.
+    pub live: Live,
 }
 
 /// State of the receive loop.
@@ -152,7 +155,7 @@ impl Receive {
         queued: &AtomicUsize,
         stop: &AtomicBool,
         net_dropped: &AtomicU64,
-    ) {
+    ) -> Live {
         let mut last_tick = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -189,6 +192,13 @@ impl Receive {
                     self.asm.counters().datagrams,
                     net_dropped.load(Ordering::Relaxed),
                 );
+                let counts = Counts {
+                    datagrams,
+                    malformed: self.asm.counters().malformed,
+                    dropped_behind: dropped,
+                };
+                let sessions = self.asm.session_stats();
+                self.out.live.tick(now, &sessions, counts);
                 if let Some((n, rate)) = self.overload.tick(now, datagrams, dropped) {
                     warn!(
                         dropped = n,
@@ -210,7 +220,11 @@ impl Receive {
         self.take_back();
         self.flush_unnamed();
         self.log_stats(net_dropped.load(Ordering::Relaxed), true);
-        // Dropping the channel lets the writer publish what is complete and stop.
+        let sessions = self.asm.session_stats();
+        self.out.live.last_loss(&sessions);
+        // Dropping the channel lets the writer publish what is complete and stop; the live
+        // state's last version is written after that.
+        self.out.live
     }
 
     /// Buffers the writer is done with, and objects it could not write.
@@ -381,12 +395,11 @@ impl Receive {
                         session = format_args!("{session:016x}"),
                         first_object, after_us, suppressed, "new sender session"
                     );
+                    self.out.live.session(session, after_us);
                 }
             }
-            Event::Link(LinkChange::Up) => info!("link up: datagrams arriving"),
-            Event::Link(LinkChange::Silent(d)) => {
-                warn!(silent_for = ?d, "link silent: no datagram, not even a heartbeat");
-            }
+            Event::Link(LinkChange::Up) => self.out.live.link_up(Instant::now()),
+            Event::Link(LinkChange::Silent(d)) => self.out.live.link_down(Instant::now(), d),
             Event::Head { key, head } => {
                 debug!(path = %head.path, size = head.size, object = %key, "incoming");
                 let reserved = self.out.reserved.fetch_add(head.size, Ordering::Relaxed);
@@ -414,14 +427,22 @@ impl Receive {
                 head,
                 digest,
                 precedence,
+                crossing,
             } => {
                 // The reservation passes to the writer and the publisher, which release it.
                 self.names.remove(&key);
+                let (now, wall) = (Instant::now(), SystemTime::now());
+                let at = |t: Instant| wall - now.saturating_duration_since(t);
                 self.hand_to_writer(Msg::Complete {
                     key,
                     head,
                     digest,
                     precedence,
+                    evidence: Evidence {
+                        first_datagram: at(crossing.first_datagram),
+                        last_datagram: at(crossing.last_datagram),
+                        repaired: crossing.repaired,
+                    },
                 });
             }
             Event::Abandoned {

@@ -294,6 +294,27 @@ impl Share {
         result
     }
 
+    /// Removes the published file at `rel` (retention), beneath the share and never through a
+    /// link, and forgets what was published there; returns its size.
+    pub fn remove(&self, rel: &str) -> io::Result<u64> {
+        let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        let (parent, name) = match rel.rsplit_once('/') {
+            Some((p, n)) => (Some(p), n),
+            None => (None, rel),
+        };
+        let dir = match parent {
+            Some(p) => open_dir_beneath(self.root_dir.as_fd(), p)?,
+            None => open_dir_beneath(self.root_dir.as_fd(), ".")?,
+        };
+        let st = fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
+            return Err(io::Error::other("not a regular file"));
+        }
+        unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir)?;
+        newest.map.remove(rel);
+        Ok(st.st_size as u64)
+    }
+
     /// SHA-256 of the file the share holds at `rel`, if it is a regular file of `size` bytes
     /// (opened beneath the share, never through a link).
     fn digest_of(&self, rel: &str, size: u64) -> Option<[u8; DIGEST_LEN]> {

@@ -13,7 +13,7 @@ use checkvalve_common::meta::{DIGEST_LEN, Head};
 use sha2::{Digest, Sha256};
 use tracing::error;
 
-use crate::manifest::Manifest;
+use crate::manifest::{Evidence, Manifest};
 use crate::publish::{Job, Publisher};
 use crate::share::{Share, Temp};
 
@@ -38,6 +38,8 @@ pub enum Msg {
         digest: [u8; DIGEST_LEN],
         /// Its place in the senders' order.
         precedence: Precedence,
+        /// How it crossed.
+        evidence: Evidence,
     },
     /// The object was given up (and recorded) by the receive loop: forget it.
     Discard {
@@ -123,7 +125,8 @@ impl Writer {
                     head,
                     digest,
                     precedence,
-                } => self.complete(key, head, digest, precedence),
+                    evidence,
+                } => self.complete(key, head, digest, precedence, evidence),
                 Msg::Discard { key } => {
                     if let Some(open) = self.objects.remove(&key) {
                         self.drop_open(open);
@@ -204,6 +207,7 @@ impl Writer {
         head: Head,
         digest: [u8; DIGEST_LEN],
         precedence: Precedence,
+        evidence: Evidence,
     ) {
         let open = match self.objects.remove(&key) {
             Some(o) if o.failed => {
@@ -228,6 +232,7 @@ impl Writer {
                 head,
                 digest,
                 precedence,
+                evidence,
                 temp,
             }),
             Ok((temp, _)) => {
@@ -385,6 +390,11 @@ mod tests {
                     session_ordinal: 0,
                     object: i as u64,
                 },
+                evidence: crate::manifest::Evidence {
+                    first_datagram: std::time::SystemTime::now(),
+                    last_datagram: std::time::SystemTime::now(),
+                    repaired: 0,
+                },
             })
             .unwrap();
         }
@@ -396,7 +406,11 @@ mod tests {
             "reservations not released"
         );
         assert!(recycled.try_iter().count() > 0);
-        let text = std::fs::read_to_string(dir.path().join("m.jsonl")).unwrap();
+        let text = crate::manifest::files(&dir.path().join("m.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect();
         (dir, text)
     }
 

@@ -367,9 +367,9 @@ impl Rig {
         self.start_sender("sender", paths, extra).wait(limit)
     }
 
-    /// The receiver's manifest.
+    /// The receiver's manifest folder (one file per UTC day).
     pub fn manifest_path(&self) -> PathBuf {
-        self.out.join(".checkvalve/manifest.jsonl")
+        self.out.join(".checkvalve/manifest")
     }
 
     /// The outcomes recorded in the manifest so far.
@@ -432,8 +432,13 @@ pub struct Outcome {
     pub lost_named: Vec<String>,
     /// Objects reported lost without a name (metadata not recovered, or nothing received).
     pub lost_unnamed: u64,
-    /// Every record, as parsed.
+    /// Every outcome record, as parsed.
     pub records: Vec<serde_json::Value>,
+    /// Link and session events (`link_down`, `link_up`, `session_start`, `sender_restart`,
+    /// `loss`, `torn`) and retention removals, as parsed.
+    pub events: Vec<serde_json::Value>,
+    /// Object keys seen: a second record for one object is a bug.
+    seen: std::collections::HashSet<String>,
 }
 
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -444,20 +449,35 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 }
 
 impl Outcome {
-    /// Reads a manifest (an absent one is empty); panics on a line that is not a JSON record.
-    pub fn read(path: &Path) -> Outcome {
-        let text = fs::read_to_string(path).unwrap_or_default();
+    /// Reads a manifest folder (an absent one is empty); panics on a line that is not a JSON
+    /// record.
+    pub fn read(dir: &Path) -> Outcome {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
         let mut o = Outcome::default();
-        let mut seen = std::collections::HashSet::new();
+        for f in files {
+            o.add(&fs::read_to_string(f).unwrap_or_default());
+        }
+        o
+    }
+
+    fn add(&mut self, text: &str) {
+        let o = self;
         // A record being appended right now may be seen half-written: only whole lines count.
         let whole = text.rfind('\n').map_or("", |end| &text[..end]);
         for line in whole.lines() {
             let r: serde_json::Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("manifest line {line:?} is not JSON: {e}"));
-            let object = r["object"].as_str().expect("object").to_owned();
-            // Aggregate records name a session, and a session may have one per interval.
-            if object.contains('-') {
-                assert!(seen.insert(object), "two records for one object: {line}");
+            if let Some(object) = r["object"].as_str()
+                && object.contains('-')
+            {
+                // Aggregate records name a session, and a session may have one per interval.
+                assert!(
+                    o.seen.insert(object.to_owned()),
+                    "two records for one object: {line}"
+                );
             }
             let path = r["path"].as_str().map(str::to_owned);
             match (r["status"].as_str(), path) {
@@ -466,11 +486,20 @@ impl Outcome {
                 (Some("repeat"), Some(p)) => o.repeats.push(p),
                 (Some("lost"), Some(p)) => o.lost_named.push(p),
                 (Some("lost"), None) => o.lost_unnamed += r["objects"].as_u64().expect("objects"),
+                (
+                    Some(
+                        "link_down" | "link_up" | "session_start" | "sender_restart" | "loss"
+                        | "torn" | "removed",
+                    ),
+                    _,
+                ) => {
+                    o.events.push(r);
+                    continue;
+                }
                 _ => panic!("unexpected manifest record {line}"),
             }
             o.records.push(r);
         }
-        o
     }
 
     /// Outcomes recorded, unnamed objects counted one by one.

@@ -74,6 +74,13 @@ impl Pending {
         }
     }
 
+    /// Data shards among the first `k` that did not arrive (parity rebuilds them).
+    pub(crate) fn missing_data(&self, k: usize) -> usize {
+        (0..k)
+            .filter(|i| self.present[i / 64] & (1 << (i % 64)) == 0)
+            .count()
+    }
+
     /// Rebuilds the data shards in place; afterwards `buf[..k * L]` is the block's data.
     pub(crate) fn decode(&mut self, fec: &mut Fec, k: usize, l: usize) -> Result<(), FecError> {
         let n = self.buf.len() / l;

@@ -54,8 +54,11 @@ pub struct AssemblerConfig {
     pub max_content_len: u64,
     /// Most sender sessions tracked at once.
     pub max_sessions: usize,
-    /// Shortest silence reported as a silent link (raised to three heartbeat intervals).
+    /// Shortest silence reported as a silent link (raised to three heartbeat intervals unless
+    /// `fixed_silence`).
     pub silence: Duration,
+    /// Report a silent link after exactly `silence`, whatever the heartbeat interval.
+    pub fixed_silence: bool,
 }
 
 impl Default for AssemblerConfig {
@@ -67,6 +70,7 @@ impl Default for AssemblerConfig {
             max_content_len: 1 << 40,
             max_sessions: 16,
             silence: Duration::from_secs(3),
+            fixed_silence: false,
         }
     }
 }
@@ -95,6 +99,17 @@ pub struct Precedence {
     pub session_ordinal: u64,
     /// Object number within the session.
     pub object: u64,
+}
+
+/// How an object crossed: for the manifest's evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crossing {
+    /// When its first datagram arrived.
+    pub first_datagram: Instant,
+    /// When the datagram that completed it arrived.
+    pub last_datagram: Instant,
+    /// Data shards rebuilt from parity (zero: every data shard arrived).
+    pub repaired: u64,
 }
 
 /// Why an object was given up.
@@ -180,6 +195,8 @@ pub enum Event {
         digest: [u8; DIGEST_LEN],
         /// Its place in the senders' order, to settle two objects with one path.
         precedence: Precedence,
+        /// When it arrived and how much was repaired.
+        crossing: Crossing,
     },
     /// The object will not complete; its content so far must be discarded.
     Abandoned {
@@ -257,6 +274,9 @@ pub(crate) struct Object {
     head: Option<Head>,
     digest: Option<[u8; DIGEST_LEN]>,
     last_activity: Instant,
+    first_datagram: Instant,
+    /// Data shards rebuilt from parity so far.
+    repaired: u64,
     /// Bytes charged for the object itself and its ranges of decoded blocks.
     charged: usize,
 }
@@ -717,7 +737,9 @@ impl Assembler {
         self.counters.heartbeats += 1;
         let interval = Duration::from_millis(u64::from(hb.interval_ms))
             .clamp(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL);
-        self.link.observe_interval(interval, self.config.silence);
+        if !self.config.fixed_silence {
+            self.link.observe_interval(interval, self.config.silence);
+        }
         let started = self.started;
         let (sessions, mut sh) = self.split();
         let Some(s) = sessions.get_mut(&hb.session) else {
@@ -812,6 +834,8 @@ impl Assembler {
                     head: None,
                     digest: None,
                     last_activity: now,
+                    first_datagram: now,
+                    repaired: 0,
                     charged: OBJECT_COST,
                 },
             );
@@ -873,6 +897,7 @@ impl Assembler {
         let Some(mut p) = obj.blocks.remove(&h.block) else {
             return Ok(());
         };
+        obj.repaired += p.missing_data(span.data_shards) as u64;
         if p.decode(sh.fec, span.data_shards, l).is_err() {
             sh.counters.inconsistent += 1;
             sh.free_block(s, p);
@@ -966,11 +991,15 @@ impl Assembler {
         if !complete {
             return Ok(());
         }
-        let ready = s
-            .objects
-            .get(&h.object)
-            .and_then(|o| Some((o.head.clone()?, o.digest?)));
-        let Some((head, digest)) = ready else {
+        let ready = s.objects.get(&h.object).and_then(|o| {
+            let crossing = Crossing {
+                first_datagram: o.first_datagram,
+                last_datagram: o.last_activity,
+                repaired: o.repaired,
+            };
+            Some((o.head.clone()?, o.digest?, crossing))
+        });
+        let Some((head, digest, crossing)) = ready else {
             // Every block decoded, so head and digest are known; anything else is a bug, and
             // losing the object is the safe way out of it.
             sh.lose(s, key, Some(Abandon::Undecodable));
@@ -989,6 +1018,7 @@ impl Assembler {
                 session_ordinal: s.ordinal,
                 object: h.object,
             },
+            crossing,
         });
         Ok(())
     }

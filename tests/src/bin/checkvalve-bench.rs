@@ -232,7 +232,7 @@ fn run_case(b: &Bins, work: &Path, case: &Case) -> String {
     args.push(case.src.display().to_string());
     let started = Instant::now();
     let mut sender = Running::start(&b.send, &args, dir.join("sender.log"));
-    let manifest = out.join(".checkvalve/manifest.jsonl");
+    let manifest = out.join(".checkvalve/manifest");
     let mut stalls = case.stalls.clone();
     let deadline = started + Duration::from_secs(600);
     let mut finished = None;

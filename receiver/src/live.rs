@@ -1,0 +1,415 @@
+//! Link state as the receiver sees it (up, down, sender restarts, measured loss), turned into log
+//! lines and manifest records, and the live state file (`STATE/live.json`) written atomically
+//! every second for `checkvalve-status` and `report`. Nothing here sends anything.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use checkvalve_common::assembler::SessionStats;
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::manifest::{ChainEnd, Manifest, Tally};
+
+/// File name of the live state inside the state folder.
+pub const FILE: &str = "live.json";
+
+/// How often the live state is written.
+const EVERY: Duration = Duration::from_secs(1);
+/// One history sample per this long.
+const SAMPLE: Duration = Duration::from_secs(10);
+/// History kept: one hour.
+const SAMPLES: usize = 360;
+
+/// A point of the last hour's history (cumulative counters; rates are differences).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds since the Unix epoch.
+    pub t: u64,
+    /// Datagrams received.
+    pub datagrams: u64,
+    /// Bytes of files published.
+    pub bytes: u64,
+    /// Files published.
+    pub files: u64,
+    /// Objects lost.
+    pub lost: u64,
+    /// Datagrams the sessions' senders said they sent.
+    pub sender_sent: u64,
+    /// Datagrams received of those sessions.
+    pub received: u64,
+}
+
+/// One sender session in the live state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionView {
+    /// Session id, hex.
+    pub session: String,
+    /// Datagrams received.
+    pub received: u64,
+    /// Datagrams its last heartbeat said it had sent.
+    pub sender_sent: Option<u64>,
+    /// `1 - received / sender_sent` since it was first heard.
+    pub loss: Option<f64>,
+}
+
+/// The live state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// Receiver process id.
+    pub pid: u32,
+    /// When it started (RFC 3339).
+    pub started: String,
+    /// When this was written (RFC 3339).
+    pub updated: String,
+    /// The same, seconds since the Unix epoch.
+    pub updated_unix: u64,
+    /// True once the receiver stopped cleanly.
+    pub stopped: bool,
+    /// Address it listens on.
+    pub bind: String,
+    /// `up`, `down` or `unknown` (nothing heard yet).
+    pub link: String,
+    /// Since when (RFC 3339).
+    pub link_since: Option<String>,
+    /// Last heartbeat (RFC 3339).
+    pub last_heartbeat: Option<String>,
+    /// Sender sessions heard (the current one last).
+    pub sessions: Vec<SessionView>,
+    /// Sender restarts seen.
+    pub sender_restarts: u64,
+    /// Times the link went down.
+    pub link_downs: u64,
+    /// Datagrams received, malformed, dropped for being behind.
+    pub datagrams: u64,
+    /// Datagrams failing CRC or format checks.
+    pub malformed: u64,
+    /// Datagrams dropped because the receive loop fell behind.
+    pub dropped_behind: u64,
+    /// What the manifest recorded since start.
+    pub tally: Tally,
+    /// The manifest's last record: `verify-manifest` checks the chain reaches it.
+    pub manifest_seq: u64,
+    /// Its hash.
+    pub manifest_hash: String,
+    /// The last hour, one sample per 10 s.
+    pub history: VecDeque<Sample>,
+}
+
+impl State {
+    /// The live state last written into `state`, if any.
+    pub fn read(state: &Path) -> Option<State> {
+        serde_json::from_slice(&std::fs::read(state.join(FILE)).ok()?).ok()
+    }
+
+    /// The manifest's end as last written.
+    pub fn chain_end(&self) -> ChainEnd {
+        ChainEnd {
+            seq: self.manifest_seq,
+            hash: self.manifest_hash.clone(),
+        }
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Counters of the receive loop the live state shows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    /// Datagrams received.
+    pub datagrams: u64,
+    /// Malformed datagrams.
+    pub malformed: u64,
+    /// Dropped for being behind.
+    pub dropped_behind: u64,
+}
+
+/// Link and session tracking, and the live state file.
+pub struct Live {
+    dir: PathBuf,
+    manifest: Arc<Manifest>,
+    state: State,
+    loss_warn: f64,
+    loss_every: Duration,
+    last_loss: Instant,
+    /// (received, sender_sent) per session at the last loss record.
+    loss_base: HashMap<u64, (u64, u64)>,
+    /// The session heard last.
+    last_session: Option<u64>,
+    /// Last heartbeat sequence number seen per session.
+    heartbeats: HashMap<u64, u64>,
+    down_since: Option<Instant>,
+    last_write: Option<Instant>,
+    last_sample: Option<Instant>,
+    write_failing: bool,
+}
+
+impl Live {
+    /// Tracks the link for a receiver on `bind` whose state folder is `dir`.
+    pub fn new(
+        dir: &Path,
+        bind: String,
+        manifest: Arc<Manifest>,
+        loss_warn: f64,
+        loss_every: Duration,
+    ) -> Live {
+        let now = SystemTime::now();
+        let history = State::read(dir).map(|s| s.history).unwrap_or_default();
+        Live {
+            dir: dir.to_owned(),
+            manifest,
+            state: State {
+                pid: std::process::id(),
+                started: rfc3339(now),
+                updated: String::new(),
+                updated_unix: 0,
+                stopped: false,
+                bind,
+                link: "unknown".into(),
+                link_since: None,
+                last_heartbeat: None,
+                sessions: Vec::new(),
+                sender_restarts: 0,
+                link_downs: 0,
+                datagrams: 0,
+                malformed: 0,
+                dropped_behind: 0,
+                tally: Tally::default(),
+                manifest_seq: 0,
+                manifest_hash: String::new(),
+                history,
+            },
+            loss_warn,
+            loss_every,
+            last_loss: Instant::now(),
+            loss_base: HashMap::new(),
+            last_session: None,
+            heartbeats: HashMap::new(),
+            down_since: None,
+            last_write: None,
+            last_sample: None,
+            write_failing: false,
+        }
+    }
+
+    /// Datagrams arrive again (or for the first time).
+    pub fn link_up(&mut self, now: Instant) {
+        let down_for = self
+            .down_since
+            .take()
+            .map(|t| now.saturating_duration_since(t));
+        self.state.link = "up".into();
+        self.state.link_since = Some(rfc3339(SystemTime::now()));
+        match down_for {
+            Some(d) => {
+                info!(
+                    down_for_s = d.as_secs(),
+                    "link up: datagrams arriving again"
+                );
+                self.manifest.event(
+                    "link_up",
+                    None,
+                    format!("datagrams arriving again after {} s down", d.as_secs()),
+                    Some(serde_json::json!({ "down_for_s": d.as_secs_f64() })),
+                );
+            }
+            None => {
+                info!("link up: datagrams arriving");
+                self.manifest
+                    .event("link_up", None, "datagrams arriving".into(), None);
+            }
+        }
+    }
+
+    /// Nothing arrived for `silent_for`.
+    pub fn link_down(&mut self, now: Instant, silent_for: Duration) {
+        self.down_since = Some(now);
+        self.state.link = "down".into();
+        self.state.link_since = Some(rfc3339(SystemTime::now() - silent_for));
+        self.state.link_downs += 1;
+        error!(
+            silent_for_s = silent_for.as_secs_f64(),
+            "link down: no datagram, not even a heartbeat (the link, the diode or the sender is down)"
+        );
+        self.manifest.event(
+            "link_down",
+            None,
+            format!(
+                "no datagram, not even a heartbeat, for {:.1} s",
+                silent_for.as_secs_f64()
+            ),
+            Some(serde_json::json!({ "silent_for_s": silent_for.as_secs_f64() })),
+        );
+    }
+
+    /// A sender session was heard for the first time.
+    pub fn session(&mut self, session: u64, after_us: bool) {
+        let id = format!("{session:016x}");
+        match self.last_session {
+            Some(previous) => {
+                self.state.sender_restarts += 1;
+                warn!(session = %id, previous = format_args!("{previous:016x}"), "sender restarted: new session");
+                self.manifest.event(
+                    "sender_restart",
+                    Some(&id),
+                    format!("new sender session after session {previous:016x}"),
+                    Some(serde_json::json!({ "previous": format!("{previous:016x}"), "after_us": after_us })),
+                );
+            }
+            None => {
+                self.manifest.event(
+                    "session_start",
+                    Some(&id),
+                    if after_us {
+                        "sender session started after this receiver".into()
+                    } else {
+                        "sender session heard (it may have started before this receiver)".into()
+                    },
+                    Some(serde_json::json!({ "after_us": after_us })),
+                );
+            }
+        }
+        self.last_session = Some(session);
+    }
+
+    /// Called every loop tick: loss records, history, and the live state file every second.
+    pub fn tick(&mut self, now: Instant, sessions: &[SessionStats], counts: Counts) {
+        if now.saturating_duration_since(self.last_loss) >= self.loss_every {
+            self.last_loss = now;
+            self.record_loss(sessions);
+        }
+        if self
+            .last_write
+            .is_some_and(|t| now.saturating_duration_since(t) < EVERY)
+        {
+            return;
+        }
+        self.last_write = Some(now);
+        let wall = SystemTime::now();
+        self.state.datagrams = counts.datagrams;
+        self.state.malformed = counts.malformed;
+        self.state.dropped_behind = counts.dropped_behind;
+        self.state.tally = self.manifest.tally();
+        let end = self.manifest.end();
+        self.state.manifest_seq = end.seq;
+        self.state.manifest_hash = end.hash;
+        self.state.sessions = sessions
+            .iter()
+            .map(|s| {
+                let sent = s.last_heartbeat.map(|h| h.datagrams_sent);
+                SessionView {
+                    session: format!("{:016x}", s.session),
+                    received: s.received,
+                    sender_sent: sent,
+                    loss: sent
+                        .filter(|n| *n > 0)
+                        .map(|n| (1.0 - s.received as f64 / n as f64).max(0.0)),
+                }
+            })
+            .collect();
+        for s in sessions {
+            if let Some(hb) = s.last_heartbeat
+                && self.heartbeats.insert(s.session, hb.seq) != Some(hb.seq)
+            {
+                self.state.last_heartbeat = Some(rfc3339(wall));
+            }
+        }
+        if self
+            .last_sample
+            .is_none_or(|t| now.saturating_duration_since(t) >= SAMPLE)
+        {
+            self.last_sample = Some(now);
+            let (sent, received) = sessions.iter().fold((0, 0), |(a, b), s| {
+                (
+                    a + s.last_heartbeat.map_or(0, |h| h.datagrams_sent),
+                    b + s.received,
+                )
+            });
+            if self.state.history.len() == SAMPLES {
+                self.state.history.pop_front();
+            }
+            self.state.history.push_back(Sample {
+                t: unix(wall),
+                datagrams: counts.datagrams,
+                bytes: self.state.tally.delivered_bytes,
+                files: self.state.tally.delivered,
+                lost: self.state.tally.lost,
+                sender_sent: sent,
+                received,
+            });
+        }
+        self.write(false);
+    }
+
+    fn record_loss(&mut self, sessions: &[SessionStats]) {
+        for s in sessions {
+            let Some(hb) = s.last_heartbeat else { continue };
+            let (r0, s0) = self
+                .loss_base
+                .insert(s.session, (s.received, hb.datagrams_sent))
+                .unwrap_or((0, 0));
+            let sent = hb.datagrams_sent.saturating_sub(s0);
+            if sent == 0 {
+                continue;
+            }
+            let received = s.received.saturating_sub(r0);
+            let loss = (1.0 - received as f64 / sent as f64).max(0.0);
+            let id = format!("{:016x}", s.session);
+            if loss > self.loss_warn {
+                warn!(session = %id, sent, received, loss = format_args!("{:.2}%", loss * 100.0), "datagram loss above the warning threshold");
+            } else {
+                info!(session = %id, sent, received, loss = format_args!("{:.3}%", loss * 100.0), "datagram loss");
+            }
+            self.manifest.event(
+                "loss",
+                Some(&id),
+                format!("{:.3}% of {sent} datagrams lost", loss * 100.0),
+                Some(serde_json::json!({ "sent": sent, "received": received, "loss": loss })),
+            );
+        }
+    }
+
+    /// Records the loss measured since the last loss record (at shutdown).
+    pub fn last_loss(&mut self, sessions: &[SessionStats]) {
+        self.record_loss(sessions);
+    }
+
+    /// The last version, once everything in progress has been published or recorded.
+    pub fn finish(mut self) {
+        self.state.tally = self.manifest.tally();
+        let end = self.manifest.end();
+        self.state.manifest_seq = end.seq;
+        self.state.manifest_hash = end.hash;
+        self.manifest.sync();
+        self.write(true);
+    }
+
+    /// Writes the state file now; `stopped` at the end.
+    fn write(&mut self, stopped: bool) {
+        let wall = SystemTime::now();
+        self.state.stopped = stopped;
+        self.state.updated = rfc3339(wall);
+        self.state.updated_unix = unix(wall);
+        let tmp = self.dir.join(format!("{FILE}.new"));
+        let result = serde_json::to_vec(&self.state)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, self.dir.join(FILE)));
+        match result {
+            Ok(()) => self.write_failing = false,
+            Err(e) if !self.write_failing => {
+                self.write_failing = true;
+                warn!("cannot write the live state (said once until it works again): {e}");
+            }
+            Err(_) => {}
+        }
+    }
+}
