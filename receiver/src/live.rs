@@ -327,12 +327,11 @@ impl Live {
             .is_none_or(|t| now.saturating_duration_since(t) >= SAMPLE)
         {
             self.last_sample = Some(now);
-            let (sent, received) = sessions.iter().fold((0, 0), |(a, b), s| {
-                (
-                    a + s.last_heartbeat.map_or(0, |h| h.datagrams_sent),
-                    b + s.received,
-                )
-            });
+            // Only sessions with a heartbeat: they say what they sent.
+            let (sent, received) = sessions
+                .iter()
+                .filter_map(|s| Some((s.last_heartbeat?.datagrams_sent, s.received)))
+                .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
             if self.state.history.len() == SAMPLES {
                 self.state.history.pop_front();
             }

@@ -42,7 +42,7 @@ pub fn apply(share: &Share, manifest: &Manifest, limits: &Retention, now: System
         .and_then(|age| now.checked_sub(age))
         .map(|t| {
             t.duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64)
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         });
     let mut removed = 0;
     for (published, rel, size) in files {
@@ -73,7 +73,7 @@ pub fn apply(share: &Share, manifest: &Manifest, limits: &Retention, now: System
     removed
 }
 
-/// Regular files under `dir`: (publication time, path relative to `root`, size).
+/// Regular files under `dir`: (publication time in ns, path relative to `root`, size).
 fn walk(root: &Path, dir: &Path, state: &Path, out: &mut Vec<(i64, String, u64)>) {
     use std::os::unix::fs::MetadataExt;
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -93,7 +93,13 @@ fn walk(root: &Path, dir: &Path, state: &Path, out: &mut Vec<(i64, String, u64)>
             && let Ok(rel) = path.strip_prefix(root)
             && let Some(rel) = rel.to_str()
         {
-            out.push((m.ctime(), rel.to_owned(), m.len()));
+            out.push((
+                m.ctime()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(m.ctime_nsec()),
+                rel.to_owned(),
+                m.len(),
+            ));
         }
     }
 }
@@ -105,5 +111,47 @@ fn remove_empty_parents(root: &Path, rel: &str) {
             break;
         }
         dir = d.parent().map(Path::to_path_buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oldest_go_first_by_age_then_by_size_and_each_removal_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (share, _) = Share::open(&dir.path().join("out"), None).unwrap();
+        let manifest = Manifest::open(&dir.path().join("m"), 0).unwrap();
+        let root = share.root().to_path_buf();
+        for (name, len) in [("old/a", 1000), ("mid/b", 1000), ("new/c", 1000)] {
+            std::fs::create_dir_all(root.join(name).parent().unwrap()).unwrap();
+            std::fs::write(root.join(name), vec![0u8; len]).unwrap();
+            // Publication order is the status-change order.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let none = Retention::default();
+        assert_eq!(apply(&share, &manifest, &none, SystemTime::now()), 0);
+        let by_size = Retention {
+            max_age: None,
+            max_bytes: Some(2000),
+        };
+        assert_eq!(apply(&share, &manifest, &by_size, SystemTime::now()), 1);
+        assert!(
+            !root.join("old").exists(),
+            "oldest file and its folder removed"
+        );
+        assert!(root.join("mid/b").exists() && root.join("new/c").exists());
+        let by_age = Retention {
+            max_age: Some(Duration::from_secs(3600)),
+            max_bytes: None,
+        };
+        let later = SystemTime::now() + Duration::from_secs(7200);
+        assert_eq!(apply(&share, &manifest, &by_age, later), 2);
+        assert!(
+            root.join(STATE_DIR).exists(),
+            "the state folder is never touched"
+        );
+        assert_eq!(manifest.tally().removed, 3);
     }
 }

@@ -19,7 +19,7 @@ pub const SHARD: usize = 1400;
 /// Bytes per full content block at the defaults (64 x 1,400).
 pub const BLOCK: usize = 64 * SHARD;
 
-/// Builds the three programs with cargo profile `profile`; panics if the build fails.
+/// Builds the four programs with cargo profile `profile`; panics if the build fails.
 pub fn build_programs(profile: &str) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
@@ -31,6 +31,8 @@ pub fn build_programs(profile: &str) {
             "checkvalve-receive",
             "-p",
             "checkvalve-sim",
+            "-p",
+            "checkvalve-status",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()

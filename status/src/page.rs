@@ -1,0 +1,313 @@
+//! `/`: one self-contained HTML page (no script, no external resource) with the link state,
+//! throughput and loss over the last hour as charts (inline SVG), recent files and every recent loss.
+
+use std::fmt::Write;
+
+use crate::View;
+use crate::live::Sample;
+
+/// Colour of the throughput series (the page test looks for it in a screenshot).
+pub const THROUGHPUT_COLOUR: &str = "#1f6fd1";
+/// Colour of the loss series.
+pub const LOSS_COLOUR: &str = "#d1451f";
+
+fn esc(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_owned(),
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            '\'' => "&#39;".to_owned(),
+            c if c.is_control() => "\u{fffd}".to_owned(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+fn bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// (start, end, throughput in Mbit/s, loss in %) per interval of the history.
+fn rates(history: &[Sample]) -> Vec<(u64, u64, f64, f64)> {
+    history
+        .windows(2)
+        .filter(|w| w[1].t > w[0].t)
+        .map(|w| {
+            let dt = (w[1].t - w[0].t) as f64;
+            let mbps = w[1].bytes.saturating_sub(w[0].bytes) as f64 * 8.0 / dt / 1e6;
+            let sent = w[1].sender_sent.saturating_sub(w[0].sender_sent);
+            let got = w[1].received.saturating_sub(w[0].received);
+            let loss = if sent > 0 {
+                (1.0 - got as f64 / sent as f64).max(0.0) * 100.0
+            } else {
+                0.0
+            };
+            (w[0].t, w[1].t, mbps, loss)
+        })
+        .collect()
+}
+
+/// An SVG step chart of `points` (interval start, end, value) over the last hour ending at `end`.
+fn chart(
+    id: &str,
+    title: &str,
+    unit: &str,
+    colour: &str,
+    points: &[(u64, u64, f64)],
+    end: u64,
+) -> String {
+    const W: f64 = 720.0;
+    const H: f64 = 180.0;
+    const LEFT: f64 = 56.0;
+    const BOTTOM: f64 = 24.0;
+    let start = end.saturating_sub(3600);
+    let max = points
+        .iter()
+        .map(|(_, _, v)| *v)
+        .fold(0.0_f64, f64::max)
+        .max(if unit == "%" { 1.0 } else { 0.1 });
+    let x = |t: u64| LEFT + (t.saturating_sub(start) as f64 / 3600.0).min(1.0) * (W - LEFT - 8.0);
+    let y = |v: f64| 8.0 + (1.0 - v / max) * (H - BOTTOM - 8.0);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r##"<figure><figcaption>{title}</figcaption><svg id="{id}" class="chart" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="{title}">"##
+    );
+    let _ = write!(
+        svg,
+        r##"<rect x="{LEFT}" y="8" width="{}" height="{}" fill="#fafafa" stroke="#ccc"/>"##,
+        W - LEFT - 8.0,
+        H - BOTTOM - 8.0
+    );
+    let digits = if max < 1.0 {
+        2
+    } else if max < 10.0 {
+        1
+    } else {
+        0
+    };
+    for frac in [0.0, 0.5, 1.0] {
+        let v = max * frac;
+        let _ = write!(
+            svg,
+            r##"<text x="{}" y="{}" font-size="11" text-anchor="end">{v:.digits$} {unit}</text>"##,
+            LEFT - 4.0,
+            y(v) + 4.0
+        );
+    }
+    for (label, t) in [("-60 min", start), ("-30 min", start + 1800), ("now", end)] {
+        let _ = write!(
+            svg,
+            r##"<text x="{}" y="{}" font-size="11" text-anchor="middle">{label}</text>"##,
+            x(t),
+            H - 6.0
+        );
+    }
+    let shown: Vec<String> = points
+        .iter()
+        .filter(|(_, t1, _)| *t1 > start)
+        .map(|(t0, t1, v)| {
+            format!(
+                "{:.1},{:.1} {:.1},{:.1}",
+                x((*t0).max(start)),
+                y(*v),
+                x(*t1),
+                y(*v)
+            )
+        })
+        .collect();
+    if shown.is_empty() {
+        let _ = write!(
+            svg,
+            r##"<text x="{}" y="{}" font-size="13" text-anchor="middle">no data in the last hour</text>"##,
+            (W + LEFT) / 2.0,
+            H / 2.0
+        );
+    } else {
+        let _ = write!(
+            svg,
+            r##"<polyline class="series" fill="none" stroke="{colour}" stroke-width="3" points="{}"/>"##,
+            shown.join(" ")
+        );
+    }
+    svg.push_str("</svg></figure>");
+    svg
+}
+
+/// The page.
+pub fn render(view: &View) -> String {
+    let mut h = String::new();
+    h.push_str(
+        r##"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5"><title>checkvalve receiver</title>
+<style>body{font-family:sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}.state{padding:.6em 1em;border-radius:6px;font-weight:bold;display:inline-block;margin:.2em 0}
+.up{background:#d8f5d8}.down{background:#f8d0d0}.unknown{background:#eee}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border-bottom:1px solid #ddd;padding:.25em .8em;text-align:left;font-size:.9em}
+figure{margin:.5em 0 1em}figcaption{font-weight:bold;margin-bottom:.2em}</style></head><body><h1>checkvalve receiver</h1>"##,
+    );
+    let Some(l) = &view.live else {
+        h.push_str(r##"<p class="state unknown" id="receiver">Receiver: never ran with this state folder (no live state)</p></body></html>"##);
+        return h;
+    };
+    if view.running {
+        let _ = write!(
+            h,
+            r##"<p class="state up" id="receiver">Receiver: running (pid {}, listening on {}, since {})</p>"##,
+            l.pid,
+            esc(&l.bind),
+            esc(&l.started)
+        );
+    } else {
+        let _ = write!(
+            h,
+            r##"<p class="state down" id="receiver">Receiver: NOT RUNNING ({}; last live state {})</p>"##,
+            if l.stopped {
+                "stopped"
+            } else {
+                "no live state for more than 5 s"
+            },
+            esc(&l.updated)
+        );
+    }
+    let link = if view.running {
+        l.link.as_str()
+    } else {
+        "unknown"
+    };
+    let _ = write!(
+        h,
+        r##"<p class="state {link}" id="link">Link: {}{}</p><p>Last heartbeat: {}</p>"##,
+        link.to_uppercase(),
+        l.link_since
+            .as_ref()
+            .filter(|_| view.running)
+            .map(|s| format!(" since {}", esc(s)))
+            .unwrap_or_default(),
+        esc(l.last_heartbeat.as_deref().unwrap_or("none heard"))
+    );
+    let t = &l.tally;
+    let _ = write!(
+        h,
+        r##"<table id="counters"><tr><th>files received</th><td>{}</td></tr><tr><th>bytes received</th><td>{}</td></tr><tr><th>objects lost</th><td>{}</td></tr><tr><th>data shards repaired</th><td>{}</td></tr><tr><th>repeats</th><td>{}</td></tr><tr><th>sender restarts</th><td>{}</td></tr><tr><th>link down</th><td>{} times</td></tr><tr><th>datagrams received / malformed / dropped behind</th><td>{} / {} / {}</td></tr><tr><th>manifest records</th><td>{}</td></tr></table>"##,
+        t.delivered,
+        bytes(t.delivered_bytes),
+        t.lost,
+        t.repaired,
+        t.repeats,
+        l.sender_restarts,
+        l.link_downs,
+        l.datagrams,
+        l.malformed,
+        l.dropped_behind,
+        l.manifest_seq
+    );
+    // The samples of the last hour, and now.
+    let mut history = l.history.clone();
+    history.push(Sample {
+        t: l.updated_unix,
+        datagrams: l.datagrams,
+        bytes: t.delivered_bytes,
+        files: t.delivered,
+        lost: t.lost,
+        sender_sent: l.sessions.iter().filter_map(|s| s.sender_sent).sum(),
+        received: l
+            .sessions
+            .iter()
+            .filter(|s| s.sender_sent.is_some())
+            .map(|s| s.received)
+            .sum(),
+    });
+    let r = rates(&history);
+    let end = l
+        .history
+        .last()
+        .map_or(l.updated_unix, |s| s.t.max(l.updated_unix));
+    let thr: Vec<(u64, u64, f64)> = r.iter().map(|(a, b, m, _)| (*a, *b, *m)).collect();
+    let loss: Vec<(u64, u64, f64)> = r.iter().map(|(a, b, _, x)| (*a, *b, *x)).collect();
+    h.push_str(&chart(
+        "throughput",
+        "Throughput over the last hour (files published)",
+        "Mbit/s",
+        THROUGHPUT_COLOUR,
+        &thr,
+        end,
+    ));
+    h.push_str(&chart(
+        "loss",
+        "Datagram loss over the last hour",
+        "%",
+        LOSS_COLOUR,
+        &loss,
+        end,
+    ));
+    h.push_str(r##"<h2>Recent files</h2><table id="files"><tr><th>time</th><th>path</th><th>size</th></tr>"##);
+    for (time, path, size) in t.recent_files.iter().rev() {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(time),
+            esc(path),
+            bytes(*size)
+        );
+    }
+    h.push_str("</table>");
+    let _ = write!(
+        h,
+        r##"<h2>Losses ({} objects since the receiver started)</h2><table id="losses"><tr><th>time</th><th>file or object</th><th>objects</th><th>reason</th></tr>"##,
+        t.lost
+    );
+    if t.recent_losses.is_empty() {
+        h.push_str(r##"<tr><td colspan="4">none</td></tr>"##);
+    }
+    for (time, what, objects, reason) in t.recent_losses.iter().rev() {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{objects}</td><td>{}</td></tr>",
+            esc(time),
+            esc(what),
+            esc(reason)
+        );
+    }
+    h.push_str("</table><p>The full record is the manifest; <code>checkvalve-receive report</code> prints it.</p></body></html>");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_escaped_and_rates_come_from_differences() {
+        assert_eq!(esc("<a&b>\"'"), "&lt;a&amp;b&gt;&quot;&#39;");
+        let h = [
+            Sample {
+                t: 100,
+                bytes: 0,
+                sender_sent: 0,
+                received: 0,
+                ..Sample::default()
+            },
+            Sample {
+                t: 110,
+                bytes: 12_500_000,
+                sender_sent: 1000,
+                received: 900,
+                ..Sample::default()
+            },
+        ];
+        let r = rates(&h);
+        assert_eq!(r.len(), 1);
+        assert!((r[0].2 - 10.0).abs() < 1e-9 && (r[0].3 - 10.0).abs() < 1e-9);
+    }
+}

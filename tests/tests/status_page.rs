@@ -1,0 +1,265 @@
+//! The status server: `/metrics` parses as Prometheus text, `/` renders in a real browser with its
+//! chart drawn, it works with the receiver stopped, and the receiver sends nothing meanwhile.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use checkvalve_tests::{Proc, Rig, bin, bound_addr, write_file};
+
+/// A plain HTTP/1.1 request: (status code, body).
+fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read");
+    let code = raw[9..12].parse().expect("status code");
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // axum answers with a length or chunks; the body's text is all the tests need.
+    (code, body.to_owned())
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name)
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+}
+
+fn browser(exe: &str, dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("timeout")
+        .arg("60")
+        .arg(exe)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join("chromium").display()
+        ))
+        .args(args)
+        .output()
+        .expect("run chromium")
+}
+
+/// Pixels of `rgb` (within a small tolerance) in a PNG.
+fn pixels_of(png: &Path, rgb: (u8, u8, u8)) -> usize {
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(png).expect("screenshot"),
+    ));
+    let mut reader = decoder.read_info().expect("png");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("frame");
+    let step = info.color_type.samples();
+    buf[..info.buffer_size()]
+        .chunks(step)
+        .filter(|p| {
+            p.len() >= 3
+                && p[0].abs_diff(rgb.0) < 24
+                && p[1].abs_diff(rgb.1) < 24
+                && p[2].abs_diff(rgb.2) < 24
+        })
+        .count()
+}
+
+#[test]
+fn metrics_parse_the_page_renders_with_its_chart_and_the_receiver_sends_nothing() {
+    let mut rig = Rig::start(Some(&["--loss", "3%", "--seed", "8"]), &[]);
+    let state = rig.out.join(".checkvalve");
+    let mut status = Proc::start(
+        rig.dir.path(),
+        "status",
+        &bin("checkvalve-status"),
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--state".into(),
+            state.display().to_string(),
+        ],
+    );
+    let addr = bound_addr(&status, " serving", Duration::from_secs(20));
+    // Every system call of the receiver on sockets from here on.
+    let trace = rig.dir.path().join("receiver.strace");
+    let strace = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=%network,write,writev,pwrite64,io_uring_setup",
+            "-o",
+        ])
+        .arg(&trace)
+        .args(["-p", &rig.receiver.pid().expect("receiver").to_string()])
+        .spawn();
+    let mut strace = match strace {
+        Ok(child) => Some(child),
+        Err(e) => {
+            eprintln!("SKIPPED the strace check: strace cannot run ({e})");
+            None
+        }
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // A service sender (heartbeats throughout) and traffic for a few seconds, so that the last
+    // hour has points to draw.
+    let spool = rig.dir.path().join("spool");
+    std::fs::create_dir_all(&spool).expect("spool");
+    let mut sender = Proc::start(
+        rig.dir.path(),
+        "sender",
+        &bin("checkvalve-send"),
+        &[
+            "--to".into(),
+            rig.send_to.clone(),
+            "--watch".into(),
+            spool.display().to_string(),
+            "--rate".into(),
+            "100M".into(),
+        ],
+    );
+    checkvalve_tests::wait_for_log(&sender, " watching", Duration::from_secs(20));
+    let staging = rig.dir.path().join("staging");
+    for round in 0..4u64 {
+        for i in 0..5u64 {
+            let tmp = staging.join(format!("r{round}-{i}"));
+            write_file(&tmp, 400_000, round * 10 + i);
+            let dest = spool.join(format!("r{round}/diag-{i}.csv"));
+            std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+            std::fs::rename(&tmp, &dest).expect("rename");
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let outcome = rig.settle(20, Duration::from_secs(30));
+    assert_eq!(outcome.delivered.len(), 20, "{outcome:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let (code, text) = http(&addr, "GET", "/metrics");
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(metric(&text, "checkvalve_receiver_up"), 1.0);
+    assert_eq!(metric(&text, "checkvalve_link_up"), 1.0);
+    assert_eq!(metric(&text, "checkvalve_files_delivered_total"), 20.0);
+    assert_eq!(
+        metric(&text, "checkvalve_bytes_delivered_total"),
+        20.0 * 400_000.0
+    );
+    assert!(metric(&text, "checkvalve_datagrams_received_total") > 0.0);
+    assert_eq!(http(&addr, "POST", "/").0, 405, "only GET");
+    assert_eq!(http(&addr, "GET", "/../../etc/passwd").0, 404);
+    let (code, page) = http(&addr, "GET", "/");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("Link: UP") && page.contains("r3/diag-4.csv"),
+        "{page}"
+    );
+
+    if let Some(mut child) = strace.take() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = child.wait();
+        let calls = std::fs::read_to_string(&trace).expect("strace output");
+        let received = calls.lines().filter(|l| l.contains("recv")).count();
+        let sent: Vec<&str> = calls
+            .lines()
+            .filter(|l| {
+                [
+                    "sendto(",
+                    "sendmsg(",
+                    "sendmmsg(",
+                    "connect(",
+                    "io_uring_setup(",
+                ]
+                .iter()
+                .any(|c| l.contains(c))
+            })
+            .collect();
+        assert!(received > 0, "strace saw no receive call: {calls}");
+        assert!(sent.is_empty(), "the receiver sent: {sent:?}");
+    }
+
+    match chromium() {
+        None => eprintln!(
+            "SKIPPED the browser check: no chromium installed (CI installs it; apt-get install chromium)"
+        ),
+        Some(exe) => {
+            let url = format!("http://{addr}/");
+            let dom = browser(exe, rig.dir.path(), &["--dump-dom", &url]);
+            let dom = String::from_utf8_lossy(&dom.stdout);
+            assert!(
+                dom.contains("Receiver: running") && dom.contains("Link: UP"),
+                "{dom}"
+            );
+            assert!(dom.contains(r#"class="series""#), "no chart line: {dom}");
+            let shot = rig.dir.path().join("page.png");
+            let out = browser(
+                exe,
+                rig.dir.path(),
+                &[
+                    &format!("--screenshot={}", shot.display()),
+                    "--window-size=1000,1400",
+                    &url,
+                ],
+            );
+            assert!(
+                shot.exists(),
+                "no screenshot: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // The throughput line's colour (#1f6fd1), drawn by the browser.
+            let drawn = pixels_of(&shot, (0x1f, 0x6f, 0xd1));
+            assert!(
+                drawn > 100,
+                "the throughput chart is not drawn ({drawn} pixels)"
+            );
+        }
+    }
+
+    // With the receiver stopped, the server still answers, and says so.
+    assert!(rig.receiver.stop().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = http(&addr, "GET", "/metrics");
+        if metric(&text, "checkvalve_receiver_up") == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still up: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, page) = http(&addr, "GET", "/");
+    assert_eq!(code, 200);
+    assert!(page.contains("NOT RUNNING"), "{page}");
+    assert!(status.stop().success());
+    assert!(sender.stop().success());
+    rig.stop_sim();
+}
