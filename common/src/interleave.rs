@@ -111,9 +111,15 @@ pub struct Interleaver {
     params: InterleaveParams,
     fec: Fec,
     blocks: Vec<DataBlock>,
+    sealer: Option<crate::auth::Sealer>,
 }
 
 impl Interleaver {
+    /// Authenticates (and maybe encrypts) every datagram with `sealer` from now on.
+    pub fn seal_with(&mut self, sealer: crate::auth::Sealer) {
+        self.sealer = Some(sealer);
+    }
+
     /// Creates an interleaver.
     pub fn new(params: InterleaveParams) -> Self {
         Interleaver {
@@ -123,6 +129,7 @@ impl Interleaver {
             },
             fec: Fec::default(),
             blocks: Vec::new(),
+            sealer: None,
         }
     }
 
@@ -207,7 +214,14 @@ impl Interleaver {
                 shard: j as u8,
                 ..b.header
             };
-            batch.push_with(|out| header.emit(payload, out));
+            let sealer = self.sealer.as_ref();
+            batch.push_with(|out| {
+                let start = out.len();
+                header.emit(payload, out);
+                if let Some(s) = sealer {
+                    s.seal(out, start);
+                }
+            });
         }
         Ok(batch)
     }

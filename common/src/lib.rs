@@ -4,6 +4,7 @@
 //! values and time is an argument, so every behaviour is testable deterministically.
 
 pub mod assembler;
+pub mod auth;
 pub mod fec;
 pub mod interleave;
 pub mod layout;

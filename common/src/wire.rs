@@ -34,8 +34,10 @@ pub const RESERVED_OBJECT: u64 = u64::MAX;
 pub const MAX_SHARDS_PER_BLOCK: usize = 256;
 
 /// Datagram type codes (byte 5).
-mod kind {
+pub mod kind {
+    /// A shard of an object.
     pub const SHARD: u8 = 1;
+    /// A heartbeat.
     pub const HEARTBEAT: u8 = 2;
 }
 

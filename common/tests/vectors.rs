@@ -123,3 +123,50 @@ fn spec_datagrams_decode_with_two_data_shards_lost_per_block() {
     assert_eq!(head.path, "hello.txt");
     assert_eq!(content, CONTENT);
 }
+
+fn vector_psk() -> checkvalve_common::auth::Psk {
+    let mut key = [0u8; 32];
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    checkvalve_common::auth::Psk { id: 1, key }
+}
+
+/// The authenticated heartbeat (counter 0) and the encrypted first datagram (counter 1).
+fn vector_authenticated() -> (String, Vec<String>) {
+    use checkvalve_common::auth::{Sealer, session_key_bytes};
+    let psk = vector_psk();
+    let key = hex(&session_key_bytes(&psk, SESSION));
+    let mut hb = unhex(&vector_heartbeat());
+    Sealer::new(&psk, SESSION, false).seal(&mut hb, 0);
+    let mut shard = unhex(&vector_datagrams()[0]);
+    Sealer::new(&psk, SESSION, true)
+        .starting_at(1)
+        .seal(&mut shard, 0);
+    (key, vec![hex(&hb), hex(&shard)])
+}
+
+#[test]
+fn authenticated_vectors_match_the_spec_and_open_to_the_plain_datagrams() {
+    use checkvalve_common::auth::{Opener, Persisted};
+    let (key, ours) = vector_authenticated();
+    assert_eq!(
+        spec_block("<!-- vector:session-key -->"),
+        vec![key.clone()],
+        "session key in docs/protocol.md is stale: {key}"
+    );
+    let spec = spec_block("<!-- vector:authenticated -->");
+    assert_eq!(
+        spec,
+        ours,
+        "docs/protocol.md authenticated vectors are stale; emitted:\n{}",
+        ours.join("\n")
+    );
+    let mut opener = Opener::new(vec![vector_psk()], true, &Persisted::default());
+    let plain = [vector_heartbeat(), vector_datagrams()[0].clone()];
+    for (sealed, plain) in spec.iter().zip(plain) {
+        let mut b = unhex(sealed);
+        let n = opener.open(&mut b).unwrap();
+        assert_eq!(hex(&b[..n]), plain);
+    }
+}

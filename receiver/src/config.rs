@@ -72,6 +72,10 @@ pub struct Settings {
     pub loss_interval: Duration,
     /// Retention of the share.
     pub retention: Retention,
+    /// Pre-shared key files: datagrams under any of them are accepted (two during a rotation).
+    pub keys: Vec<PathBuf>,
+    /// Refuse unauthenticated datagrams [default: yes once a key is configured].
+    pub require_auth: Option<bool>,
 }
 
 impl Settings {
@@ -98,6 +102,9 @@ struct Raw {
     aggregate_interval: Option<Spanned<String>>,
     link: Option<RawLink>,
     retention: Option<RawRetention>,
+    #[serde(default)]
+    keys: Vec<Spanned<PathBuf>>,
+    require_auth: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -200,7 +207,14 @@ impl Settings {
             Some(p) => parse_percent(p.get_ref()).map_err(|e| at(p.span().start, e.to_string()))?,
             None => defaults::LOSS_WARN,
         };
+        let keys = raw
+            .keys
+            .iter()
+            .map(|k| absolute(k, "a key file"))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Settings {
+            keys,
+            require_auth: raw.require_auth,
             bind: raw.bind.get_ref().clone(),
             out,
             state,

@@ -88,6 +88,9 @@ pub struct State {
     pub malformed: u64,
     /// Datagrams dropped because the receive loop fell behind.
     pub dropped_behind: u64,
+    /// Datagrams refused by authentication (forged, replayed, unauthenticated).
+    #[serde(default)]
+    pub refused_auth: u64,
     /// What the manifest recorded since start.
     pub tally: Tally,
     /// The manifest's last record: `verify-manifest` checks the chain reaches it.
@@ -130,6 +133,8 @@ pub struct Counts {
     pub malformed: u64,
     /// Dropped for being behind.
     pub dropped_behind: u64,
+    /// Refused by authentication.
+    pub refused_auth: u64,
 }
 
 /// Link and session tracking, and the live state file.
@@ -182,6 +187,7 @@ impl Live {
                 datagrams: 0,
                 malformed: 0,
                 dropped_behind: 0,
+                refused_auth: 0,
                 tally: Tally::default(),
                 manifest_seq: 0,
                 manifest_hash: String::new(),
@@ -297,6 +303,7 @@ impl Live {
         self.state.datagrams = counts.datagrams;
         self.state.malformed = counts.malformed;
         self.state.dropped_behind = counts.dropped_behind;
+        self.state.refused_auth = counts.refused_auth;
         self.state.tally = self.manifest.tally();
         let end = self.manifest.end();
         self.state.manifest_seq = end.seq;

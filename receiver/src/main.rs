@@ -3,6 +3,7 @@
 
 mod audit;
 mod config;
+mod keys;
 mod live;
 mod manifest;
 mod net;
@@ -97,6 +98,15 @@ struct Args {
     /// Remove the oldest published files while the share holds more than this.
     #[arg(long, value_parser = parse_size)]
     retention_max_bytes: Option<u64>,
+    /// Pre-shared key file (repeat for a rotation): only datagrams authenticated by one are accepted.
+    #[arg(long = "key", value_name = "FILE")]
+    keys: Vec<PathBuf>,
+    /// Do not install the seccomp filter that forbids sending and connecting (debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// With --key: also accept unauthenticated datagrams (during a migration only).
+    #[arg(long, requires = "keys")]
+    allow_unauthenticated: bool,
 }
 
 /// Where a command finds the share and state: the receiver's configuration, or its folders.
@@ -155,7 +165,7 @@ fn main() -> ExitCode {
                 info!("configuration is usable");
                 Ok(ExitCode::SUCCESS)
             }
-            Some(s) => run(s).map(|()| ExitCode::SUCCESS),
+            Some(s) => run(s, args.no_seccomp).map(|()| ExitCode::SUCCESS),
         }),
     };
     match result {
@@ -199,6 +209,8 @@ fn settings(args: &Args) -> Result<Option<Settings>> {
             max_age: args.retention_max_age,
             max_bytes: args.retention_max_bytes,
         },
+        keys: args.keys.clone(),
+        require_auth: args.allow_unauthenticated.then_some(false),
     }))
 }
 
@@ -221,6 +233,8 @@ fn folders(at: &Where) -> Result<(PathBuf, PathBuf)> {
             loss_warn: defaults::LOSS_WARN,
             loss_interval: defaults::LOSS_INTERVAL,
             retention: Retention::default(),
+            keys: Vec::new(),
+            require_auth: None,
         },
         (None, None) => return Err(anyhow!("give --config FILE or --out DIR")),
     };
@@ -274,7 +288,7 @@ fn resolve(s: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{s:?} resolves to no address"))
 }
 
-fn run(args: Settings) -> Result<()> {
+fn run(args: Settings, no_seccomp: bool) -> Result<()> {
     let bind = resolve(&args.bind)?;
     let (share, stale) = share::Share::open(&args.out, args.state.as_deref())
         .with_context(|| format!("cannot use output folder {}", args.out.display()))?;
@@ -297,6 +311,18 @@ fn run(args: Settings) -> Result<()> {
     let queue_bytes = budget / 4;
     let writer_bytes = budget / 8;
     let (socket, local) = net::bind(bind, usize::try_from(args.rcvbuf).unwrap_or(usize::MAX))?;
+    if no_seccomp {
+        tracing::warn!("--no-seccomp: sending and connecting are NOT forbidden (debugging only)");
+    } else {
+        match checkvalve_confine::one_direction(checkvalve_confine::Role::Receiver) {
+            Ok(()) => info!(
+                "seccomp: sending and connecting are forbidden (sendto, sendmsg, sendmmsg, connect, accept, listen, io_uring)"
+            ),
+            Err(e) => tracing::warn!(
+                "cannot install the seccomp filter (the code still never sends): {e}"
+            ),
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -361,6 +387,30 @@ fn run(args: Settings) -> Result<()> {
         fixed_silence: args.link_down_after.is_some(),
         ..defaults
     };
+    let psks = args
+        .keys
+        .iter()
+        .map(|k| keys::load(k))
+        .collect::<Result<Vec<_>>>()?;
+    let auth_state = share.state().join(keys::STATE_FILE);
+    let auth = if psks.is_empty() {
+        tracing::warn!(
+            "no key configured: datagrams are not authenticated (anything that reaches this port is trusted as far as its CRC)"
+        );
+        None
+    } else {
+        let require = args.require_auth.unwrap_or(true);
+        info!(
+            keys = ?psks.iter().map(|k| k.id).collect::<Vec<_>>(),
+            require_auth = require,
+            "datagrams are authenticated"
+        );
+        Some(checkvalve_common::auth::Opener::new(
+            psks,
+            require,
+            &keys::load_state(&auth_state),
+        ))
+    };
     let live = live::Live::new(
         share.state(),
         local.to_string(),
@@ -379,6 +429,8 @@ fn run(args: Settings) -> Result<()> {
             failed: failed_rx,
             reserved,
             live,
+            auth,
+            auth_state,
         },
         args.min_free,
         args.stats_interval,

@@ -43,9 +43,19 @@ impl Chunk {
         }
     }
 
-    /// The datagrams in arrival order.
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.ranges.iter().map(|&(s, e)| &self.buf[s..e])
+    /// The datagrams in arrival order, writable (authentication rewrites them in place).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut [u8]> + '_ {
+        let mut rest: &mut [u8] = &mut self.buf;
+        let mut at = 0;
+        self.ranges.iter().map(move |&(s, e)| {
+            // Ranges are in order and disjoint: each is carved off what follows the previous one.
+            let tail = std::mem::take(&mut rest);
+            let (_, from_s) = tail.split_at_mut(s - at);
+            let (d, after) = from_s.split_at_mut(e - s);
+            rest = after;
+            at = e;
+            d
+        })
     }
 
     fn clear(&mut self) {

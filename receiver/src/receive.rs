@@ -7,6 +7,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant, SystemTime};
 
 use checkvalve_common::assembler::{Assembler, Event, ObjectKey};
+use checkvalve_common::auth::{Opener, Refused};
 use checkvalve_common::link::LinkChange;
 use tracing::{debug, error, info, warn};
 
@@ -93,6 +94,10 @@ pub struct Outputs {
     pub reserved: Arc<AtomicU64>,
     /// Link state, its records, and the live state file.
     pub live: Live,
+    /// Authentication of datagrams, when keys are configured, and where its state is kept.
+    pub auth: Option<Opener>,
+    /// The file the authentication state is kept in.
+    pub auth_state: std::path::PathBuf,
 }
 
 /// State of the receive loop.
@@ -111,6 +116,10 @@ pub struct Receive {
     limits: Limits,
     overload: Overload,
     reported_malformed: u64,
+    /// What authentication refused, and how much of it was logged.
+    refused: Refused,
+    reported_refused: u64,
+    last_auth_save: Instant,
     /// Datagram count at the last statistics line: an idle receiver does not repeat itself.
     reported_datagrams: Option<u64>,
 }
@@ -142,6 +151,9 @@ impl Receive {
             },
             overload: Overload::default(),
             reported_malformed: 0,
+            refused: Refused::default(),
+            reported_refused: 0,
+            last_auth_save: Instant::now(),
             reported_datagrams: None,
         }
     }
@@ -159,11 +171,20 @@ impl Receive {
         let mut last_tick = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(chunk) => {
+                Ok(mut chunk) => {
                     queued.fetch_sub(1, Ordering::AcqRel);
                     let now = Instant::now();
-                    for d in chunk.iter() {
-                        if let Err(e) = self.asm.handle_datagram(now, d) {
+                    for d in chunk.iter_mut() {
+                        // Authentication comes before anything that could create state.
+                        let n = match self.out.auth.as_mut().map(|a| a.open(d)) {
+                            None => d.len(),
+                            Some(Ok(n)) => n,
+                            Some(Err(e)) => {
+                                self.refused.count(e);
+                                continue;
+                            }
+                        };
+                        if let Err(e) = self.asm.handle_datagram(now, &d[..n]) {
                             debug!("datagram rejected: {e}");
                         }
                         self.drain_events();
@@ -196,7 +217,12 @@ impl Receive {
                     datagrams,
                     malformed: self.asm.counters().malformed,
                     dropped_behind: dropped,
+                    refused_auth: self.refused.total(),
                 };
+                if now - self.last_auth_save >= Duration::from_secs(1) {
+                    self.last_auth_save = now;
+                    self.save_auth();
+                }
                 let sessions = self.asm.session_stats();
                 self.out.live.tick(now, &sessions, counts);
                 if let Some((n, rate)) = self.overload.tick(now, datagrams, dropped) {
@@ -222,9 +248,22 @@ impl Receive {
         self.log_stats(net_dropped.load(Ordering::Relaxed), true);
         let sessions = self.asm.session_stats();
         self.out.live.last_loss(&sessions);
+        self.save_auth();
         // Dropping the channel lets the writer publish what is complete and stop; the live
         // state's last version is written after that.
         self.out.live
+    }
+
+    /// Keeps the replay state (newest epoch, highest counters) for the next start.
+    fn save_auth(&mut self) {
+        let Some(p) = self.out.auth.as_mut().and_then(Opener::take_persisted) else {
+            return;
+        };
+        if let Err(e) = crate::keys::save_state(&self.out.auth_state, &p) {
+            warn!(
+                "cannot save the authentication state (a restart may accept replays of the last second): {e}"
+            );
+        }
     }
 
     /// Buffers the writer is done with, and objects it could not write.
@@ -249,6 +288,20 @@ impl Receive {
             return;
         }
         self.reported_datagrams = Some(c.datagrams);
+        if self.refused.total() > self.reported_refused {
+            let r = self.refused;
+            warn!(
+                count = r.total() - self.reported_refused,
+                unauthenticated = r.unauthenticated,
+                bad_tag = r.bad_tag,
+                unknown_key = r.unknown_key,
+                replayed = r.replayed,
+                old_session = r.old_session,
+                malformed = r.malformed,
+                "datagrams refused by authentication (forged, replayed, or a sender without the key)"
+            );
+            self.reported_refused = r.total();
+        }
         if c.malformed > self.reported_malformed {
             warn!(
                 count = c.malformed - self.reported_malformed,

@@ -89,8 +89,12 @@ pub struct Config {
     pub repeat_spacing: Duration,
     /// File name patterns never taken (temporary names of producers).
     pub ignore: Vec<String>,
-    /// The state folder (record of kept files, status file), if any.
+    /// The state folder (record of kept files, status file, session epoch), if any.
     pub state: Option<PathBuf>,
+    /// Pre-shared key file: every datagram is authenticated.
+    pub key: Option<PathBuf>,
+    /// With a key: payloads are encrypted too.
+    pub encrypt: bool,
     /// The watched channels.
     pub channels: Vec<Channel>,
 }
@@ -108,6 +112,8 @@ struct Raw {
     repeat_spacing: Option<Spanned<String>>,
     ignore: Option<Vec<String>>,
     state: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+    encrypt: Option<Spanned<bool>>,
     #[serde(default, rename = "channel")]
     channels: Vec<Spanned<RawChannel>>,
 }
@@ -344,7 +350,37 @@ impl Config {
                 format!("the state folder is inside the spool of {:?}", o.name),
             ));
         }
+        let key = match &raw.key {
+            Some(k) if !k.get_ref().is_absolute() => {
+                return Err(at(k.span().start, "key must be an absolute path".into()));
+            }
+            Some(k) => Some(k.get_ref().clone()),
+            None => None,
+        };
+        let encrypt = raw.encrypt.as_ref().is_some_and(|e| *e.get_ref());
+        if let Some(e) = &raw.encrypt
+            && encrypt
+            && key.is_none()
+        {
+            return Err(at(
+                e.span().start,
+                "encrypt = true needs key = \"/path/to/key\"".into(),
+            ));
+        }
+        if key.is_some()
+            && usize::from(fec.shard_len)
+                + checkvalve_common::wire::SHARD_OVERHEAD
+                + checkvalve_common::auth::TRAILER_LEN
+                > checkvalve_common::wire::MAX_DATAGRAM_LEN
+        {
+            return Err(at(
+                raw.shard_size.as_ref().map_or(0, |s| s.span().start),
+                "shard_size too large for authenticated datagrams".into(),
+            ));
+        }
         Ok(Config {
+            key,
+            encrypt,
             to: raw.to.get_ref().clone(),
             rate,
             fec,

@@ -4,6 +4,7 @@
 mod archive;
 mod config;
 mod kept;
+mod keys;
 mod produce;
 mod queue;
 mod service;
@@ -90,6 +91,15 @@ struct Args {
     /// Interval between heartbeats.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     heartbeat: Duration,
+    /// Do not install the seccomp filter that forbids every receiving system call (debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Pre-shared key file (from `checkvalve-send keygen`): every datagram is authenticated.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// With --key: also encrypt payloads.
+    #[arg(long, requires = "key")]
+    encrypt: bool,
     /// Files or folders to send once; each lands under its name relative to its parent folder.
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
@@ -110,6 +120,15 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Write a new random pre-shared key (mode 0600) for `--key` / `key =` on both ends.
+    Keygen {
+        /// Key id carried in every datagram (give a new key a new id to rotate without a gap).
+        #[arg(long)]
+        id: u32,
+        /// File to create (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 
@@ -157,6 +176,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Forbids every receiving system call from here on (all threads), unless disabled.
+pub(crate) fn one_direction(disabled: bool) {
+    if disabled {
+        warn!("--no-seccomp: receiving system calls are NOT forbidden (debugging only)");
+        return;
+    }
+    match checkvalve_confine::one_direction(checkvalve_confine::Role::Sender) {
+        Ok(()) => info!(
+            "seccomp: receiving system calls are forbidden (recvfrom, recvmsg, recvmmsg, accept, listen, io_uring)"
+        ),
+        Err(e) => warn!("cannot install the seccomp filter (the code still never receives): {e}"),
+    }
+}
+
 /// Resolves `--to` once, at start: an IP literal needs no name lookup at all.
 pub(crate) fn resolve(to: &str) -> Result<SocketAddr> {
     if let Ok(addr) = to.parse() {
@@ -181,6 +214,11 @@ fn interleave_for(fec: FecParams, depth: Option<usize>) -> InterleaveParams {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    if let Some(Command::Keygen { id, out }) = &args.command {
+        keys::keygen(*id, out)?;
+        info!(id, file = %out.display(), "key written: copy it to the receiver over a trusted channel");
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(Command::Status {
         config,
         state,
@@ -213,7 +251,7 @@ fn run(args: Args) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let interleave = interleave_for(cfg.fec, None);
-        return service::run(cfg, Some(file.clone()), interleave);
+        return service::run(cfg, Some(file.clone()), interleave, args.no_seccomp);
     }
     let Some(to) = args.to.clone() else {
         bail!("--to is required (or --config FILE)");
@@ -250,6 +288,8 @@ fn run(args: Args) -> Result<ExitCode> {
                 repeat: 1,
                 after_send: config::AfterSend::Delete,
             }],
+            key: args.key.clone(),
+            encrypt: args.encrypt,
             state: match &args.state {
                 Some(s) => Some(
                     std::path::absolute(s)
@@ -258,14 +298,16 @@ fn run(args: Args) -> Result<ExitCode> {
                 None => None,
             },
         };
-        return service::run(cfg, None, interleave);
+        return service::run(cfg, None, interleave, args.no_seccomp);
     }
     if args.paths.is_empty() {
         bail!("nothing to send: give PATHs, --watch DIR or --config FILE");
     }
     let to = resolve(&to)?;
     let walked = walk::walk(&args.paths)?;
-    let session = rand::random::<u64>() | 1;
+    let key = args.key.as_deref().map(keys::load).transpose()?;
+    let who = keys::identity(None, key.as_ref(), args.encrypt);
+    let session = who.session;
     let stop = transmit::stop_flag()?;
     info!(
         session = format_args!("{session:016x}"),
@@ -276,14 +318,15 @@ fn run(args: Args) -> Result<ExitCode> {
         "sending"
     );
     let started = Instant::now();
-    let mut tx = transmit::Transmitter::new(to, args.rate, session, args.heartbeat)?;
+    let mut tx = transmit::Transmitter::new(to, args.rate, &who, args.heartbeat)?;
+    one_direction(args.no_seccomp);
     let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES);
     let producer = {
         let stop = Arc::clone(&stop);
         let entries = walked.entries;
         std::thread::Builder::new()
             .name("produce".into())
-            .spawn(move || produce::produce(session, entries, fec, interleave, batch_tx, stop))
+            .spawn(move || produce::produce(who, entries, fec, interleave, batch_tx, stop))
             .context("cannot start the producer thread")?
     };
     tx.run(&batch_rx, &stop);

@@ -18,6 +18,7 @@ use checkvalve_common::meta::{Head, ObjectKind};
 use checkvalve_common::object::{DataBlock, FecParams, ObjectEncoder};
 use tracing::{debug, error, warn};
 
+use crate::keys::Identity;
 use crate::queue::{Feed, Next};
 use crate::walk::Entry;
 
@@ -50,7 +51,7 @@ enum Attempt {
 
 /// Encodes `entries` as objects `0..` of `session` and sends the batches to `tx`.
 pub fn produce(
-    session: u64,
+    who: Identity,
     entries: Vec<Entry>,
     fec: FecParams,
     interleave: InterleaveParams,
@@ -63,7 +64,7 @@ pub fn produce(
     }
     drop(feed);
     let (announce, _) = std::sync::mpsc::channel();
-    produce_stream(session, &rx, &announce, fec, interleave, tx, stop)
+    produce_stream(who, &rx, &announce, fec, interleave, tx, stop)
 }
 
 /// Encodes entries as they come from `rx` (each with the caller's id) as objects `0..` of
@@ -71,7 +72,7 @@ pub fn produce(
 /// whole. When no entry is waiting, the group in progress is sealed so that nothing waits for a
 /// group to fill. Ends when `rx` closes or `stop` is raised.
 pub fn produce_stream(
-    session: u64,
+    who: Identity,
     rx: &dyn Feed,
     announce: &Sender<(u64, u64)>,
     fec: FecParams,
@@ -79,7 +80,11 @@ pub fn produce_stream(
     tx: SyncSender<Batch>,
     stop: Arc<AtomicBool>,
 ) -> Produced {
+    let session = who.session;
     let mut inter = Interleaver::new(interleave);
+    if let Some(sealer) = who.sealer {
+        inter.seal_with(sealer);
+    }
     let mut out = Produced::default();
     let mut next_object = 0u64;
     let mut blocks = Vec::new();

@@ -37,9 +37,20 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the service until a stop signal; exits 0 after finishing the batch in flight. `file` is
 /// the configuration file SIGHUP reloads, if any.
-pub fn run(cfg: Config, file: Option<PathBuf>, interleave: InterleaveParams) -> Result<ExitCode> {
+pub fn run(
+    cfg: Config,
+    file: Option<PathBuf>,
+    interleave: InterleaveParams,
+    no_seccomp: bool,
+) -> Result<ExitCode> {
     let to = resolve(&cfg.to)?;
-    let session = rand::random::<u64>() | 1;
+    let key = cfg.key.as_deref().map(crate::keys::load).transpose()?;
+    if let Some(state) = &cfg.state {
+        std::fs::create_dir_all(state)
+            .with_context(|| format!("cannot create the state folder {}", state.display()))?;
+    }
+    let who = crate::keys::identity(cfg.state.as_deref(), key.as_ref(), cfg.encrypt);
+    let session = who.session;
     let stop = transmit::stop_flag()?;
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
@@ -58,10 +69,13 @@ pub fn run(cfg: Config, file: Option<PathBuf>, interleave: InterleaveParams) -> 
         rate = cfg.rate,
         fec = format_args!("{}:{}", cfg.fec.data_shards, cfg.fec.parity_shards),
         channels = cfg.channels.len(),
+        key = key.as_ref().map_or_else(|| "none (datagrams not authenticated)".to_string(), |k| format!("id {}", k.id)),
+        encrypt = cfg.encrypt,
         "watching"
     );
     log_channels(&cfg);
-    let mut tx = transmit::Transmitter::new(to, cfg.rate, session, cfg.heartbeat)?;
+    let mut tx = transmit::Transmitter::new(to, cfg.rate, &who, cfg.heartbeat)?;
+    crate::one_direction(no_seccomp);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     tx.report_completion(done_tx);
     let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES);
@@ -75,7 +89,7 @@ pub fn run(cfg: Config, file: Option<PathBuf>, interleave: InterleaveParams) -> 
             .name("produce".into())
             .spawn(move || {
                 produce::produce_stream(
-                    session,
+                    who,
                     queue.as_ref(),
                     &announce_tx,
                     fec,

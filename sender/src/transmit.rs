@@ -10,12 +10,15 @@ use std::io::IoSlice;
 use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result};
+use checkvalve_common::auth::Sealer;
 use checkvalve_common::interleave::Batch;
 use checkvalve_common::pacer::Pacer;
 use checkvalve_common::wire::Heartbeat;
 use nix::errno::Errno;
 use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
 use tracing::{debug, info, warn};
+
+use crate::keys::Identity;
 
 /// Most datagrams in one segmentation-offload send (the kernel's UDP_MAX_SEGMENTS).
 const GSO_MAX_SEGMENTS: usize = 64;
@@ -57,6 +60,8 @@ pub struct Transmitter {
     to: SocketAddr,
     pacer: Pacer,
     session: u64,
+    /// Seals heartbeats when a key is configured.
+    sealer: Option<Sealer>,
     interval: Duration,
     next_heartbeat: Instant,
     heartbeat_seq: u64,
@@ -75,7 +80,8 @@ pub struct Transmitter {
 
 impl Transmitter {
     /// Opens a send socket toward `to`.
-    pub fn new(to: SocketAddr, rate_bps: u64, session: u64, interval: Duration) -> Result<Self> {
+    pub fn new(to: SocketAddr, rate_bps: u64, who: &Identity, interval: Duration) -> Result<Self> {
+        let session = who.session;
         let local: SocketAddr = if to.is_ipv4() {
             "0.0.0.0:0".parse()?
         } else {
@@ -91,6 +97,7 @@ impl Transmitter {
             to,
             pacer: Pacer::new(rate_bps, Duration::from_millis(1)),
             session,
+            sealer: who.sealer.clone(),
             interval,
             next_heartbeat: Instant::now(),
             heartbeat_seq: 0,
@@ -267,7 +274,11 @@ impl Transmitter {
             objects = hb.objects_sent,
             "heartbeat"
         );
-        self.raw_send(&hb.to_bytes());
+        let mut bytes = hb.to_bytes();
+        if let Some(s) = &self.sealer {
+            s.seal(&mut bytes, 0);
+        }
+        self.raw_send(&bytes);
     }
 
     fn raw_send(&mut self, datagram: &[u8]) {

@@ -95,6 +95,8 @@ pub struct State {
     pub malformed: u64,
     /// Datagrams dropped for being behind.
     pub dropped_behind: u64,
+    /// Datagrams refused by authentication.
+    pub refused_auth: u64,
     /// Manifest tally.
     pub tally: Tally,
     /// Last manifest record number.

@@ -65,6 +65,12 @@ pub fn render(view: &View) -> Result<String, std::fmt::Error> {
             "Datagrams dropped because the receiver fell behind",
             l.dropped_behind,
         );
+        counter(
+            &mut r,
+            "datagrams_refused_auth",
+            "Datagrams refused by authentication: forged, replayed, or unauthenticated",
+            l.refused_auth,
+        );
         let t = &l.tally;
         counter(
             &mut r,

@@ -18,6 +18,8 @@ const HEADERS: u64 = 28;
 fn thirty_seconds_at_100_mbit_hold_the_rate_with_no_burst() {
     const RATE: u64 = 100_000_000;
     const SPAN: Duration = Duration::from_secs(30);
+    // Alone among the end-to-end tests: they would compete for the two cores.
+    let _serial = checkvalve_tests::serial();
     let dir = tempfile::tempdir().expect("tmp");
     let link = UdpSocket::bind("127.0.0.1:0").expect("bind");
     setsockopt(&link, sockopt::ReceiveTimestampns, &true).expect("SO_TIMESTAMPNS");

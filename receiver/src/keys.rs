@@ -1,0 +1,98 @@
+//! Keys and authentication state of the receiver: key files (readable by the service user only)
+//! and the replay state kept in the state folder across restarts.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use checkvalve_common::auth::{self, Persisted, Psk};
+use serde::{Deserialize, Serialize};
+
+/// File name of the authentication state inside the state folder.
+pub const STATE_FILE: &str = "auth.json";
+
+/// Reads a key file, refusing one that others than its owner can read.
+pub fn load(path: &Path) -> Result<Psk> {
+    let meta =
+        fs::metadata(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "key file {} is readable by others than its owner (mode {:o}): chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    auth::parse_key_file(&text).with_context(|| format!("key file {}", path.display()))
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyEntry {
+    id: u32,
+    newest_epoch: u32,
+    /// Session id (hex) and highest counter accepted.
+    sessions: Vec<(String, u64)>,
+}
+
+/// The replay state saved by the last run (empty if none or unreadable).
+pub fn load_state(file: &Path) -> Persisted {
+    let Ok(bytes) = fs::read(file) else {
+        return Persisted::default();
+    };
+    let entries: Vec<KeyEntry> = serde_json::from_slice(&bytes).unwrap_or_default();
+    Persisted {
+        keys: entries
+            .into_iter()
+            .map(|e| {
+                let sessions = e
+                    .sessions
+                    .iter()
+                    .filter_map(|(s, c)| Some((u64::from_str_radix(s, 16).ok()?, *c)))
+                    .collect();
+                (e.id, e.newest_epoch, sessions)
+            })
+            .collect(),
+    }
+}
+
+/// Saves the replay state atomically.
+pub fn save_state(file: &Path, p: &Persisted) -> std::io::Result<()> {
+    let entries: Vec<KeyEntry> = p
+        .keys
+        .iter()
+        .map(|(id, epoch, sessions)| KeyEntry {
+            id: *id,
+            newest_epoch: *epoch,
+            sessions: sessions
+                .iter()
+                .map(|(s, c)| (format!("{s:016x}"), *c))
+                .collect(),
+        })
+        .collect();
+    let tmp = file.with_extension("json.new");
+    fs::write(
+        &tmp,
+        serde_json::to_vec(&entries).map_err(std::io::Error::other)?,
+    )?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join(STATE_FILE);
+        assert_eq!(load_state(&f), Persisted::default());
+        let p = Persisted {
+            keys: vec![(1, 100, vec![(0xabc, 7)])],
+        };
+        save_state(&f, &p).unwrap();
+        assert_eq!(load_state(&f), p);
+    }
+}

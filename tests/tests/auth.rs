@@ -1,0 +1,373 @@
+//! Authenticated datagrams end to end: with a key, forged, unauthenticated and replayed datagrams
+//! are refused and counted while a real transfer arrives intact; with `--encrypt`, no plaintext
+//! crosses the link.
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use checkvalve_common::wire::{Heartbeat, ShardHeader};
+use checkvalve_tests::{Rig, bin, digest_tree, make_tree, write_file};
+
+fn keygen(dir: &Path, id: u32) -> std::path::PathBuf {
+    let key = dir.join(format!("key-{id}"));
+    let out = std::process::Command::new(bin("checkvalve-send"))
+        .args([
+            "keygen",
+            "--id",
+            &id.to_string(),
+            "--out",
+            &key.display().to_string(),
+        ])
+        .output()
+        .expect("keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    key
+}
+
+/// A relay in front of the receiver that keeps a copy of every datagram.
+struct Tap {
+    addr: String,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tap {
+    fn start(to: &str) -> Tap {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let addr = sock.local_addr().expect("addr").to_string();
+        let (seen, stop) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (s2, st2, to) = (Arc::clone(&seen), Arc::clone(&stop), to.to_owned());
+        let thread = std::thread::spawn(move || {
+            let out = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let mut buf = vec![0u8; 65_536];
+            while !st2.load(Ordering::Relaxed) {
+                if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                    let _ = out.send_to(&buf[..n], &to);
+                    s2.lock().expect("lock").push(buf[..n].to_vec());
+                }
+            }
+        });
+        Tap {
+            addr,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn taken(&mut self) -> Vec<Vec<u8>> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        std::mem::take(&mut *self.seen.lock().expect("lock"))
+    }
+}
+
+fn refused(out: &Path) -> u64 {
+    let text = std::fs::read_to_string(out.join(".checkvalve/live.json")).unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["refused_auth"].as_u64())
+        .unwrap_or(0)
+}
+
+fn wait_refused(out: &Path, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = refused(out);
+        if n >= at_least || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Well-formed plain datagrams of a forged session, valid CRC: accepted by a receiver without keys.
+fn forged_plain(i: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    if i.is_multiple_of(10) {
+        out = Heartbeat {
+            session: 0xbad0_0000 + i,
+            seq: i,
+            datagrams_sent: i,
+            objects_sent: 1,
+            interval_ms: 1000,
+        }
+        .to_bytes();
+    } else {
+        ShardHeader {
+            session: 0xbad0_0000 + (i % 7),
+            object: i % 5,
+            block: 0,
+            shard: (i % 4) as u8,
+            data_shards: 4,
+            parity_shards: 2,
+            shard_len: 32,
+            head_len: 20,
+            content_len: 10,
+        }
+        .emit(&[i as u8; 32], &mut out);
+    }
+    out
+}
+
+/// A datagram claiming authentication (key id 1) with a random tag and a valid CRC.
+fn forged_authenticated(i: u64) -> Vec<u8> {
+    let mut d = forged_plain(i);
+    d.truncate(d.len() - 4);
+    d[6..8].copy_from_slice(&1u16.to_be_bytes());
+    d.extend_from_slice(&1u32.to_be_bytes());
+    d.extend_from_slice(&i.to_be_bytes());
+    d.extend_from_slice(&rand::random::<[u8; 16]>());
+    let crc = crc32fast::hash(&d);
+    d.extend_from_slice(&crc.to_be_bytes());
+    d
+}
+
+#[test]
+fn with_a_key_forged_unauthenticated_and_replayed_datagrams_are_all_refused_during_a_transfer() {
+    let rig = Rig::start(None, &[]);
+    // The rig's receiver has no key: a second receiver with one, on its own folder.
+    let dir = rig.dir.path();
+    let key = keygen(dir, 1);
+    let out = dir.join("keyed-out");
+    let receiver = checkvalve_tests::Proc::start(
+        dir,
+        "keyed-receiver",
+        &bin("checkvalve-receive"),
+        &[
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            "--stats-interval".into(),
+            "1s".into(),
+        ],
+    );
+    let raddr = checkvalve_tests::bound_addr(&receiver, " receiving", Duration::from_secs(20));
+    let mut tap = Tap::start(&raddr);
+    let src = make_tree(dir, "keyed", 12, 300_000, 77);
+    // The flood runs during the transfer: 50,000 forged datagrams.
+    let flooding = Arc::new(AtomicBool::new(true));
+    let flood = {
+        let (raddr, flooding) = (raddr.clone(), Arc::clone(&flooding));
+        std::thread::spawn(move || {
+            let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let mut sent = 0u64;
+            while sent < 50_000 {
+                let d = if sent.is_multiple_of(2) {
+                    forged_plain(sent)
+                } else {
+                    forged_authenticated(sent)
+                };
+                let _ = sock.send_to(&d, &raddr);
+                sent += 1;
+                if sent.is_multiple_of(500) {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            flooding.store(false, Ordering::Relaxed);
+            sent
+        })
+    };
+    let mut sender = checkvalve_tests::Proc::start(
+        dir,
+        "sender",
+        &bin("checkvalve-send"),
+        &[
+            "--to".into(),
+            tap.addr.clone(),
+            "--rate".into(),
+            "100M".into(),
+            "--key".into(),
+            key.display().to_string(),
+            src.display().to_string(),
+        ],
+    );
+    assert!(sender.wait(Duration::from_secs(60)).success());
+    let forged = flood.join().expect("flood");
+    assert!(!flooding.load(Ordering::Relaxed));
+    std::thread::sleep(Duration::from_secs(2));
+    let sent: std::collections::BTreeMap<_, _> = digest_tree(&src).into_iter().collect();
+    let got: std::collections::BTreeMap<_, _> =
+        digest_tree(&out.join("keyed")).into_iter().collect();
+    assert!(
+        got == sent,
+        "the transfer during the flood did not arrive byte-identical"
+    );
+    assert_eq!(
+        wait_refused(&out, forged),
+        forged,
+        "every forged datagram refused and counted"
+    );
+    // Replays: the whole captured session again, 50,000 datagrams in all, after a new session
+    // has started (so the old one is refused as old, not only as seen).
+    let captured = tap.taken();
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let mut sender2 = checkvalve_tests::Proc::start(
+        dir,
+        "sender-2",
+        &bin("checkvalve-send"),
+        &[
+            "--to".into(),
+            raddr.clone(),
+            "--key".into(),
+            key.display().to_string(),
+            src.join("edges").display().to_string(),
+        ],
+    );
+    let _ = sender2.wait(Duration::from_secs(30));
+    let shared = |out: &Path| -> Vec<(String, [u8; 32])> {
+        digest_tree(out)
+            .into_iter()
+            .filter(|(p, _)| !p.starts_with(".checkvalve"))
+            .collect()
+    };
+    let before = shared(&out);
+    let records_before = std::fs::read_dir(out.join(".checkvalve/manifest"))
+        .expect("manifest")
+        .flatten()
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .lines()
+                .count()
+        })
+        .sum::<usize>();
+    let base = refused(&out);
+    let mut replayed = 0u64;
+    while replayed < 50_000 {
+        for d in &captured {
+            let _ = sock.send_to(d, &raddr);
+            replayed += 1;
+            if replayed.is_multiple_of(500) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if replayed == 50_000 {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        wait_refused(&out, base + replayed) - base,
+        replayed,
+        "every replayed datagram refused and counted"
+    );
+    assert_eq!(shared(&out), before, "replays changed the share");
+    let records_after = std::fs::read_dir(out.join(".checkvalve/manifest"))
+        .expect("manifest")
+        .flatten()
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .lines()
+                .count()
+        })
+        .sum::<usize>();
+    // Only loss/link records may follow (the receiver's periodic ones), never a file outcome.
+    let tail: Vec<String> = std::fs::read_dir(out.join(".checkvalve/manifest"))
+        .expect("manifest")
+        .flatten()
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .skip(records_before)
+        .collect();
+    assert!(
+        tail.iter().all(
+            |l| !l.contains("\"status\":\"delivered\"") && !l.contains("\"status\":\"repeat\"")
+        ),
+        "replays produced outcomes: {tail:?} ({records_before} -> {records_after})"
+    );
+    let mut receiver = receiver;
+    assert!(receiver.stop().success());
+}
+
+#[test]
+fn encrypted_payloads_never_cross_the_link_in_the_clear() {
+    let rig = Rig::start(None, &[]);
+    let dir = rig.dir.path();
+    let key = keygen(dir, 9);
+    let marker = b"CONFIDENTIAL-PUMP-7-SETPOINTS";
+    let src = dir.join("secret");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("setpoints.txt"), marker.repeat(2_000)).expect("write");
+    write_file(&src.join("other.bin"), 100_000, 5);
+    let out_dir = |tag: &str| dir.join(format!("out-{tag}"));
+    for (tag, encrypt) in [("plain", false), ("encrypted", true)] {
+        let out = out_dir(tag);
+        let mut rargs = vec![
+            "--bind".to_string(),
+            "127.0.0.1:0".into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ];
+        rargs.push("--stats-interval".into());
+        rargs.push("1s".into());
+        let mut receiver = checkvalve_tests::Proc::start(
+            dir,
+            &format!("receiver-{tag}"),
+            &bin("checkvalve-receive"),
+            &rargs,
+        );
+        let raddr = checkvalve_tests::bound_addr(&receiver, " receiving", Duration::from_secs(20));
+        let mut tap = Tap::start(&raddr);
+        let mut args = vec![
+            "--to".to_string(),
+            tap.addr.clone(),
+            "--rate".into(),
+            "50M".into(),
+            "--key".into(),
+            key.display().to_string(),
+        ];
+        if encrypt {
+            args.push("--encrypt".into());
+        }
+        args.push(src.display().to_string());
+        let mut sender = checkvalve_tests::Proc::start(
+            dir,
+            &format!("sender-{tag}"),
+            &bin("checkvalve-send"),
+            &args,
+        );
+        assert!(sender.wait(Duration::from_secs(60)).success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !out.join("secret/setpoints.txt").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            std::fs::read(out.join("secret/setpoints.txt")).expect("delivered"),
+            marker.repeat(2_000),
+            "{tag}"
+        );
+        let link: Vec<u8> = tap.taken().concat();
+        let visible = link.windows(marker.len()).any(|w| w == marker);
+        assert_eq!(
+            visible, !encrypt,
+            "{tag}: marker visible on the link = {visible}"
+        );
+        assert!(receiver.stop().success());
+    }
+}
