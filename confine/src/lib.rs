@@ -191,4 +191,30 @@ mod tests {
         // This thread is not confined.
         peer.send_to(b"x", to).unwrap();
     }
+
+    #[test]
+    fn a_confined_thread_writes_only_beneath_its_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inside, outside) = (dir.path().join("share"), dir.path().join("elsewhere"));
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let (i, o) = (inside.clone(), outside.clone());
+        let enforced = std::thread::spawn(move || {
+            let enforced = filesystem(std::slice::from_ref(&i), None).unwrap();
+            std::fs::write(i.join("ok"), b"1").expect("writing beneath the share");
+            let refused = std::fs::write(o.join("no"), b"1").is_err();
+            (enforced, refused)
+        })
+        .join()
+        .unwrap();
+        match enforced {
+            (Enforced::Not, _) => eprintln!("SKIPPED: this kernel has no Landlock"),
+            (_, refused) => {
+                assert!(refused, "wrote outside the share");
+                assert!(!outside.join("no").exists());
+            }
+        }
+        assert!(inside.join("ok").exists());
+        std::fs::write(outside.join("this-thread"), b"1").expect("other threads are free");
+    }
 }

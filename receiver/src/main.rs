@@ -305,6 +305,18 @@ fn run(args: Settings, no_seccomp: bool) -> Result<()> {
             .with_context(|| format!("cannot open manifest {}", manifest_path.display()))?,
     );
     raise_fd_limit();
+    let writable = [share.root().to_path_buf(), share.state().to_path_buf()];
+    match checkvalve_confine::filesystem(&writable, None) {
+        Ok(checkvalve_confine::Enforced::Not) => {
+            tracing::warn!(
+                "landlock: not supported by this kernel: writes are not confined (systemd's ReadWritePaths still are)"
+            )
+        }
+        Ok(level) => {
+            info!(?level, share = %writable[0].display(), state = %writable[1].display(), "landlock: writing confined to the share and the state folder")
+        }
+        Err(e) => tracing::warn!("landlock: cannot confine writes: {e}"),
+    }
     let budget = usize::try_from(args.max_pending).unwrap_or(usize::MAX);
     // A quarter queues datagrams (the kernel's buffer absorbs more), an eighth holds decoded
     // content on its way to disk, the rest blocks in progress.
