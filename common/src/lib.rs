@@ -6,6 +6,8 @@
 pub mod assembler;
 pub mod auth;
 pub mod fec;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod interleave;
 pub mod layout;
 pub mod link;

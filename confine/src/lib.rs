@@ -216,5 +216,19 @@ mod tests {
         }
         assert!(inside.join("ok").exists());
         std::fs::write(outside.join("this-thread"), b"1").expect("other threads are free");
+        // Reading confined too: only beneath `readable` (and `writable`).
+        let (i, o) = (inside.clone(), outside.clone());
+        let read = std::thread::spawn(move || {
+            let enforced = filesystem(&[], Some(std::slice::from_ref(&i))).unwrap();
+            let inside_ok = std::fs::read(i.join("ok")).is_ok();
+            let outside_refused = std::fs::read(o.join("this-thread")).is_err();
+            let write_refused = std::fs::write(i.join("new"), b"1").is_err();
+            (enforced, inside_ok, outside_refused, write_refused)
+        })
+        .join()
+        .unwrap();
+        if read.0 != Enforced::Not {
+            assert_eq!(read, (read.0, true, true, true));
+        }
     }
 }

@@ -190,6 +190,23 @@ pub(crate) fn one_direction(disabled: bool) {
     }
 }
 
+/// Confines the filesystem access of this thread and the threads it starts afterwards (Landlock):
+/// reading beneath `readable`, reading and writing beneath `writable`, nothing else.
+pub(crate) fn confine_files(writable: &[PathBuf], readable: &[PathBuf]) {
+    match checkvalve_confine::filesystem(writable, Some(readable)) {
+        Ok(checkvalve_confine::Enforced::Not) => {
+            warn!("landlock: not supported by this kernel: file access is not confined")
+        }
+        Ok(level) => info!(
+            ?level,
+            writable = ?writable,
+            readable = ?readable,
+            "landlock: file access confined"
+        ),
+        Err(e) => warn!("landlock: cannot confine file access: {e}"),
+    }
+}
+
 /// Resolves `--to` once, at start: an IP literal needs no name lookup at all.
 pub(crate) fn resolve(to: &str) -> Result<SocketAddr> {
     if let Ok(addr) = to.parse() {
@@ -307,6 +324,9 @@ fn run(args: Args) -> Result<ExitCode> {
     let walked = walk::walk(&args.paths)?;
     let key = args.key.as_deref().map(keys::load).transpose()?;
     let who = keys::identity(None, key.as_ref(), args.encrypt);
+    // Keys read: from here on only the paths to send can be read.
+    let readable: Vec<PathBuf> = args.paths.iter().filter(|p| p.exists()).cloned().collect();
+    confine_files(&[], &readable);
     let session = who.session;
     let stop = transmit::stop_flag()?;
     info!(

@@ -76,6 +76,21 @@ pub fn run(
     log_channels(&cfg);
     let mut tx = transmit::Transmitter::new(to, cfg.rate, &who, cfg.heartbeat)?;
     crate::one_direction(no_seccomp);
+    // Before any thread starts, so that all of them are confined: the folders holding the spools
+    // (read, and deleted or moved from; their parent, so that a channel added beside them by
+    // SIGHUP works), sent folders and the state folder; the configuration file for SIGHUP.
+    let mut writable: Vec<PathBuf> = cfg.state.iter().cloned().collect();
+    for c in &cfg.channels {
+        let _ = std::fs::create_dir_all(&c.spool);
+        writable.push(c.spool.parent().unwrap_or(&c.spool).to_path_buf());
+        if let crate::config::AfterSend::Move(sent) = &c.after_send {
+            let _ = std::fs::create_dir_all(&sent.dir);
+            writable.push(sent.dir.clone());
+        }
+    }
+    writable.retain(|p| p.exists());
+    let readable: Vec<PathBuf> = file.iter().cloned().collect();
+    crate::confine_files(&writable, &readable);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     tx.report_completion(done_tx);
     let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES);

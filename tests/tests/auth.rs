@@ -371,3 +371,124 @@ fn encrypted_payloads_never_cross_the_link_in_the_clear() {
         assert!(receiver.stop().success());
     }
 }
+
+/// VmHWM (peak resident memory) of `pid`, in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn thirty_seconds_of_flood_from_many_sessions_cost_a_keyed_receiver_nothing() {
+    const MAX_PENDING_MIB: u64 = 48;
+    const OVERHEAD_MIB: u64 = 32;
+    let rig = Rig::start(None, &[]);
+    let dir = rig.dir.path();
+    let key = keygen(dir, 3);
+    let out = dir.join("keyed-out");
+    let mut receiver = checkvalve_tests::Proc::start(
+        dir,
+        "keyed-receiver",
+        &bin("checkvalve-receive"),
+        &[
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            "--stats-interval".into(),
+            "1s".into(),
+        ],
+    );
+    let raddr = checkvalve_tests::bound_addr(&receiver, " receiving", Duration::from_secs(20));
+    let pid = receiver.pid().expect("running");
+    // Two threads at full loopback speed for 30 s: random bytes, and well-formed datagrams (plain
+    // and claiming authentication) from thousands of session ids.
+    let flood: Vec<_> = (0..2u64)
+        .map(|t| {
+            let to = raddr.clone();
+            std::thread::spawn(move || {
+                let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+                let start = Instant::now();
+                let mut i = t << 40;
+                while start.elapsed() < Duration::from_secs(30) {
+                    let d = match i % 3 {
+                        0 => (0..(i % 1400) as usize + 20)
+                            .map(|_| rand::random::<u8>())
+                            .collect(),
+                        1 => forged_plain(i),
+                        _ => forged_authenticated(i),
+                    };
+                    let _ = sock.send_to(&d, &to);
+                    i += 1;
+                }
+                i - (t << 40)
+            })
+        })
+        .collect();
+    // A legitimate transfer in the middle of the flood.
+    std::thread::sleep(Duration::from_secs(5));
+    let src = make_tree(dir, "during", 8, 200_000, 91);
+    let mut sender = checkvalve_tests::Proc::start(
+        dir,
+        "sender",
+        &bin("checkvalve-send"),
+        &[
+            "--to".into(),
+            raddr.clone(),
+            "--rate".into(),
+            "100M".into(),
+            "--key".into(),
+            key.display().to_string(),
+            src.display().to_string(),
+        ],
+    );
+    assert!(sender.wait(Duration::from_secs(60)).success());
+    let forged: u64 = flood.into_iter().map(|t| t.join().expect("flood")).sum();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(receiver.pid().is_some(), "the receiver died");
+    let sent: std::collections::BTreeMap<_, _> = digest_tree(&src).into_iter().collect();
+    let got: std::collections::BTreeMap<_, _> =
+        digest_tree(&out.join("during")).into_iter().collect();
+    assert!(
+        got == sent,
+        "the transfer during the flood did not arrive byte-identical"
+    );
+    let peak = peak_kib(pid);
+    assert!(
+        peak <= (MAX_PENDING_MIB + OVERHEAD_MIB) * 1024,
+        "peak RSS {peak} KiB"
+    );
+    // Nothing written outside the share and state; log and manifest stay small.
+    let outside: Vec<_> = std::fs::read_dir(&out)
+        .expect("out")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "during" && n != ".checkvalve")
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "unexpected entries in the share: {outside:?}"
+    );
+    let log = receiver.log_text();
+    let manifest: u64 = std::fs::read_dir(out.join(".checkvalve/manifest"))
+        .expect("manifest")
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "{forged} flood datagrams; refused {}; peak RSS {peak} KiB; {} log lines; manifest {manifest} bytes",
+        refused(&out),
+        log.lines().count()
+    );
+    assert!(log.lines().count() < 500, "log flooded");
+    assert!(manifest < 50_000, "manifest flooded: {manifest} bytes");
+    assert!(receiver.stop().success());
+}

@@ -34,7 +34,8 @@ struct Args {
     /// Sender rate of the `max1400`, `max8900`, `small` and `loss5` cases.
     #[arg(long, default_value = "max")]
     rate: String,
-    /// Cases to run (comma-separated): ceiling, max1400, max8900, small, loss5, stall.
+    /// Cases to run (comma-separated): ceiling, max1400, auth1400 (max1400 with a key: every
+    /// datagram authenticated), max8900, small, loss5, stall.
     #[arg(long, default_value = "ceiling,max1400,max8900,small,loss5,stall")]
     cases: String,
     /// Scratch folder (sources and outputs; needs twice the file size free).
@@ -160,6 +161,7 @@ struct Case {
     src: PathBuf,
     bytes: u64,
     sender: Vec<String>,
+    receiver: Vec<String>,
     sim: Option<Vec<String>>,
     stalls: Vec<(Duration, Duration)>,
 }
@@ -211,6 +213,7 @@ fn run_case(b: &Bins, work: &Path, case: &Case) -> String {
         .map(|s| s.to_string())
         .chain([out.display().to_string()])
         .chain(["--stats-interval".into(), "1h".into()])
+        .chain(case.receiver.iter().cloned())
         .collect();
     let mut receiver = Running::start(&b.receive, &recv_args, dir.join("receiver.log"));
     let raddr = wait_bind(&dir.join("receiver.log"), " receiving");
@@ -466,7 +469,7 @@ fn main() {
     let big = big_src.join("historian-export.bin");
     let needs_big = cases
         .iter()
-        .any(|c| ["max1400", "max8900", "loss5", "stall"].contains(c));
+        .any(|c| ["max1400", "auth1400", "max8900", "loss5", "stall"].contains(c));
     let big_digest = if needs_big {
         write_file(&big, usize::try_from(args.size).expect("size"), 1);
         digest(&big)
@@ -479,6 +482,7 @@ fn main() {
         src: big.clone(),
         bytes: args.size,
         sender: sender.iter().map(|s| s.to_string()).collect(),
+        receiver: Vec::new(),
         sim: sim.map(|s| s.iter().map(|x| x.to_string()).collect()),
         stalls,
     };
@@ -502,6 +506,28 @@ fn main() {
                 None,
                 vec![],
             );
+            let line = run_case(&b, work, &c);
+            println!("{line}{}", ratio(&line, 1472));
+        }
+    }
+    if cases.contains(&"auth1400") {
+        let key = work.join("bench.key");
+        let _ = fs::remove_file(&key);
+        let made = std::process::Command::new(&b.send)
+            .args(["keygen", "--id", "1", "--out"])
+            .arg(&key)
+            .status()
+            .expect("keygen");
+        assert!(made.success(), "keygen failed");
+        let key = key.display().to_string();
+        for run in 1..=args.runs {
+            let mut c = one_big(
+                &format!("auth1400-{run}"),
+                &["--rate", &args.rate, "--key", &key],
+                None,
+                vec![],
+            );
+            c.receiver = vec!["--key".into(), key.clone()];
             let line = run_case(&b, work, &c);
             println!("{line}{}", ratio(&line, 1472));
         }
@@ -530,6 +556,7 @@ fn main() {
             src: src.clone(),
             bytes: 1000 * (64 << 10),
             sender: vec!["--rate".into(), args.rate.clone()],
+            receiver: Vec::new(),
             sim: None,
             stalls: vec![],
         };
