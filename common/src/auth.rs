@@ -161,6 +161,11 @@ fn nonce(counter: u64) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
+/// Equality of two byte strings in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Where the payload starts: after the shard header, or nowhere (heartbeats are all header).
 fn payload_start(body: &[u8]) -> usize {
     if body.get(5) == Some(&kind::SHARD) {
@@ -179,6 +184,11 @@ pub fn session_id(epoch: u32, random: u32) -> u64 {
 /// The epoch in a session id.
 pub fn epoch_of(session: u64) -> u32 {
     (session >> 32) as u32
+}
+
+thread_local! {
+    /// Where the payload of an authenticated-only datagram is encrypted to compute its tag.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Seals datagrams of one session. Clones share the counter (producer and transmitter threads).
@@ -228,20 +238,26 @@ impl Sealer {
         out.extend_from_slice(&counter.to_be_bytes());
         let body_end = out.len() - 12;
         let body = &mut out[start..];
-        let split = if self.encrypt {
-            payload_start(&body[..body_end - start])
-        } else {
-            body_end - start
-        };
+        let split = payload_start(&body[..body_end - start]);
         let (clear, rest) = body.split_at_mut(split);
-        let (secret, ids) = rest.split_at_mut(body_end - start - split);
-        let mut aad = Vec::with_capacity(clear.len() + ids.len());
-        aad.extend_from_slice(clear);
-        aad.extend_from_slice(ids);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(nonce(counter), Aad::from(&aad), secret)
-            .expect("GCM seals any datagram-sized input");
+        let (payload, ids) = rest.split_at_mut(body_end - start - split);
+        let mut aad = [0u8; SHARD_HEADER_LEN + COMMON_HEADER_LEN + 12];
+        let n = clear.len() + ids.len();
+        aad[..clear.len()].copy_from_slice(clear);
+        aad[clear.len()..n].copy_from_slice(ids);
+        let tag = if self.encrypt {
+            self.key
+                .seal_in_place_separate_tag(nonce(counter), Aad::from(&aad[..n]), payload)
+        } else {
+            // The same tag, computed on a copy: the payload itself goes out in the clear.
+            SCRATCH.with_borrow_mut(|scratch| {
+                scratch.clear();
+                scratch.extend_from_slice(payload);
+                self.key
+                    .seal_in_place_separate_tag(nonce(counter), Aad::from(&aad[..n]), scratch)
+            })
+        }
+        .expect("GCM seals any datagram-sized input");
         out.extend_from_slice(tag.as_ref());
         let crc = crc32fast::hash(&out[start..]);
         out.extend_from_slice(&crc.to_be_bytes());
@@ -329,6 +345,8 @@ struct KeyState {
 /// verified.
 pub struct Opener {
     keys: HashMap<u32, KeyState>,
+    /// Where authenticated-only payloads are encrypted to check their tag.
+    scratch: Vec<u8>,
     require: bool,
     changed: bool,
 }
@@ -401,6 +419,7 @@ impl Opener {
         }
         Opener {
             keys: map,
+            scratch: Vec::new(),
             require,
             changed: false,
         }
@@ -447,24 +466,36 @@ impl Opener {
             .clone()
             .unwrap_or_else(|| Arc::new(session_key(&k.psk, session)));
         let encrypted = flags & FLAG_ENCRYPT != 0;
-        let split = if encrypted {
-            payload_start(&buf[..t])
-        } else {
-            t
-        };
+        let split = payload_start(&buf[..t]);
+        if split + 12 > SHARD_HEADER_LEN + COMMON_HEADER_LEN + 12 {
+            return Err(AuthError::Malformed);
+        }
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&buf[t + 12..body_end]);
-        let mut aad = Vec::with_capacity(split + 12);
-        aad.extend_from_slice(&buf[..split]);
-        aad.extend_from_slice(&buf[t..t + 12]);
-        key.open_in_place_separate_tag(
-            nonce(counter),
-            Aad::from(&aad),
-            Tag::from(tag),
-            &mut buf[split..t],
-            0..,
-        )
-        .map_err(|_| AuthError::BadTag)?;
+        let mut aad = [0u8; SHARD_HEADER_LEN + COMMON_HEADER_LEN + 12];
+        aad[..split].copy_from_slice(&buf[..split]);
+        aad[split..split + 12].copy_from_slice(&buf[t..t + 12]);
+        let aad = Aad::from(&aad[..split + 12]);
+        if encrypted {
+            key.open_in_place_separate_tag(
+                nonce(counter),
+                aad,
+                Tag::from(tag),
+                &mut buf[split..t],
+                0..,
+            )
+            .map_err(|_| AuthError::BadTag)?;
+        } else {
+            // The tag of the payload's encryption, computed on a copy and compared in constant time.
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&buf[split..t]);
+            let expected = key
+                .seal_in_place_separate_tag(nonce(counter), aad, &mut self.scratch)
+                .map_err(|_| AuthError::Malformed)?;
+            if !constant_time_eq(expected.as_ref(), &tag) {
+                return Err(AuthError::BadTag);
+            }
+        }
         // Authentic: now the replay rules.
         if known.is_none() {
             let epoch = epoch_of(session);

@@ -143,7 +143,11 @@ fn vector_authenticated() -> (String, Vec<String>) {
     Sealer::new(&psk, SESSION, true)
         .starting_at(1)
         .seal(&mut shard, 0);
-    (key, vec![hex(&hb), hex(&shard)])
+    let mut clear = unhex(&vector_datagrams()[1]);
+    Sealer::new(&psk, SESSION, false)
+        .starting_at(2)
+        .seal(&mut clear, 0);
+    (key, vec![hex(&hb), hex(&shard), hex(&clear)])
 }
 
 #[test]
@@ -163,7 +167,11 @@ fn authenticated_vectors_match_the_spec_and_open_to_the_plain_datagrams() {
         ours.join("\n")
     );
     let mut opener = Opener::new(vec![vector_psk()], true, &Persisted::default());
-    let plain = [vector_heartbeat(), vector_datagrams()[0].clone()];
+    let plain = [
+        vector_heartbeat(),
+        vector_datagrams()[0].clone(),
+        vector_datagrams()[1].clone(),
+    ];
     for (sealed, plain) in spec.iter().zip(plain) {
         let mut b = unhex(sealed);
         let n = opener.open(&mut b).unwrap();
