@@ -15,5 +15,6 @@ pub mod meta;
 pub mod object;
 pub mod pacer;
 pub mod ranges;
+pub mod settings;
 pub mod units;
 pub mod wire;

@@ -99,6 +99,22 @@ pub fn one_direction_this_thread(role: Role) -> Result<(), ConfineError> {
     seccompiler::apply_filter(&prog).map_err(|e| ConfineError::Seccomp(e.to_string()))
 }
 
+/// Reads a secret (a key file), refusing one that others than its owner could read.
+pub fn read_private(path: &std::path::Path) -> std::io::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "readable by others than its owner (mode {:o}): chmod 600 it",
+                mode & 0o777
+            ),
+        ));
+    }
+    std::fs::read_to_string(path)
+}
+
 /// How far Landlock could be enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enforced {

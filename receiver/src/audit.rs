@@ -190,7 +190,7 @@ fn sha256_file(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Evidence, Manifest};
+    use crate::manifest::{Evidence, Manifest, Verified};
     use checkvalve_common::meta::{Head, ObjectKind};
     use std::time::SystemTime;
 
@@ -212,7 +212,7 @@ mod tests {
                 mtime_nanos: 0,
                 kind: ObjectKind::File,
             };
-            m.delivered(&format!("1-{i}"), &head, &digest, &ev);
+            m.verified(Verified::Delivered, &format!("1-{i}"), &head, &digest, &ev);
         }
         m.event("link_down", Some("1"), "no heartbeat for 3 s".into(), None);
         m

@@ -2,10 +2,9 @@
 //! and the replay state kept in the state folder across restarts.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use checkvalve_common::auth::{self, Persisted, Psk};
 use serde::{Deserialize, Serialize};
 
@@ -14,17 +13,8 @@ pub const STATE_FILE: &str = "auth.json";
 
 /// Reads a key file, refusing one that others than its owner can read.
 pub fn load(path: &Path) -> Result<Psk> {
-    let meta =
-        fs::metadata(path).with_context(|| format!("cannot read key file {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        bail!(
-            "key file {} is readable by others than its owner (mode {:o}): chmod 600 it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        );
-    }
-    let text = fs::read_to_string(path)
-        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    let text = checkvalve_confine::read_private(path)
+        .with_context(|| format!("key file {}", path.display()))?;
     auth::parse_key_file(&text).with_context(|| format!("key file {}", path.display()))
 }
 

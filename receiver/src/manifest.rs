@@ -27,6 +27,17 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// The longest record read back at start (a record is far shorter: paths are at most 4 KiB).
 const MAX_LINE: u64 = 64 << 10;
 
+/// What became of a file that verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// Published.
+    Delivered,
+    /// The share already held this content under this path.
+    Repeat,
+    /// Newer content for the path was already published.
+    Superseded,
+}
+
 /// How a published object crossed, for its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Evidence {
@@ -446,59 +457,33 @@ impl Manifest {
         );
     }
 
-    /// Records a verified, published file.
-    pub fn delivered(
+    /// Records a verified file: published, a repeat of what the share holds, or superseded.
+    pub fn verified(
         &self,
+        outcome: Verified,
         object: &str,
         head: &Head,
         digest: &[u8; DIGEST_LEN],
         evidence: &Evidence,
     ) {
+        let (status, reason) = match outcome {
+            Verified::Delivered => ("delivered", None),
+            Verified::Repeat => (
+                "repeat",
+                Some("the share already holds this content under this path"),
+            ),
+            Verified::Superseded => (
+                "superseded",
+                Some("newer content for this path was already published"),
+            ),
+        };
         self.write(
-            "delivered",
+            status,
             Some(object),
             1,
             (Some(&head.path), Some(head.size), Some(hex(digest))),
             Some(evidence),
-            None,
-            None,
-        );
-    }
-
-    /// Records a verified file the share already held, identical, under its path (sent again).
-    pub fn repeat(
-        &self,
-        object: &str,
-        head: &Head,
-        digest: &[u8; DIGEST_LEN],
-        evidence: &Evidence,
-    ) {
-        self.write(
-            "repeat",
-            Some(object),
-            1,
-            (Some(&head.path), Some(head.size), Some(hex(digest))),
-            Some(evidence),
-            Some("the share already holds this content under this path".into()),
-            None,
-        );
-    }
-
-    /// Records a verified file not published because newer content for its path already was.
-    pub fn superseded(
-        &self,
-        object: &str,
-        head: &Head,
-        digest: &[u8; DIGEST_LEN],
-        evidence: &Evidence,
-    ) {
-        self.write(
-            "superseded",
-            Some(object),
-            1,
-            (Some(&head.path), Some(head.size), Some(hex(digest))),
-            Some(evidence),
-            Some("newer content for this path was already published".into()),
+            reason.map(str::to_owned),
             None,
         );
     }

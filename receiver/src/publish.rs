@@ -12,7 +12,7 @@ use checkvalve_common::assembler::{ObjectKey, Precedence};
 use checkvalve_common::meta::{DIGEST_LEN, Head};
 use tracing::{error, info, warn};
 
-use crate::manifest::{Evidence, Manifest};
+use crate::manifest::{Evidence, Manifest, Verified};
 use crate::share::{PublishError, Published, Share, Temp};
 
 /// Files at least this large go to the large-file lane.
@@ -105,15 +105,15 @@ fn run(share: &Share, manifest: &Manifest, reserved: &AtomicU64, jobs: Receiver<
         match share.publish(job.temp, head, digest, job.precedence) {
             Ok(Published::New(_)) => {
                 info!(path = %head.path, size = head.size, object, "delivered");
-                manifest.delivered(&object, head, digest, &job.evidence);
+                manifest.verified(Verified::Delivered, &object, head, digest, &job.evidence);
             }
             Ok(Published::Repeat) => {
                 info!(path = %head.path, size = head.size, object, "repeat: the share already holds this content");
-                manifest.repeat(&object, head, digest, &job.evidence);
+                manifest.verified(Verified::Repeat, &object, head, digest, &job.evidence);
             }
             Err(PublishError::Superseded) => {
                 warn!(path = %head.path, object, "not published: newer content for this path was already published");
-                manifest.superseded(&object, head, digest, &job.evidence);
+                manifest.verified(Verified::Superseded, &object, head, digest, &job.evidence);
             }
             Err(e) => {
                 error!(path = %head.path, object, "lost: not published: {e}");

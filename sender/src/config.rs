@@ -7,31 +7,9 @@ use std::time::Duration;
 use checkvalve_common::object::FecParams;
 use checkvalve_common::units::{parse_duration, parse_rate, parse_size};
 use serde::Deserialize;
-use thiserror::Error;
 use toml::Spanned;
 
-/// A configuration that could not be used.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{file}: {source}")]
-    Read {
-        /// The file.
-        file: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A value (or the syntax) is wrong at a known line.
-    #[error("{file}:{line}: {reason}")]
-    At {
-        /// The file.
-        file: PathBuf,
-        /// Line number, from 1.
-        line: usize,
-        /// What is wrong.
-        reason: String,
-    },
-}
+pub use checkvalve_common::settings::ConfigError;
 
 /// What happens to a spooled file once it has been sent completely.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,11 +136,7 @@ impl Config {
 
     /// Parses and checks `text`, naming `file` in errors.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let at = |offset: usize, reason: String| ConfigError::At {
-            file: file.to_owned(),
-            line: text[..offset.min(text.len())].matches('\n').count() + 1,
-            reason,
-        };
+        let at = |offset: usize, reason: String| ConfigError::at(file, text, offset, reason);
         let raw: Raw = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
             at(offset, e.message().to_owned())

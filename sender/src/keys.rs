@@ -3,11 +3,11 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use checkvalve_common::auth::{self, KEY_LEN, Psk, Sealer};
 use tracing::warn;
 
@@ -60,17 +60,8 @@ pub fn identity(state: Option<&Path>, key: Option<&Psk>, encrypt: bool) -> Ident
 
 /// Reads a key file, refusing one that others than its owner can read.
 pub fn load(path: &Path) -> Result<Psk> {
-    let meta =
-        fs::metadata(path).with_context(|| format!("cannot read key file {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        bail!(
-            "key file {} is readable by others than its owner (mode {:o}): chmod 600 it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        );
-    }
-    let text = fs::read_to_string(path)
-        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    let text = checkvalve_confine::read_private(path)
+        .with_context(|| format!("key file {}", path.display()))?;
     auth::parse_key_file(&text).with_context(|| format!("key file {}", path.display()))
 }
 
@@ -93,6 +84,7 @@ pub fn keygen(id: u32, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn keys_are_private_and_epochs_never_go_back() {

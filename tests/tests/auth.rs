@@ -31,6 +31,32 @@ fn keygen(dir: &Path, id: u32) -> std::path::PathBuf {
     key
 }
 
+/// A receiver holding `key`, writing to `out`: the process and the address it listens on.
+fn keyed_receiver(
+    dir: &Path,
+    tag: &str,
+    key: &Path,
+    out: &Path,
+) -> (checkvalve_tests::Proc, String) {
+    let receiver = checkvalve_tests::Proc::start(
+        dir,
+        tag,
+        &bin("checkvalve-receive"),
+        &[
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            "--stats-interval".into(),
+            "1s".into(),
+        ],
+    );
+    let addr = checkvalve_tests::bound_addr(&receiver, " receiving", Duration::from_secs(20));
+    (receiver, addr)
+}
+
 /// A relay in front of the receiver that keeps a copy of every datagram.
 struct Tap {
     addr: String,
@@ -145,22 +171,7 @@ fn with_a_key_forged_unauthenticated_and_replayed_datagrams_are_all_refused_duri
     let dir = rig.dir.path();
     let key = keygen(dir, 1);
     let out = dir.join("keyed-out");
-    let receiver = checkvalve_tests::Proc::start(
-        dir,
-        "keyed-receiver",
-        &bin("checkvalve-receive"),
-        &[
-            "--bind".into(),
-            "127.0.0.1:0".into(),
-            "--out".into(),
-            out.display().to_string(),
-            "--key".into(),
-            key.display().to_string(),
-            "--stats-interval".into(),
-            "1s".into(),
-        ],
-    );
-    let raddr = checkvalve_tests::bound_addr(&receiver, " receiving", Duration::from_secs(20));
+    let (receiver, raddr) = keyed_receiver(dir, "keyed-receiver", &key, &out);
     let mut tap = Tap::start(&raddr);
     let src = make_tree(dir, "keyed", 12, 300_000, 77);
     // The flood runs during the transfer: 50,000 forged datagrams.
@@ -316,23 +327,7 @@ fn encrypted_payloads_never_cross_the_link_in_the_clear() {
     let out_dir = |tag: &str| dir.join(format!("out-{tag}"));
     for (tag, encrypt) in [("plain", false), ("encrypted", true)] {
         let out = out_dir(tag);
-        let mut rargs = vec![
-            "--bind".to_string(),
-            "127.0.0.1:0".into(),
-            "--out".into(),
-            out.display().to_string(),
-            "--key".into(),
-            key.display().to_string(),
-        ];
-        rargs.push("--stats-interval".into());
-        rargs.push("1s".into());
-        let mut receiver = checkvalve_tests::Proc::start(
-            dir,
-            &format!("receiver-{tag}"),
-            &bin("checkvalve-receive"),
-            &rargs,
-        );
-        let raddr = checkvalve_tests::bound_addr(&receiver, " receiving", Duration::from_secs(20));
+        let (mut receiver, raddr) = keyed_receiver(dir, &format!("receiver-{tag}"), &key, &out);
         let mut tap = Tap::start(&raddr);
         let mut args = vec![
             "--to".to_string(),
@@ -391,22 +386,7 @@ fn thirty_seconds_of_flood_from_many_sessions_cost_a_keyed_receiver_nothing() {
     let dir = rig.dir.path();
     let key = keygen(dir, 3);
     let out = dir.join("keyed-out");
-    let mut receiver = checkvalve_tests::Proc::start(
-        dir,
-        "keyed-receiver",
-        &bin("checkvalve-receive"),
-        &[
-            "--bind".into(),
-            "127.0.0.1:0".into(),
-            "--out".into(),
-            out.display().to_string(),
-            "--key".into(),
-            key.display().to_string(),
-            "--stats-interval".into(),
-            "1s".into(),
-        ],
-    );
-    let raddr = checkvalve_tests::bound_addr(&receiver, " receiving", Duration::from_secs(20));
+    let (mut receiver, raddr) = keyed_receiver(dir, "keyed-receiver", &key, &out);
     let pid = receiver.pid().expect("running");
     // Two threads at full loopback speed for 30 s: random bytes, and well-formed datagrams (plain
     // and claiming authentication) from thousands of session ids.
