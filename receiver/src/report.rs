@@ -100,8 +100,12 @@ pub fn print(out: &Path, state: &Path, since: Option<Duration>, format: Format) 
                     l.updated
                 )
             };
-            r.link = l.link.clone();
-            r.link_since = l.link_since.clone();
+            if !l.stopped && fresh {
+                r.link = l.link.clone();
+                r.link_since = l.link_since.clone();
+            } else {
+                r.link = format!("unknown (receiver not running; last seen {})", l.link);
+            }
             r.last_heartbeat = l.last_heartbeat.clone();
         }
         None => {
@@ -188,9 +192,15 @@ fn print_text(r: &Report, out: &Path) {
     );
     println!("share:             {}", out.display());
     println!("receiver:          {}", r.receiver);
+    // A bare state (up, down) stands out in capitals; a sentence stays as written.
+    let link = if r.link.contains(' ') {
+        r.link.clone()
+    } else {
+        r.link.to_uppercase()
+    };
     println!(
         "link:              {}{}",
-        r.link.to_uppercase(),
+        link,
         r.link_since
             .as_ref()
             .map(|s| format!(" since {s}"))
