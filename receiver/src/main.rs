@@ -375,7 +375,10 @@ fn run(args: Settings, no_seccomp: bool) -> Result<()> {
         Arc::clone(&manifest),
         Arc::clone(&reserved),
     )?;
-    let (writer_tx, writer_rx) = std::sync::mpsc::sync_channel(writer_bytes / 2 / WRITE_UNIT);
+    // Of the writer's share, a quarter queues blocks to write, a quarter blocks written and not yet
+    // hashed, and half keeps blocks to hash in order.
+    let queue = (writer_bytes / 4 / WRITE_UNIT).max(1);
+    let (writer_tx, writer_rx) = std::sync::mpsc::sync_channel(queue);
     let (recycle_tx, recycle_rx) = std::sync::mpsc::channel();
     let (failed_tx, failed_rx) = std::sync::mpsc::channel();
     let writer = writer::Writer::new(
@@ -386,6 +389,7 @@ fn run(args: Settings, no_seccomp: bool) -> Result<()> {
         recycle_tx,
         failed_tx,
         writer_bytes / 2,
+        queue,
     );
     let writer_thread = std::thread::Builder::new()
         .name("write".into())

@@ -1,12 +1,13 @@
-//! The writer thread: puts decoded content into each object's temporary file and hashes it in
-//! order as it is written, so that verification never reads a file back (except for content that
-//! arrived too far out of order to keep), and disk writes never hold up the receive loop.
+//! The writer and hashing threads: the writer puts decoded content into each object's temporary
+//! file and hands each written block to the hasher, which hashes content in order as it is
+//! written, so that verification never reads a file back (except for content that arrived too far
+//! out of order to keep), and neither disk writes nor SHA-256 hold up the receive loop.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
 use checkvalve_common::assembler::{ObjectKey, Precedence};
 use checkvalve_common::meta::{DIGEST_LEN, Head};
@@ -51,48 +52,50 @@ pub enum Msg {
 /// One object being written.
 struct Open {
     temp: Temp,
-    hasher: Sha256,
-    /// Content hashed so far, from offset 0.
-    hashed: u64,
-    /// Blocks written ahead of `hashed`, kept to hash them in order.
-    stash: BTreeMap<u64, Vec<u8>>,
-    /// The stash overflowed: the rest is hashed by reading the file back at completion.
-    read_back: bool,
     /// A write failed: the object was recorded lost and its data is ignored.
     failed: bool,
 }
 
-impl Open {
-    fn new(temp: Temp) -> Self {
-        Open {
-            temp,
-            hasher: Sha256::new(),
-            hashed: 0,
-            stash: BTreeMap::new(),
-            read_back: false,
-            failed: false,
-        }
-    }
+/// What the writer hands to the hasher, in the order it wrote.
+enum ToHash {
+    /// Content written at `offset`: hash it (in order) and give the buffer back.
+    Data {
+        key: ObjectKey,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Every block was written: finish the hash, then publish or refuse.
+    Complete {
+        key: ObjectKey,
+        head: Head,
+        digest: [u8; DIGEST_LEN],
+        precedence: Precedence,
+        evidence: Evidence,
+        temp: Temp,
+    },
+    /// The object was given up: forget what is kept for it.
+    Forget { key: ObjectKey },
 }
 
 /// State of the writer thread.
 pub struct Writer {
     share: Arc<Share>,
     manifest: Arc<Manifest>,
-    publisher: Publisher,
     reserved: Arc<AtomicU64>,
     /// Block buffers going back to the assembler.
     recycle: Sender<Vec<u8>>,
     /// Objects whose write failed, with why: the receive loop records them and stops assembling.
     failed: Sender<(ObjectKey, String)>,
     objects: HashMap<ObjectKey, Open>,
-    stash_bytes: usize,
-    stash_limit: usize,
+    /// The hasher, until `run` starts it.
+    hasher: Option<Hasher>,
+    hash_queue: usize,
 }
 
 impl Writer {
     /// A writer publishing through `publisher`; `stash_limit` bounds the bytes kept to hash
-    /// out-of-order blocks in order.
+    /// out-of-order blocks in order, `hash_queue` the blocks written and not yet hashed.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         share: Arc<Share>,
         manifest: Arc<Manifest>,
@@ -101,66 +104,92 @@ impl Writer {
         recycle: Sender<Vec<u8>>,
         failed: Sender<(ObjectKey, String)>,
         stash_limit: usize,
+        hash_queue: usize,
     ) -> Self {
+        let hasher = Hasher {
+            share: Arc::clone(&share),
+            manifest: Arc::clone(&manifest),
+            publisher,
+            reserved: Arc::clone(&reserved),
+            recycle: recycle.clone(),
+            objects: HashMap::new(),
+            stash_bytes: 0,
+            stash_limit,
+        };
         Writer {
             share,
             manifest,
-            publisher,
             reserved,
             recycle,
             failed,
             objects: HashMap::new(),
-            stash_bytes: 0,
-            stash_limit,
+            hasher: Some(hasher),
+            hash_queue,
         }
     }
 
-    /// Handles messages until the channel closes, then lets the publishers finish.
+    /// Handles messages until the channel closes, then lets the hasher and publishers finish.
+    /// Hashing runs on a thread of its own: SHA-256 costs about as much as the write itself,
+    /// and the two overlap.
     pub fn run(mut self, rx: Receiver<Msg>) {
+        let (tx, hash_rx) = std::sync::mpsc::sync_channel(self.hash_queue.max(1));
+        let hasher = self.hasher.take().map(|h| {
+            std::thread::Builder::new()
+                .name("hash".into())
+                .spawn(move || h.run(hash_rx))
+        });
+        let hasher = match hasher {
+            Some(Ok(t)) => t,
+            _ => {
+                error!("cannot start the hashing thread: nothing can be published");
+                return;
+            }
+        };
         for msg in rx {
             match msg {
-                Msg::Data { key, offset, data } => self.data(key, offset, data),
+                Msg::Data { key, offset, data } => self.data(&tx, key, offset, data),
                 Msg::Complete {
                     key,
                     head,
                     digest,
                     precedence,
                     evidence,
-                } => self.complete(key, head, digest, precedence, evidence),
+                } => self.complete(&tx, key, head, digest, precedence, evidence),
                 Msg::Discard { key } => {
                     if let Some(open) = self.objects.remove(&key) {
-                        self.drop_open(open);
+                        self.share.discard(open.temp);
+                        let _ = tx.send(ToHash::Forget { key });
                     }
                 }
             }
         }
-        for (_, open) in std::mem::take(&mut self.objects) {
-            self.drop_open(open);
+        for (key, open) in std::mem::take(&mut self.objects) {
+            self.share.discard(open.temp);
+            let _ = tx.send(ToHash::Forget { key });
         }
-        self.publisher.finish();
-    }
-
-    fn drop_open(&mut self, open: Open) {
-        for (_, buf) in open.stash {
-            self.stash_bytes -= buf.len();
-            let _ = self.recycle.send(buf);
-        }
-        self.share.discard(open.temp);
+        drop(tx);
+        let _ = hasher.join();
     }
 
     fn give_back(&self, buf: Vec<u8>) {
         let _ = self.recycle.send(buf);
     }
 
-    fn data(&mut self, key: ObjectKey, offset: u64, data: Vec<u8>) {
+    fn data(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, offset: u64, data: Vec<u8>) {
         if !self.objects.contains_key(&key) {
             match self.share.create_temp(key) {
                 Ok(temp) => {
-                    self.objects.insert(key, Open::new(temp));
+                    self.objects.insert(
+                        key,
+                        Open {
+                            temp,
+                            failed: false,
+                        },
+                    );
                 }
                 Err(e) => {
                     self.give_back(data);
-                    return self.fail(key, format!("cannot create temporary file: {e}"));
+                    return self.fail(hash, key, format!("cannot create temporary file: {e}"));
                 }
             }
         }
@@ -172,32 +201,159 @@ impl Writer {
         }
         if let Err(e) = open.temp.file.write_all_at(&data, offset) {
             self.give_back(data);
-            return self.fail(key, format!("cannot write temporary file: {e}"));
+            return self.fail(hash, key, format!("cannot write temporary file: {e}"));
         }
-        if open.read_back || offset < open.hashed {
-            return self.give_back(data);
+        let _ = hash.send(ToHash::Data { key, offset, data });
+    }
+
+    fn complete(
+        &mut self,
+        hash: &SyncSender<ToHash>,
+        key: ObjectKey,
+        head: Head,
+        digest: [u8; DIGEST_LEN],
+        precedence: Precedence,
+        evidence: Evidence,
+    ) {
+        let temp = match self.objects.remove(&key) {
+            Some(o) if o.failed => {
+                // Recorded by the receive loop; the space reservation passed to us.
+                self.reserved.fetch_sub(head.size, Ordering::Relaxed);
+                self.share.discard(o.temp);
+                let _ = hash.send(ToHash::Forget { key });
+                return;
+            }
+            Some(o) => o.temp,
+            // An empty file never had content written.
+            None => match self.share.create_temp(key) {
+                Ok(temp) => temp,
+                Err(e) => {
+                    self.reserved.fetch_sub(head.size, Ordering::Relaxed);
+                    let _ = hash.send(ToHash::Forget { key });
+                    return record(
+                        &self.manifest,
+                        key,
+                        &head,
+                        format!("cannot create temporary file: {e}"),
+                    );
+                }
+            },
+        };
+        let _ = hash.send(ToHash::Complete {
+            key,
+            head,
+            digest,
+            precedence,
+            evidence,
+            temp,
+        });
+    }
+
+    /// A write failed: the object's remaining data is ignored, and the receive loop (which knows
+    /// its name) records the loss and stops assembling it.
+    fn fail(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, reason: String) {
+        if let Some(open) = self.objects.get_mut(&key) {
+            open.failed = true;
         }
-        if offset == open.hashed {
-            open.hasher.update(&data);
-            open.hashed += data.len() as u64;
+        let _ = hash.send(ToHash::Forget { key });
+        let _ = self.failed.send((key, reason));
+    }
+}
+
+/// The SHA-256 of one object as it is written.
+struct Digesting {
+    hasher: Sha256,
+    /// Content hashed so far, from offset 0.
+    hashed: u64,
+    /// Blocks written ahead of `hashed`, kept to hash them in order.
+    stash: BTreeMap<u64, Vec<u8>>,
+    /// The stash overflowed: the rest is hashed by reading the file back at completion.
+    read_back: bool,
+}
+
+impl Digesting {
+    fn new() -> Self {
+        Digesting {
+            hasher: Sha256::new(),
+            hashed: 0,
+            stash: BTreeMap::new(),
+            read_back: false,
+        }
+    }
+}
+
+/// State of the hashing thread: hashes content in order, then publishes or refuses.
+struct Hasher {
+    share: Arc<Share>,
+    manifest: Arc<Manifest>,
+    publisher: Publisher,
+    reserved: Arc<AtomicU64>,
+    recycle: Sender<Vec<u8>>,
+    objects: HashMap<ObjectKey, Digesting>,
+    stash_bytes: usize,
+    stash_limit: usize,
+}
+
+impl Hasher {
+    fn run(mut self, rx: Receiver<ToHash>) {
+        for msg in rx {
+            match msg {
+                ToHash::Data { key, offset, data } => self.data(key, offset, data),
+                ToHash::Complete {
+                    key,
+                    head,
+                    digest,
+                    precedence,
+                    evidence,
+                    temp,
+                } => self.complete(key, head, digest, precedence, evidence, temp),
+                ToHash::Forget { key } => {
+                    if let Some(d) = self.objects.remove(&key) {
+                        self.drop_stash(d);
+                    }
+                }
+            }
+        }
+        for (_, d) in std::mem::take(&mut self.objects) {
+            self.drop_stash(d);
+        }
+        self.publisher.finish();
+    }
+
+    fn drop_stash(&mut self, d: Digesting) {
+        for (_, buf) in d.stash {
+            self.stash_bytes -= buf.len();
+            let _ = self.recycle.send(buf);
+        }
+    }
+
+    fn data(&mut self, key: ObjectKey, offset: u64, data: Vec<u8>) {
+        let d = self.objects.entry(key).or_insert_with(Digesting::new);
+        if d.read_back || offset < d.hashed {
             let _ = self.recycle.send(data);
-            while let Some(next) = open.stash.remove(&open.hashed) {
-                open.hasher.update(&next);
-                open.hashed += next.len() as u64;
+            return;
+        }
+        if offset == d.hashed {
+            d.hasher.update(&data);
+            d.hashed += data.len() as u64;
+            let _ = self.recycle.send(data);
+            while let Some(next) = d.stash.remove(&d.hashed) {
+                d.hasher.update(&next);
+                d.hashed += next.len() as u64;
                 self.stash_bytes -= next.len();
                 let _ = self.recycle.send(next);
             }
         } else if self.stash_bytes + data.len() <= self.stash_limit {
             self.stash_bytes += data.len();
-            open.stash.insert(offset, data);
+            d.stash.insert(offset, data);
         } else {
             // Too far out of order to keep: hash from the file at completion instead.
-            open.read_back = true;
-            for (_, buf) in std::mem::take(&mut open.stash) {
+            d.read_back = true;
+            for (_, buf) in std::mem::take(&mut d.stash) {
                 self.stash_bytes -= buf.len();
                 let _ = self.recycle.send(buf);
             }
-            self.give_back(data);
+            let _ = self.recycle.send(data);
         }
     }
 
@@ -208,26 +364,11 @@ impl Writer {
         digest: [u8; DIGEST_LEN],
         precedence: Precedence,
         evidence: Evidence,
+        temp: Temp,
     ) {
-        let open = match self.objects.remove(&key) {
-            Some(o) if o.failed => {
-                // Recorded by the receive loop; the space reservation passed to us.
-                self.reserved.fetch_sub(head.size, Ordering::Relaxed);
-                self.drop_open(o);
-                return;
-            }
-            Some(o) => o,
-            // An empty file never had content written.
-            None => match self.share.create_temp(key) {
-                Ok(temp) => Open::new(temp),
-                Err(e) => {
-                    self.reserved.fetch_sub(head.size, Ordering::Relaxed);
-                    return self.record(key, &head, format!("cannot create temporary file: {e}"));
-                }
-            },
-        };
-        match self.finish_hash(open, &head) {
-            Ok((temp, actual)) if actual == digest => self.publisher.send(Job {
+        let d = self.objects.remove(&key).unwrap_or_else(Digesting::new);
+        match self.finish_hash(d, &temp, &head) {
+            Ok(actual) if actual == digest => self.publisher.send(Job {
                 key,
                 head,
                 digest,
@@ -235,7 +376,7 @@ impl Writer {
                 evidence,
                 temp,
             }),
-            Ok((temp, _)) => {
+            Ok(_) => {
                 self.share.discard(temp);
                 self.reserved.fetch_sub(head.size, Ordering::Relaxed);
                 self.record(
@@ -244,7 +385,7 @@ impl Writer {
                     "not published: SHA-256 mismatch: content is not what was sent".into(),
                 );
             }
-            Err((temp, e)) => {
+            Err(e) => {
                 self.share.discard(temp);
                 self.reserved.fetch_sub(head.size, Ordering::Relaxed);
                 self.record(key, &head, format!("not published: cannot verify: {e}"));
@@ -255,66 +396,57 @@ impl Writer {
     /// The SHA-256 of the whole content: what was hashed in order, plus the rest read back.
     fn finish_hash(
         &mut self,
-        mut open: Open,
+        mut d: Digesting,
+        temp: &Temp,
         head: &Head,
-    ) -> Result<(Temp, [u8; DIGEST_LEN]), (Temp, std::io::Error)> {
-        for (_, buf) in std::mem::take(&mut open.stash) {
+    ) -> std::io::Result<[u8; DIGEST_LEN]> {
+        if !d.stash.is_empty() {
             // Every block arrived, so a stash left over can only be after a gap that was filled
             // by content too far out of order to keep: re-hash from the file.
-            self.stash_bytes -= buf.len();
-            let _ = self.recycle.send(buf);
-            open.read_back = true;
-        }
-        if open.hashed < head.size {
-            let mut buf = vec![0u8; 1 << 20];
-            while open.hashed < head.size {
-                let want = usize::try_from(head.size - open.hashed)
-                    .unwrap_or(usize::MAX)
-                    .min(buf.len());
-                match open.temp.file.read_at(&mut buf[..want], open.hashed) {
-                    Ok(0) => {
-                        return Err((
-                            open.temp,
-                            std::io::Error::other(format!(
-                                "temporary file ends at {} of {} bytes",
-                                open.hashed, head.size
-                            )),
-                        ));
-                    }
-                    Ok(n) => {
-                        open.hasher.update(&buf[..n]);
-                        open.hashed += n as u64;
-                    }
-                    Err(e) => return Err((open.temp, e)),
-                }
-            }
-        }
-        Ok((open.temp, open.hasher.finalize().into()))
-    }
-
-    fn record(&self, key: ObjectKey, head: &Head, reason: String) {
-        error!(path = %head.path, object = %key, "lost: {reason}");
-        self.manifest.lost(
-            &key.to_string(),
-            1,
-            Some(&head.path),
-            Some(head.size),
-            reason,
-        );
-    }
-
-    /// A write failed: the object's remaining data is ignored, and the receive loop (which knows
-    /// its name) records the loss and stops assembling it.
-    fn fail(&mut self, key: ObjectKey, reason: String) {
-        if let Some(open) = self.objects.get_mut(&key) {
-            open.failed = true;
-            for (_, buf) in std::mem::take(&mut open.stash) {
+            d.read_back = true;
+            for (_, buf) in std::mem::take(&mut d.stash) {
                 self.stash_bytes -= buf.len();
                 let _ = self.recycle.send(buf);
             }
         }
-        let _ = self.failed.send((key, reason));
+        if d.hashed < head.size {
+            let mut buf = vec![0u8; 1 << 20];
+            while d.hashed < head.size {
+                let want = usize::try_from(head.size - d.hashed)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                match temp.file.read_at(&mut buf[..want], d.hashed)? {
+                    0 => {
+                        return Err(std::io::Error::other(format!(
+                            "temporary file ends at {} of {} bytes",
+                            d.hashed, head.size
+                        )));
+                    }
+                    n => {
+                        d.hasher.update(&buf[..n]);
+                        d.hashed += n as u64;
+                    }
+                }
+            }
+        }
+        Ok(d.hasher.finalize().into())
     }
+
+    fn record(&self, key: ObjectKey, head: &Head, reason: String) {
+        record(&self.manifest, key, head, reason);
+    }
+}
+
+/// Logs and records a complete object that cannot be published.
+fn record(manifest: &Manifest, key: ObjectKey, head: &Head, reason: String) {
+    error!(path = %head.path, object = %key, "lost: {reason}");
+    manifest.lost(
+        &key.to_string(),
+        1,
+        Some(&head.path),
+        Some(head.size),
+        reason,
+    );
 }
 
 #[cfg(test)]
@@ -359,6 +491,7 @@ mod tests {
             recycle,
             failed,
             stash_limit,
+            4,
         );
         let (tx, rx) = std::sync::mpsc::channel();
         let t = std::thread::spawn(move || w.run(rx));

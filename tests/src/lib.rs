@@ -35,6 +35,9 @@ pub fn build_programs(profile: &str) {
             "checkvalve-status",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        // Set by `cargo run` and `cargo test`; build scripts that watch it (ring's) would rebuild
+        // everything above them on every alternation with a plain `cargo build`.
+        .env_remove("CARGO_MANIFEST_DIR")
         .status()
         .expect("run cargo build");
     assert!(status.success(), "building the binaries failed");
