@@ -160,3 +160,36 @@ fn a_symlink_planted_in_the_output_is_never_followed() {
         "{outcome:?}"
     );
 }
+
+/// With no rate limit the sender goes as fast as it can, on the same cores as the receiver: the
+/// receiver must keep up, or shed only what the parity repairs.
+#[test]
+fn an_unthrottled_64_mib_file_arrives_intact() {
+    let mut rig = Rig::start(None, &[]);
+    let src = rig.dir.path().join("src");
+    let tree = src.join("unthrottled");
+    checkvalve_tests::write_file(&tree.join("historian.bin"), 64 << 20, 64);
+    let expected = digest_tree(&src);
+    let status = rig.send(&[&tree], &["--rate", "max"], Duration::from_secs(120));
+    assert!(status.success(), "sender failed: {status}");
+    let outcome = rig.settle(1, Duration::from_secs(60));
+    let log = rig.receiver.log_text();
+    assert_eq!(
+        outcome.delivered.len(),
+        1,
+        "lost: {:?} {}\n{}",
+        outcome.lost_named,
+        outcome.lost_unnamed,
+        checkvalve_tests::tail(&rig.receiver.log)
+    );
+    let got: Vec<_> = digest_tree(&rig.out)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(".checkvalve"))
+        .collect();
+    assert_eq!(got, expected, "delivered content differs from the source");
+    assert!(rig.receiver.stop().success());
+    eprintln!(
+        "{}",
+        log.lines().rfind(|l| l.contains(" stats ")).unwrap_or("")
+    );
+}
