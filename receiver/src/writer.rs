@@ -56,31 +56,25 @@ struct Open {
     failed: bool,
 }
 
-/// What the writer hands to the hasher, in the order it wrote.
-enum ToHash {
-    /// Content written at `offset`: hash it (in order) and give the buffer back.
-    Data {
-        key: ObjectKey,
-        offset: u64,
-        data: Vec<u8>,
-    },
-    /// Every block was written: finish the hash, then publish or refuse.
-    Complete {
-        key: ObjectKey,
-        head: Head,
-        digest: [u8; DIGEST_LEN],
-        precedence: Precedence,
-        evidence: Evidence,
-        temp: Temp,
-    },
-    /// The object was given up: forget what is kept for it.
-    Forget { key: ObjectKey },
+/// What the writer hands to the hasher, in the order it wrote: the receive loop's message, with
+/// the temporary file once the object is complete (the hasher verifies and publishes it).
+struct ToHash {
+    msg: Msg,
+    temp: Option<Temp>,
+}
+
+impl ToHash {
+    fn forget(key: ObjectKey) -> Self {
+        ToHash {
+            msg: Msg::Discard { key },
+            temp: None,
+        }
+    }
 }
 
 /// State of the writer thread.
 pub struct Writer {
     share: Arc<Share>,
-    manifest: Arc<Manifest>,
     reserved: Arc<AtomicU64>,
     /// Block buffers going back to the assembler.
     recycle: Sender<Vec<u8>>,
@@ -108,7 +102,7 @@ impl Writer {
     ) -> Self {
         let hasher = Hasher {
             share: Arc::clone(&share),
-            manifest: Arc::clone(&manifest),
+            manifest,
             publisher,
             reserved: Arc::clone(&reserved),
             recycle: recycle.clone(),
@@ -118,7 +112,6 @@ impl Writer {
         };
         Writer {
             share,
-            manifest,
             reserved,
             recycle,
             failed,
@@ -148,24 +141,21 @@ impl Writer {
         for msg in rx {
             match msg {
                 Msg::Data { key, offset, data } => self.data(&tx, key, offset, data),
-                Msg::Complete {
-                    key,
-                    head,
-                    digest,
-                    precedence,
-                    evidence,
-                } => self.complete(&tx, key, head, digest, precedence, evidence),
+                Msg::Complete { key, ref head, .. } => {
+                    let size = head.size;
+                    self.complete(&tx, key, size, msg)
+                }
                 Msg::Discard { key } => {
                     if let Some(open) = self.objects.remove(&key) {
                         self.share.discard(open.temp);
-                        let _ = tx.send(ToHash::Forget { key });
+                        let _ = tx.send(ToHash::forget(key));
                     }
                 }
             }
         }
         for (key, open) in std::mem::take(&mut self.objects) {
             self.share.discard(open.temp);
-            let _ = tx.send(ToHash::Forget { key });
+            let _ = tx.send(ToHash::forget(key));
         }
         drop(tx);
         let _ = hasher.join();
@@ -203,24 +193,20 @@ impl Writer {
             self.give_back(data);
             return self.fail(hash, key, format!("cannot write temporary file: {e}"));
         }
-        let _ = hash.send(ToHash::Data { key, offset, data });
+        let _ = hash.send(ToHash {
+            msg: Msg::Data { key, offset, data },
+            temp: None,
+        });
     }
 
-    fn complete(
-        &mut self,
-        hash: &SyncSender<ToHash>,
-        key: ObjectKey,
-        head: Head,
-        digest: [u8; DIGEST_LEN],
-        precedence: Precedence,
-        evidence: Evidence,
-    ) {
+    /// `complete` is the receive loop's message for object `key` of `size` bytes.
+    fn complete(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, size: u64, complete: Msg) {
         let temp = match self.objects.remove(&key) {
             Some(o) if o.failed => {
                 // Recorded by the receive loop; the space reservation passed to us.
-                self.reserved.fetch_sub(head.size, Ordering::Relaxed);
+                self.reserved.fetch_sub(size, Ordering::Relaxed);
                 self.share.discard(o.temp);
-                let _ = hash.send(ToHash::Forget { key });
+                let _ = hash.send(ToHash::forget(key));
                 return;
             }
             Some(o) => o.temp,
@@ -228,24 +214,18 @@ impl Writer {
             None => match self.share.create_temp(key) {
                 Ok(temp) => temp,
                 Err(e) => {
-                    self.reserved.fetch_sub(head.size, Ordering::Relaxed);
-                    let _ = hash.send(ToHash::Forget { key });
-                    return record(
-                        &self.manifest,
-                        key,
-                        &head,
-                        format!("cannot create temporary file: {e}"),
-                    );
+                    // The hasher records it: it owns the verdicts on complete objects.
+                    let _ = hash.send(ToHash {
+                        msg: complete,
+                        temp: None,
+                    });
+                    return error!(object = %key, "cannot create temporary file: {e}");
                 }
             },
         };
-        let _ = hash.send(ToHash::Complete {
-            key,
-            head,
-            digest,
-            precedence,
-            evidence,
-            temp,
+        let _ = hash.send(ToHash {
+            msg: complete,
+            temp: Some(temp),
         });
     }
 
@@ -255,7 +235,7 @@ impl Writer {
         if let Some(open) = self.objects.get_mut(&key) {
             open.failed = true;
         }
-        let _ = hash.send(ToHash::Forget { key });
+        let _ = hash.send(ToHash::forget(key));
         let _ = self.failed.send((key, reason));
     }
 }
@@ -296,18 +276,27 @@ struct Hasher {
 
 impl Hasher {
     fn run(mut self, rx: Receiver<ToHash>) {
-        for msg in rx {
+        for ToHash { msg, temp } in rx {
             match msg {
-                ToHash::Data { key, offset, data } => self.data(key, offset, data),
-                ToHash::Complete {
+                Msg::Data { key, offset, data } => self.data(key, offset, data),
+                Msg::Complete {
                     key,
                     head,
                     digest,
                     precedence,
                     evidence,
-                    temp,
-                } => self.complete(key, head, digest, precedence, evidence, temp),
-                ToHash::Forget { key } => {
+                } => {
+                    let Some(temp) = temp else {
+                        self.reserved.fetch_sub(head.size, Ordering::Relaxed);
+                        if let Some(d) = self.objects.remove(&key) {
+                            self.drop_stash(d);
+                        }
+                        self.record(key, &head, "cannot create temporary file".into());
+                        continue;
+                    };
+                    self.complete(key, head, digest, precedence, evidence, temp)
+                }
+                Msg::Discard { key } => {
                     if let Some(d) = self.objects.remove(&key) {
                         self.drop_stash(d);
                     }
@@ -432,21 +421,17 @@ impl Hasher {
         Ok(d.hasher.finalize().into())
     }
 
+    /// Logs and records a complete object that cannot be published.
     fn record(&self, key: ObjectKey, head: &Head, reason: String) {
-        record(&self.manifest, key, head, reason);
+        error!(path = %head.path, object = %key, "lost: {reason}");
+        self.manifest.lost(
+            &key.to_string(),
+            1,
+            Some(&head.path),
+            Some(head.size),
+            reason,
+        );
     }
-}
-
-/// Logs and records a complete object that cannot be published.
-fn record(manifest: &Manifest, key: ObjectKey, head: &Head, reason: String) {
-    error!(path = %head.path, object = %key, "lost: {reason}");
-    manifest.lost(
-        &key.to_string(),
-        1,
-        Some(&head.path),
-        Some(head.size),
-        reason,
-    );
 }
 
 #[cfg(test)]
