@@ -103,6 +103,27 @@ impl Tap {
     }
 }
 
+/// Starts a sender with `key` towards `to`, sending `path` (at 100 Mbit/s when `paced`).
+fn keyed_sender(
+    dir: &Path,
+    tag: &str,
+    to: &str,
+    key: &Path,
+    path: &Path,
+    paced: bool,
+) -> checkvalve_tests::Proc {
+    let mut args = vec!["--to".to_string(), to.to_string()];
+    if paced {
+        args.extend(["--rate".to_string(), "100M".to_string()]);
+    }
+    args.extend([
+        "--key".to_string(),
+        key.display().to_string(),
+        path.display().to_string(),
+    ]);
+    checkvalve_tests::Proc::start(dir, tag, &bin("checkvalve-send"), &args)
+}
+
 /// A counter of the receiver's live state.
 fn live_count(out: &Path, name: &str) -> u64 {
     let text = std::fs::read_to_string(out.join(".checkvalve/live.json")).unwrap_or_default();
@@ -212,20 +233,7 @@ fn with_a_key_forged_unauthenticated_and_replayed_datagrams_are_all_refused_duri
             sent
         })
     };
-    let mut sender = checkvalve_tests::Proc::start(
-        dir,
-        "sender",
-        &bin("checkvalve-send"),
-        &[
-            "--to".into(),
-            tap.addr.clone(),
-            "--rate".into(),
-            "100M".into(),
-            "--key".into(),
-            key.display().to_string(),
-            src.display().to_string(),
-        ],
-    );
+    let mut sender = keyed_sender(dir, "sender", &tap.addr, &key, &src, true);
     assert!(sender.wait(Duration::from_secs(60)).success());
     let forged = flood.join().expect("flood");
     assert!(!flooding.load(Ordering::Relaxed));
@@ -246,18 +254,7 @@ fn with_a_key_forged_unauthenticated_and_replayed_datagrams_are_all_refused_duri
     // has started (so the old one is refused as old, not only as seen).
     let captured = tap.taken();
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let mut sender2 = checkvalve_tests::Proc::start(
-        dir,
-        "sender-2",
-        &bin("checkvalve-send"),
-        &[
-            "--to".into(),
-            raddr.clone(),
-            "--key".into(),
-            key.display().to_string(),
-            src.join("edges").display().to_string(),
-        ],
-    );
+    let mut sender2 = keyed_sender(dir, "sender-2", &raddr, &key, &src.join("edges"), false);
     let _ = sender2.wait(Duration::from_secs(30));
     let shared = |out: &Path| -> Vec<(String, [u8; 32])> {
         digest_tree(out)
@@ -431,20 +428,7 @@ fn thirty_seconds_of_flood_from_many_sessions_cost_a_keyed_receiver_nothing() {
     // A legitimate transfer in the middle of the flood.
     std::thread::sleep(Duration::from_secs(5));
     let src = make_tree(dir, "during", 8, 200_000, 91);
-    let mut sender = checkvalve_tests::Proc::start(
-        dir,
-        "sender",
-        &bin("checkvalve-send"),
-        &[
-            "--to".into(),
-            raddr.clone(),
-            "--rate".into(),
-            "100M".into(),
-            "--key".into(),
-            key.display().to_string(),
-            src.display().to_string(),
-        ],
-    );
+    let mut sender = keyed_sender(dir, "sender", &raddr, &key, &src, true);
     assert!(sender.wait(Duration::from_secs(60)).success());
     let forged: u64 = flood.into_iter().map(|t| t.join().expect("flood")).sum();
     std::thread::sleep(Duration::from_secs(2));
