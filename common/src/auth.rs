@@ -569,6 +569,7 @@ mod tests {
             shard_len: 32,
             head_len: 10,
             content_len: 20,
+            stripe: 0,
         };
         let mut out = Vec::new();
         h.emit(&[0x5a; 32], &mut out);

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use reed_solomon_erasure::galois_8::ReedSolomon;
+use reed_solomon_erasure::galois_8::{self, ReedSolomon};
 use thiserror::Error;
 
 use crate::wire::MAX_SHARDS_PER_BLOCK;
@@ -30,6 +30,8 @@ pub enum FecError {
 #[derive(Default)]
 pub struct Fec {
     codecs: HashMap<(usize, usize), ReedSolomon>,
+    /// Per shape, the coefficient of data shard `c` in parity shard `r` at `c * m + r`.
+    coefficients: HashMap<(usize, usize), Vec<u8>>,
 }
 
 impl std::fmt::Debug for Fec {
@@ -81,6 +83,53 @@ impl Fec {
         Ok(parity)
     }
 
+    /// Adds data shard `index` of a block of `k` data shards to its `m` parity shards in
+    /// `parity` (`m * shard.len()` bytes): shard 0 sets them, each later one is added in, so a
+    /// block's parity is computed as its data streams past, in any order that starts with shard 0.
+    pub fn encode_one(
+        &mut self,
+        k: usize,
+        index: usize,
+        shard: &[u8],
+        parity: &mut [u8],
+    ) -> Result<(), FecError> {
+        let l = shard.len();
+        let m = parity.len().checked_div(l).unwrap_or(0);
+        if l == 0 || m * l != parity.len() || index >= k {
+            return Err(FecError::BadShape { k, m });
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        let coefficients = self.coefficients(k, m)?;
+        for (r, out) in parity.chunks_mut(l).enumerate() {
+            let c = coefficients[index * m + r];
+            if index == 0 {
+                galois_8::mul_slice(c, shard, out);
+            } else {
+                galois_8::mul_slice_xor(c, shard, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// The encoding matrix's parity rows for shape `(k, m)`, read off by encoding unit shards.
+    fn coefficients(&mut self, k: usize, m: usize) -> Result<&[u8], FecError> {
+        if !self.coefficients.contains_key(&(k, m)) {
+            if self.coefficients.len() >= MAX_CACHED_CODECS {
+                self.coefficients.clear();
+            }
+            let mut table = Vec::with_capacity(k * m);
+            for c in 0..k {
+                let mut unit = vec![0u8; k];
+                unit[c] = 1;
+                table.extend_from_slice(&self.encode(&unit, 1, m)?);
+            }
+            self.coefficients.insert((k, m), table);
+        }
+        Ok(&self.coefficients[&(k, m)])
+    }
+
     /// Rebuilds the missing data shards of a block in place.
     ///
     /// `buf` holds `k + m` shards of `shard_len` bytes; `present[i]` says whether shard `i` arrived.
@@ -116,6 +165,19 @@ impl Fec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parity_built_one_shard_at_a_time_is_the_block_parity() {
+        let mut fec = Fec::default();
+        let (k, m, l) = (6, 4, 9);
+        let data: Vec<u8> = (0..(k * l)).map(|x| (x * 37 % 251) as u8).collect();
+        let whole = fec.encode(&data, l, m).unwrap();
+        let mut parity = vec![0xEE; m * l];
+        for (j, shard) in data.chunks(l).enumerate() {
+            fec.encode_one(k, j, shard, &mut parity).unwrap();
+        }
+        assert_eq!(parity, whole);
+    }
 
     #[test]
     fn any_m_erasures_decode() {

@@ -18,6 +18,9 @@ pub struct InterleaveParams {
     /// A group shorter than this many datagrams gets more parity, so that the tail of a transfer
     /// (or a lone small file) is as hard to wipe out with one burst as a full group.
     pub min_span: usize,
+    /// Content bytes a stripe group of a large object spans (0: no striping). An object of more
+    /// than `depth` blocks is striped; the sender holds `m / K` of this in parity.
+    pub stripe_bytes: u64,
 }
 
 impl Default for InterleaveParams {
@@ -25,6 +28,7 @@ impl Default for InterleaveParams {
         InterleaveParams {
             depth: 64,
             min_span: 256,
+            stripe_bytes: 96 << 20,
         }
     }
 }
@@ -131,6 +135,24 @@ impl Interleaver {
             blocks: Vec::new(),
             sealer: None,
         }
+    }
+
+    /// The sealer every datagram goes through, if any.
+    pub fn sealer(&self) -> Option<&crate::auth::Sealer> {
+        self.sealer.as_ref()
+    }
+
+    /// The stripe (power of two) for an object of `content_len` bytes in blocks of `stride`
+    /// bytes, or `None` when it is sent in ordinary groups.
+    pub fn stripe_for(&self, content_len: u64, stride: u64) -> Option<u8> {
+        let blocks = content_len.div_ceil(stride.max(1));
+        (self.params.stripe_bytes > 0 && blocks > self.params.depth as u64)
+            .then(|| crate::stripe::stripe_for(self.params.stripe_bytes, stride))
+    }
+
+    /// Shortest group before parity is raised.
+    pub fn min_span(&self) -> usize {
+        self.params.min_span
     }
 
     /// Number of blocks waiting for their group to fill.

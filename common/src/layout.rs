@@ -4,9 +4,15 @@
 //! parity of a block to themselves:
 //! block 0 holds the metadata head, blocks `1..=C` the content (`K * L` bytes each, the last one
 //! shorter), and block `C + 1` the 32-byte SHA-256 digest of the content.
+//!
+//! A striped object (`stripe > 0`) spreads each content block over a whole stripe group of
+//! `D = 2^stripe` blocks: the group's content is cut into shards dealt round-robin to its blocks,
+//! so that content in file order is every block's shard 0, then every block's shard 1, and so on.
+//! Sent in file order, each block's data shards are spread over the whole group, and a receiver
+//! writes them where they belong as they arrive.
 
 use crate::meta::DIGEST_LEN;
-use crate::wire::{MAX_SHARDS_PER_BLOCK, ShardHeader, WireError};
+use crate::wire::{MAX_SHARDS_PER_BLOCK, MAX_STRIPE_LOG2, ShardHeader, WireError};
 
 /// The per-object constants every shard header repeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -19,6 +25,8 @@ pub struct Geometry {
     pub head_len: u16,
     /// Content length.
     pub content_len: u64,
+    /// Blocks per stripe group, as a power of two (`0`: unstriped).
+    pub stripe: u8,
 }
 
 /// Which section of the object a block holds.
@@ -26,10 +34,12 @@ pub struct Geometry {
 pub enum Section {
     /// The metadata head.
     Head,
-    /// Content, starting at this byte offset of the file.
+    /// Content: data shard `j` holds the content bytes from `offset + j * step`.
     Content {
-        /// Offset of the block's first byte within the content.
+        /// Offset of the block's first shard within the content.
         offset: u64,
+        /// Distance between two data shards of the block in the content (`L` unless striped).
+        step: u64,
     },
     /// The SHA-256 of the content.
     Digest,
@@ -54,7 +64,11 @@ impl Geometry {
             shard_len: h.shard_len,
             head_len: h.head_len,
             content_len: h.content_len,
+            stripe: h.stripe,
         };
+        if g.stripe > MAX_STRIPE_LOG2 {
+            return Err(WireError::InvalidHeader("stripe out of range"));
+        }
         if g.data_shards == 0 || g.shard_len == 0 || g.head_len == 0 {
             return Err(WireError::InvalidHeader("zero geometry field"));
         }
@@ -86,9 +100,7 @@ impl Geometry {
         let (section, len) = if b == 0 {
             (Section::Head, usize::from(self.head_len))
         } else if b <= c {
-            let offset = (b - 1) * self.block_stride();
-            let len = (self.content_len - offset).min(self.block_stride());
-            (Section::Content { offset }, len as usize)
+            return Some(self.content_block(b - 1));
         } else if b == c + 1 {
             (Section::Digest, DIGEST_LEN)
         } else {
@@ -99,6 +111,39 @@ impl Geometry {
             len,
             data_shards: len.div_ceil(usize::from(self.shard_len)),
         })
+    }
+
+    /// Blocks per stripe group (`D`).
+    pub fn stripe_width(&self) -> u64 {
+        1 << self.stripe
+    }
+
+    /// The content blocks (numbered from 0 here) of the stripe group that holds content block
+    /// `i`: its first one and how many there are (`D_g`, fewer than `D` only in the last group).
+    pub fn stripe_group(&self, i: u64) -> (u64, u64) {
+        let d = self.stripe_width();
+        let first = i / d * d;
+        (first, d.min(self.content_blocks() - first))
+    }
+
+    /// Content block `i` (block `i + 1` of the object).
+    fn content_block(&self, i: u64) -> BlockSpan {
+        let l = u64::from(self.shard_len);
+        let (first, width) = self.stripe_group(i);
+        let base = first * self.block_stride();
+        let group_len = (self.content_len - base).min(width * self.block_stride());
+        let shards = group_len.div_ceil(l);
+        let at = i - first;
+        let k = (shards - at).div_ceil(width);
+        let offset = base + at * l;
+        let step = width * l;
+        let last = offset + (k - 1) * step;
+        let len = (k - 1) * l + (self.content_len - last).min(l);
+        BlockSpan {
+            section: Section::Content { offset, step },
+            len: len as usize,
+            data_shards: k as usize,
+        }
     }
 
     /// Checks that a shard of block `b` with `parity` parity shards and index `shard` can exist.
@@ -128,17 +173,80 @@ mod tests {
             shard_len: 10,
             head_len: 25,
             content_len: 95,
+            stripe: 0,
         };
         assert_eq!(g.content_blocks(), 3);
         assert_eq!(g.block_count(), 5);
         let b0 = g.block(0).unwrap();
         assert_eq!((b0.section, b0.len, b0.data_shards), (Section::Head, 25, 3));
         let b3 = g.block(3).unwrap();
-        assert_eq!(b3.section, Section::Content { offset: 80 });
+        assert_eq!(
+            b3.section,
+            Section::Content {
+                offset: 80,
+                step: 10
+            }
+        );
         assert_eq!((b3.len, b3.data_shards), (15, 2));
         let b4 = g.block(4).unwrap();
         assert_eq!((b4.section, b4.data_shards), (Section::Digest, 4));
         assert!(g.block(5).is_none());
+    }
+
+    #[test]
+    fn stripes_deal_shards_round_robin_and_cover_the_content_once() {
+        // 4 shards of 10 bytes per block, 4 blocks per group: groups of 160 bytes; 395 bytes make
+        // two full groups and a last one of 75 bytes over 2 blocks (8 shards, the last of 5 bytes, 4 in each block).
+        let g = Geometry {
+            data_shards: 4,
+            shard_len: 10,
+            head_len: 25,
+            content_len: 395,
+            stripe: 2,
+        };
+        assert_eq!(g.content_blocks(), 10);
+        let b1 = g.block(1).unwrap();
+        assert_eq!(
+            b1.section,
+            Section::Content {
+                offset: 0,
+                step: 40
+            }
+        );
+        assert_eq!((b1.len, b1.data_shards), (40, 4));
+        let b10 = g.block(10).unwrap();
+        assert_eq!(
+            b10.section,
+            Section::Content {
+                offset: 330,
+                step: 20
+            }
+        );
+        assert_eq!((b10.len, b10.data_shards), (35, 4));
+        let mut owner = vec![0u32; 395];
+        for b in 1..=10 {
+            let span = g.block(b).unwrap();
+            let Section::Content { offset, step } = span.section else {
+                panic!("block {b} is content")
+            };
+            let mut len = 0;
+            for j in 0..span.data_shards as u64 {
+                let start = offset + j * step;
+                let end = (start + 10).min(395);
+                for x in &mut owner[start as usize..end as usize] {
+                    assert_eq!(*x, 0, "byte covered twice");
+                    *x = b;
+                }
+                len += end - start;
+            }
+            assert_eq!(len as usize, span.len, "block {b}");
+        }
+        assert!(owner.iter().all(|x| *x != 0));
+        // Shard j of the blocks of a group, in file order: block 1 shard 0, block 2 shard 0, ...
+        assert_eq!(
+            &owner[..50],
+            &[[1; 10], [2; 10], [3; 10], [4; 10], [1; 10]].concat()[..]
+        );
     }
 
     #[test]
@@ -153,6 +261,7 @@ mod tests {
             shard_len: 1,
             head_len: 1,
             content_len: u64::MAX,
+            stripe: 0,
         };
         assert!(Geometry::from_header(&h).is_err());
     }
@@ -164,6 +273,7 @@ mod tests {
             shard_len: 1400,
             head_len: 40,
             content_len: 0,
+            stripe: 0,
         };
         assert_eq!(g.block_count(), 2);
         assert_eq!(g.block(1).unwrap().section, Section::Digest);

@@ -15,6 +15,8 @@ pub mod meta;
 pub mod object;
 pub mod pacer;
 pub mod ranges;
+pub mod repair;
 pub mod settings;
+pub mod stripe;
 pub mod units;
 pub mod wire;

@@ -67,6 +67,9 @@ pub enum ObjectError {
         /// Announced size.
         announced: u64,
     },
+    /// Whoever takes the datagrams stopped taking them.
+    #[error("the transmitter stopped")]
+    Stopped,
     /// Fewer content bytes were pushed than the head announced.
     #[error("content shorter than announced: {got} of {announced} bytes")]
     TooShort {
@@ -143,6 +146,7 @@ impl ObjectEncoder {
             shard_len,
             head_len: head_bytes.len() as u16,
             content_len: head.size,
+            stripe: 0,
         };
         let geometry = Geometry::from_header(&template)
             .map_err(|_| ObjectError::BadParams("object too large for 32-bit block numbers"))?;
@@ -157,6 +161,11 @@ impl ObjectEncoder {
         };
         let head_block = DataBlock::new(template, 0, head_bytes);
         Ok((enc, head_block))
+    }
+
+    /// The header every shard of the object repeats (block and shard aside).
+    pub fn header(&self) -> ShardHeader {
+        self.template
     }
 
     /// Content bytes per full content block: push in multiples of it to avoid copying.

@@ -7,8 +7,12 @@ use thiserror::Error;
 
 /// The four bytes every checkvalve datagram starts with.
 pub const MAGIC: [u8; 4] = *b"CVLV";
-/// The protocol version this crate speaks.
+/// The protocol version of every datagram but a striped shard.
 pub const VERSION: u8 = 1;
+/// The version of a shard of a striped object (§3 of the spec): byte 31 carries the stripe.
+pub const VERSION_STRIPED: u8 = 2;
+/// Largest stripe a receiver accepts, as a power of two (4,096 blocks per stripe group).
+pub const MAX_STRIPE_LOG2: u8 = 12;
 /// Length of the header common to every datagram type.
 pub const COMMON_HEADER_LEN: usize = 16;
 /// Length of a shard datagram's header, common header included.
@@ -96,6 +100,8 @@ pub struct ShardHeader {
     pub head_len: u16,
     /// Length of the object's content, in bytes.
     pub content_len: u64,
+    /// Content blocks per stripe group, as a power of two (`0`: one, the unstriped layout).
+    pub stripe: u8,
 }
 
 /// Periodic liveness and accounting datagram.
@@ -170,6 +176,7 @@ impl ShardHeader {
             shard_len: be_u16(bytes, 32),
             head_len: be_u16(bytes, 34),
             content_len: be_u64(bytes, 36),
+            stripe: bytes[31],
         };
         let expected = SHARD_OVERHEAD + usize::from(h.shard_len);
         if bytes.len() != expected {
@@ -178,8 +185,11 @@ impl ShardHeader {
                 actual: bytes.len(),
             });
         }
-        if bytes[31] != 0 {
-            return Err(WireError::InvalidHeader("reserved byte 31 is not 0"));
+        match (bytes[4], h.stripe) {
+            (VERSION, 0) => {}
+            (VERSION, _) => return Err(WireError::InvalidHeader("reserved byte 31 is not 0")),
+            (_, 1..=MAX_STRIPE_LOG2) => {}
+            _ => return Err(WireError::InvalidHeader("stripe out of range (1 to 12)")),
         }
         h.validate()?;
         Ok((h, &bytes[SHARD_HEADER_LEN..bytes.len() - CRC_LEN]))
@@ -191,10 +201,20 @@ impl ShardHeader {
     pub fn emit(&self, payload: &[u8], out: &mut Vec<u8>) {
         debug_assert_eq!(payload.len(), usize::from(self.shard_len));
         let start = out.len();
-        emit_common(out, kind::SHARD, self.session);
+        let version = if self.stripe == 0 {
+            VERSION
+        } else {
+            VERSION_STRIPED
+        };
+        emit_common(out, version, kind::SHARD, self.session);
         out.extend_from_slice(&self.object.to_be_bytes());
         out.extend_from_slice(&self.block.to_be_bytes());
-        out.extend_from_slice(&[self.shard, self.data_shards, self.parity_shards, 0]);
+        out.extend_from_slice(&[
+            self.shard,
+            self.data_shards,
+            self.parity_shards,
+            self.stripe,
+        ]);
         out.extend_from_slice(&self.shard_len.to_be_bytes());
         out.extend_from_slice(&self.head_len.to_be_bytes());
         out.extend_from_slice(&self.content_len.to_be_bytes());
@@ -208,7 +228,7 @@ impl Heartbeat {
     /// Appends the datagram for this heartbeat to `out`.
     pub fn emit(&self, out: &mut Vec<u8>) {
         let start = out.len();
-        emit_common(out, kind::HEARTBEAT, self.session);
+        emit_common(out, VERSION, kind::HEARTBEAT, self.session);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.datagrams_sent.to_be_bytes());
         out.extend_from_slice(&self.objects_sent.to_be_bytes());
@@ -247,9 +267,9 @@ impl Heartbeat {
     }
 }
 
-fn emit_common(out: &mut Vec<u8>, kind: u8, session: u64) {
+fn emit_common(out: &mut Vec<u8>, version: u8, kind: u8, session: u64) {
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
+    out.push(version);
     out.push(kind);
     out.extend_from_slice(&0u16.to_be_bytes());
     out.extend_from_slice(&session.to_be_bytes());
@@ -267,8 +287,9 @@ pub fn parse(bytes: &[u8]) -> Result<Datagram<'_>, WireError> {
     if crc32fast::hash(body) != be_u32(crc, 0) {
         return Err(WireError::BadCrc);
     }
-    if bytes[4] != VERSION {
-        return Err(WireError::UnsupportedVersion(bytes[4]));
+    let version = bytes[4];
+    if version != VERSION && !(version == VERSION_STRIPED && bytes[5] == kind::SHARD) {
+        return Err(WireError::UnsupportedVersion(version));
     }
     let flags = be_u16(bytes, 6);
     if flags != 0 {
@@ -300,6 +321,7 @@ mod tests {
             shard_len: 32,
             head_len: 60,
             content_len: 1000,
+            stripe: 0,
         }
     }
 

@@ -24,6 +24,7 @@ fn seal_and_open_throughput() {
         shard_len: 1400,
         head_len: 10,
         content_len: 1 << 30,
+        stripe: 0,
     };
     let mut plain = Vec::new();
     h.emit(&[0x5a; 1400], &mut plain);

@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use checkvalve_common::assembler::{Abandon, Assembler, AssemblerConfig, Event, ObjectKey};
-use checkvalve_common::interleave::{InterleaveParams, Interleaver};
+use checkvalve_common::fec::Fec;
+use checkvalve_common::interleave::{Batch, InterleaveParams, Interleaver};
 use checkvalve_common::meta::{Head, ObjectKind};
 use checkvalve_common::object::{FecParams, ObjectEncoder};
+use checkvalve_common::stripe::{Sink, StripedEncoder};
 use checkvalve_common::wire::{self, WireError};
 use proptest::prelude::*;
 use rand::seq::SliceRandom;
@@ -64,6 +66,32 @@ fn encode_as(
     out
 }
 
+/// Encodes one file as a striped object (object 0 of [`SESSION`]) with groups of `2^stripe`
+/// blocks, and returns its datagrams in transmission order.
+fn encode_striped(path: &str, data: &[u8], fec: FecParams, stripe: u8) -> Vec<Vec<u8>> {
+    let head = Head {
+        path: path.to_string(),
+        size: data.len() as u64,
+        mtime_secs: 1,
+        mtime_nanos: 0,
+        kind: ObjectKind::File,
+    };
+    let mut enc = StripedEncoder::new(SESSION, 0, &head, fec, stripe, 256).unwrap();
+    let mut out = Vec::new();
+    let mut send = |b: Batch| {
+        out.extend(b.iter().map(<[u8]>::to_vec));
+        true
+    };
+    let mut sink = Sink::new(100_000, &mut send);
+    for chunk in data.chunks(enc.read_size() / 3 + 1) {
+        enc.push(chunk, None, &mut sink).unwrap();
+    }
+    let digest = enc.finish(false, None, &mut sink).unwrap();
+    assert!(sink.finish(1));
+    assert_eq!(digest, <[u8; 32]>::from(sha2::Sha256::digest(data)));
+    out
+}
+
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Outcome {
     /// Path to SHA-256 of what was delivered (byte identity is checked through the digest).
@@ -78,6 +106,7 @@ fn receive(datagrams: &[Vec<u8>], config: AssemblerConfig) -> (Outcome, Assemble
     let mut asm = Assembler::new(config, Instant::now());
     let mut files: HashMap<ObjectKey, Vec<u8>> = HashMap::new();
     let mut out = Outcome::default();
+    let mut fec = Fec::default();
     let mut drain = |asm: &mut Assembler, out: &mut Outcome| {
         while let Some(ev) = asm.poll_event() {
             match ev {
@@ -88,6 +117,20 @@ fn receive(datagrams: &[Vec<u8>], config: AssemblerConfig) -> (Outcome, Assemble
                         f.resize(end, 0);
                     }
                     f[offset as usize..end].copy_from_slice(&data);
+                }
+                Event::Repair { key, repair } => {
+                    let f = files.entry(key).or_default();
+                    f.resize(f.len().max(repair.content_len as usize), 0);
+                    let rebuilt = repair
+                        .rebuild(&mut fec, |buf, at| {
+                            let at = at as usize;
+                            buf.copy_from_slice(&f[at..at + buf.len()]);
+                            Ok(())
+                        })
+                        .expect("a repair the assembler hands out rebuilds");
+                    for (at, bytes) in rebuilt.shards() {
+                        f[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+                    }
                 }
                 Event::Complete {
                     key, head, digest, ..
@@ -213,6 +256,66 @@ fn a_burst_of_depth_times_parity_less_one_datagrams_is_survived() {
     }
 }
 
+/// Default FEC with short shards, so that a stripe of 1,024 blocks fits a test.
+fn short_shards() -> FecParams {
+    FecParams {
+        shard_len: 100,
+        ..FecParams::default()
+    }
+}
+
+#[test]
+fn a_striped_object_survives_twenty_thousand_consecutive_losses_anywhere() {
+    // Two and a half stripe groups of 1,024 blocks of 64 x 100 bytes: about 246,000 datagrams.
+    let data = content(7, 64 * 100 * 1024 * 5 / 2 + 77);
+    let files = vec![("big".to_string(), data.clone())];
+    let dg = encode_striped("big", &data, short_shards(), 10);
+    let burst = 20_000;
+    // The first group's data (with the head's shards), a group boundary, the first group's
+    // parity, the middle, and the very end (the last group's parity and the digest).
+    let bounds = [
+        0,
+        40_000,
+        65_536 - 10_000,
+        65_536 + 10_000,
+        dg.len() / 2,
+        dg.len() - burst,
+    ];
+    for start in bounds {
+        let mut cut = dg.clone();
+        cut.drain(start..start + burst);
+        let (out, _) = receive(&cut, AssemblerConfig::default());
+        assert_eq!(out.delivered, expected(&files), "burst at {start}");
+    }
+}
+
+#[test]
+fn a_striped_object_loses_a_block_to_a_burst_longer_than_its_parity_and_says_so() {
+    let data = content(8, 64 * 100 * 64 * 2);
+    let dg = encode_striped("big", &data, short_shards(), 6);
+    // 64 blocks per group, 22 parity each: 64 * 23 consecutive data shards cost each block 23
+    // (one datagram in 17 of the first group is a shard of the head).
+    let mut cut = dg.clone();
+    cut.drain(1000..1000 + 64 * 23 * 17 / 16 + 64);
+    let (out, _) = receive(&cut, AssemblerConfig::default());
+    assert!(out.delivered.is_empty());
+    assert_eq!(out.lost.len(), 1);
+    assert_eq!(out.lost[0].1.as_deref(), Some("big"));
+}
+
+#[test]
+fn a_striped_object_at_five_percent_loss_with_reordering_is_byte_identical() {
+    let data = content(9, 64 * 1400 * 300 + 1234);
+    let files = vec![("big".to_string(), data.clone())];
+    let dg = encode_striped("big", &data, FecParams::default(), 7);
+    let (out, _) = receive(
+        &impair(&dg, 11, 0.05, 0.01, 0.02),
+        AssemblerConfig::default(),
+    );
+    assert_eq!(out.delivered, expected(&files));
+    assert!(out.lost.is_empty());
+}
+
 #[test]
 fn heavy_loss_names_what_it_loses_and_delivers_nothing_wrong() {
     let files = sample_files();
@@ -307,7 +410,7 @@ proptest! {
     ) {
         let fec = FecParams { data_shards: k, parity_shards: m, shard_len: 512 };
         let files = vec![("f".to_string(), content(seed, len))];
-        let dg = encode(&files, fec, InterleaveParams { depth: 8, min_span: 0 });
+        let dg = encode(&files, fec, InterleaveParams { depth: 8, min_span: 0, stripe_bytes: 0 });
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut by_block: HashMap<u32, Vec<usize>> = HashMap::new();
         for (i, d) in dg.iter().enumerate() {
@@ -379,6 +482,7 @@ proptest! {
                 shard_len: l,
                 head_len,
                 content_len,
+                stripe: 0,
             };
             let mut d = Vec::new();
             h.emit(&vec![i as u8; usize::from(l)], &mut d);

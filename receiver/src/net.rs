@@ -263,6 +263,7 @@ mod tests {
             shard_len: 32,
             head_len: 40,
             content_len: 1 << 20,
+            stripe: 0,
         };
         let mut d = Vec::new();
         h.emit(&[0; 32], &mut d);

@@ -475,6 +475,7 @@ impl Receive {
             Event::Content { key, offset, data } => {
                 self.hand_to_writer(Msg::Data { key, offset, data });
             }
+            Event::Repair { key, repair } => self.hand_to_writer(Msg::Repair { key, repair }),
             Event::Complete {
                 key,
                 head,

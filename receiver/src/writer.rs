@@ -4,13 +4,17 @@
 //! out of order to keep), and neither disk writes nor SHA-256 hold up the receive loop.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
 use checkvalve_common::assembler::{ObjectKey, Precedence};
+use checkvalve_common::fec::Fec;
 use checkvalve_common::meta::{DIGEST_LEN, Head};
+use checkvalve_common::ranges::RangeMap;
+use checkvalve_common::repair::Repair;
 use sha2::{Digest, Sha256};
 use tracing::error;
 
@@ -28,6 +32,13 @@ pub enum Msg {
         offset: u64,
         /// The bytes (a block buffer).
         data: Vec<u8>,
+    },
+    /// A striped block lost data shards: rebuild them from those written and its parity.
+    Repair {
+        /// The object.
+        key: ObjectKey,
+        /// The block.
+        repair: Repair,
     },
     /// Every block of the object arrived: verify and publish.
     Complete {
@@ -54,6 +65,19 @@ struct Open {
     temp: Temp,
     /// A write failed: the object was recorded lost and its data is ignored.
     failed: bool,
+    /// The hasher has its own handle on the file, to read back what arrived out of order.
+    handed: bool,
+}
+
+impl Open {
+    /// A handle on the file for the hasher, the first time only.
+    fn hand(&mut self) -> Option<File> {
+        if self.handed {
+            return None;
+        }
+        self.handed = true;
+        self.temp.file.try_clone().ok()
+    }
 }
 
 /// What the writer hands to the hasher, in the order it wrote: the receive loop's message, with
@@ -61,6 +85,8 @@ struct Open {
 struct ToHash {
     msg: Msg,
     temp: Option<Temp>,
+    /// With an object's first data: the hasher's handle on its file.
+    file: Option<File>,
 }
 
 impl ToHash {
@@ -68,6 +94,7 @@ impl ToHash {
         ToHash {
             msg: Msg::Discard { key },
             temp: None,
+            file: None,
         }
     }
 }
@@ -84,6 +111,7 @@ pub struct Writer {
     /// The hasher, until `run` starts it.
     hasher: Option<Hasher>,
     hash_queue: usize,
+    fec: Fec,
 }
 
 impl Writer {
@@ -109,6 +137,7 @@ impl Writer {
             objects: HashMap::new(),
             stash_bytes: 0,
             stash_limit,
+            scratch: Vec::new(),
         };
         Writer {
             share,
@@ -118,6 +147,7 @@ impl Writer {
             objects: HashMap::new(),
             hasher: Some(hasher),
             hash_queue,
+            fec: Fec::default(),
         }
     }
 
@@ -141,6 +171,7 @@ impl Writer {
         for msg in rx {
             match msg {
                 Msg::Data { key, offset, data } => self.data(&tx, key, offset, data),
+                Msg::Repair { key, repair } => self.repair(&tx, key, &repair),
                 Msg::Complete { key, ref head, .. } => {
                     let size = head.size;
                     self.complete(&tx, key, size, msg)
@@ -165,7 +196,8 @@ impl Writer {
         let _ = self.recycle.send(buf);
     }
 
-    fn data(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, offset: u64, data: Vec<u8>) {
+    /// The object's temporary file, created on first use; `None` once it failed.
+    fn open(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey) -> Option<&mut Open> {
         if !self.objects.contains_key(&key) {
             match self.share.create_temp(key) {
                 Ok(temp) => {
@@ -174,28 +206,62 @@ impl Writer {
                         Open {
                             temp,
                             failed: false,
+                            handed: false,
                         },
                     );
                 }
                 Err(e) => {
-                    self.give_back(data);
-                    return self.fail(hash, key, format!("cannot create temporary file: {e}"));
+                    self.fail(hash, key, format!("cannot create temporary file: {e}"));
+                    return None;
                 }
             }
         }
-        let Some(open) = self.objects.get_mut(&key) else {
+        self.objects.get_mut(&key).filter(|o| !o.failed)
+    }
+
+    /// Rebuilds a striped block's missing data shards from the file and its parity.
+    fn repair(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, repair: &Repair) {
+        let mut fec = std::mem::take(&mut self.fec);
+        let written = self.open(hash, key).map(|open| {
+            let rebuilt = repair
+                .rebuild(&mut fec, |buf, at| open.temp.file.read_exact_at(buf, at))
+                .map_err(|e| format!("cannot rebuild a block: {e}"))?;
+            for (at, bytes) in rebuilt.shards() {
+                open.temp
+                    .file
+                    .write_all_at(bytes, at)
+                    .map_err(|e| format!("cannot write temporary file: {e}"))?;
+                let _ = hash.send(ToHash {
+                    msg: Msg::Data {
+                        key,
+                        offset: at,
+                        data: bytes.to_vec(),
+                    },
+                    temp: None,
+                    file: open.hand(),
+                });
+            }
+            Ok::<(), String>(())
+        });
+        self.fec = fec;
+        if let Some(Err(reason)) = written {
+            self.fail(hash, key, reason);
+        }
+    }
+
+    fn data(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, offset: u64, data: Vec<u8>) {
+        let Some(open) = self.open(hash, key) else {
             return self.give_back(data);
         };
-        if open.failed {
-            return self.give_back(data);
-        }
         if let Err(e) = open.temp.file.write_all_at(&data, offset) {
             self.give_back(data);
             return self.fail(hash, key, format!("cannot write temporary file: {e}"));
         }
+        let file = open.hand();
         let _ = hash.send(ToHash {
             msg: Msg::Data { key, offset, data },
             temp: None,
+            file,
         });
     }
 
@@ -218,6 +284,7 @@ impl Writer {
                     let _ = hash.send(ToHash {
                         msg: complete,
                         temp: None,
+                        file: None,
                     });
                     return error!(object = %key, "cannot create temporary file: {e}");
                 }
@@ -226,6 +293,7 @@ impl Writer {
         let _ = hash.send(ToHash {
             msg: complete,
             temp: Some(temp),
+            file: None,
         });
     }
 
@@ -247,8 +315,13 @@ struct Digesting {
     hashed: u64,
     /// Blocks written ahead of `hashed`, kept to hash them in order.
     stash: BTreeMap<u64, Vec<u8>>,
-    /// The stash overflowed: the rest is hashed by reading the file back at completion.
+    /// The stash overflowed: content is hashed by reading the file back as the written
+    /// content from `hashed` on grows, and what is left at completion.
     read_back: bool,
+    /// In read-back mode, the content written beyond `hashed`.
+    written: RangeMap<()>,
+    /// The hasher's handle on the object's file.
+    file: Option<File>,
 }
 
 impl Digesting {
@@ -258,6 +331,8 @@ impl Digesting {
             hashed: 0,
             stash: BTreeMap::new(),
             read_back: false,
+            written: RangeMap::default(),
+            file: None,
         }
     }
 }
@@ -272,13 +347,16 @@ struct Hasher {
     objects: HashMap<ObjectKey, Digesting>,
     stash_bytes: usize,
     stash_limit: usize,
+    /// Buffer for reading content back.
+    scratch: Vec<u8>,
 }
 
 impl Hasher {
     fn run(mut self, rx: Receiver<ToHash>) {
-        for ToHash { msg, temp } in rx {
+        for ToHash { msg, temp, file } in rx {
             match msg {
-                Msg::Data { key, offset, data } => self.data(key, offset, data),
+                Msg::Data { key, offset, data } => self.data(key, offset, data, file),
+                Msg::Repair { .. } => {}
                 Msg::Complete {
                     key,
                     head,
@@ -316,10 +394,19 @@ impl Hasher {
         }
     }
 
-    fn data(&mut self, key: ObjectKey, offset: u64, data: Vec<u8>) {
+    fn data(&mut self, key: ObjectKey, offset: u64, data: Vec<u8>, file: Option<File>) {
         let d = self.objects.entry(key).or_insert_with(Digesting::new);
-        if d.read_back || offset < d.hashed {
+        if file.is_some() {
+            d.file = file;
+        }
+        if offset < d.hashed {
             let _ = self.recycle.send(data);
+            return;
+        }
+        if d.read_back {
+            d.written.insert(offset, offset + data.len() as u64, ());
+            let _ = self.recycle.send(data);
+            Self::catch_up(d, &mut self.scratch);
             return;
         }
         if offset == d.hashed {
@@ -336,13 +423,47 @@ impl Hasher {
             self.stash_bytes += data.len();
             d.stash.insert(offset, data);
         } else {
-            // Too far out of order to keep: hash from the file at completion instead.
+            // Too far out of order to keep: what is written is hashed from the file once the
+            // content before it is.
             d.read_back = true;
-            for (_, buf) in std::mem::take(&mut d.stash) {
+            for (at, buf) in std::mem::take(&mut d.stash) {
+                d.written.insert(at, at + buf.len() as u64, ());
                 self.stash_bytes -= buf.len();
                 let _ = self.recycle.send(buf);
             }
+            d.written.insert(offset, offset + data.len() as u64, ());
             let _ = self.recycle.send(data);
+        }
+    }
+
+    /// Hashes, from the file, the written content that now continues what was hashed.
+    fn catch_up(d: &mut Digesting, scratch: &mut Vec<u8>) {
+        let Some(file) = &d.file else {
+            return;
+        };
+        loop {
+            let first = d.written.iter().next();
+            let Some((start, end, ())) = first else {
+                break;
+            };
+            if start > d.hashed {
+                break;
+            }
+            d.written.pop_first();
+            if scratch.is_empty() {
+                scratch.resize(1 << 20, 0);
+            }
+            while d.hashed < end {
+                let want = usize::try_from(end - d.hashed)
+                    .unwrap_or(usize::MAX)
+                    .min(scratch.len());
+                if file.read_exact_at(&mut scratch[..want], d.hashed).is_err() {
+                    // Completion reads back from `hashed` again and reports the error.
+                    return;
+                }
+                d.hasher.update(&scratch[..want]);
+                d.hashed += want as u64;
+            }
         }
     }
 

@@ -88,6 +88,11 @@ struct Args {
     /// as fill about 8 MiB of datagrams, at most 64: 64 at 1,400-byte shards, 10 at 8,900].
     #[arg(long)]
     interleave: Option<usize>,
+    /// Content a stripe group of a large file spans: a file of more than one interleaving group
+    /// is striped, surviving about `M/K` of this in consecutive lost datagrams; the sender holds
+    /// `M/K` of it in parity. `0` sends large files in interleaving groups too.
+    #[arg(long, default_value = "96MiB", value_name = "SIZE", value_parser = parse_span)]
+    stripe_span: u64,
     /// Interval between heartbeats.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     heartbeat: Duration,
@@ -218,14 +223,20 @@ pub(crate) fn resolve(to: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{to:?} resolves to no address"))
 }
 
-/// Interleaving groups hold about [`GROUP_BYTES`] of datagrams unless `depth` is given.
-fn interleave_for(fec: FecParams, depth: Option<usize>) -> InterleaveParams {
+fn parse_span(s: &str) -> Result<u64, String> {
+    checkvalve_common::units::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// Interleaving groups hold about [`GROUP_BYTES`] of datagrams unless `depth` is given; stripe
+/// groups span `stripe_span` bytes of content.
+fn interleave_for(fec: FecParams, depth: Option<usize>, stripe_span: u64) -> InterleaveParams {
     // A group is held whole in memory (and a few queued): size it in bytes, not blocks.
     let block_bytes = (usize::from(fec.data_shards) + usize::from(fec.parity_shards))
         * (usize::from(fec.shard_len) + checkvalve_common::wire::SHARD_OVERHEAD);
     let depth = depth.unwrap_or((GROUP_BYTES / block_bytes).clamp(1, 64));
     InterleaveParams {
         depth: depth.max(1),
+        stripe_bytes: stripe_span,
         ..InterleaveParams::default()
     }
 }
@@ -267,7 +278,7 @@ fn run(args: Args) -> Result<ExitCode> {
             info!(channels = cfg.channels.len(), "configuration is usable");
             return Ok(ExitCode::SUCCESS);
         }
-        let interleave = interleave_for(cfg.fec, None);
+        let interleave = interleave_for(cfg.fec, None, InterleaveParams::default().stripe_bytes);
         return service::run(cfg, Some(file.clone()), interleave, args.no_seccomp);
     }
     let Some(to) = args.to.clone() else {
@@ -282,7 +293,7 @@ fn run(args: Args) -> Result<ExitCode> {
     if args.heartbeat.is_zero() {
         bail!("--heartbeat must be positive");
     }
-    let interleave = interleave_for(fec, args.interleave);
+    let interleave = interleave_for(fec, args.interleave, args.stripe_span);
     if let Some(dir) = &args.watch {
         let spool =
             std::path::absolute(dir).with_context(|| format!("cannot use {}", dir.display()))?;

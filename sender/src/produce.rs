@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use checkvalve_common::interleave::{Batch, InterleaveParams, Interleaver};
 use checkvalve_common::meta::{Head, ObjectKind};
 use checkvalve_common::object::{DataBlock, FecParams, ObjectEncoder};
+use checkvalve_common::stripe::{Sink, StripedEncoder};
 use tracing::{debug, error, warn};
 
 use crate::keys::Identity;
@@ -115,9 +116,15 @@ pub fn produce_stream(
             }
         };
         for attempt in 1..=MAX_TRIES {
-            let result = encode_file(session, next_object, &entry, fec, &mut blocks, |blocks| {
-                forward(&mut inter, blocks, &tx)
-            });
+            let result = encode_file(
+                session,
+                next_object,
+                &entry,
+                fec,
+                &mut blocks,
+                &mut inter,
+                &tx,
+            );
             if !matches!(result, Attempt::Refused) {
                 // The head went out: the object number is spent whatever happens next.
                 next_object += 1;
@@ -177,6 +184,19 @@ fn fingerprint(m: &std::fs::Metadata) -> (u64, Option<std::time::SystemTime>) {
     (m.len(), m.modified().ok())
 }
 
+/// A striped object's datagrams are handed to the transmitter in batches of about this size.
+const STRIPE_BATCH_BYTES: usize = 1 << 20;
+
+/// Why a file changed under the reader, if it did: `before` is its fingerprint when opened.
+fn changed(before: (u64, Option<std::time::SystemTime>), file: &File) -> Option<String> {
+    match file.metadata().map(|m| fingerprint(&m)) {
+        Ok(after) if after == before => None,
+        Ok((len, _)) if len != before.0 => Some(format!("size changed from {} to {len}", before.0)),
+        Ok(_) => Some("modified".to_string()),
+        Err(e) => Some(format!("could not be checked ({e})")),
+    }
+}
+
 /// Encodes one file. Its digest block goes out only if the file was stable while it was read.
 fn encode_file(
     session: u64,
@@ -184,7 +204,8 @@ fn encode_file(
     entry: &Entry,
     fec: FecParams,
     blocks: &mut Vec<DataBlock>,
-    mut flush: impl FnMut(&mut Vec<DataBlock>) -> Result<()>,
+    inter: &mut Interleaver,
+    tx: &SyncSender<Batch>,
 ) -> Attempt {
     let opened = File::open(&entry.source).and_then(|f| {
         let m = f.metadata()?;
@@ -215,6 +236,10 @@ fn encode_file(
             return Attempt::Refused;
         }
     };
+    if let Some(stripe) = inter.stripe_for(head.size, enc.block_stride() as u64) {
+        return encode_striped(session, object, &head, fec, stripe, file, &meta, inter, tx);
+    }
+    let mut flush = |blocks: &mut Vec<DataBlock>| forward(inter, blocks, tx);
     blocks.push(head_block);
     let mut buf = vec![0u8; enc.block_stride()];
     let mut left = head.size;
@@ -235,23 +260,79 @@ fn encode_file(
             return Attempt::Failed(e);
         }
     }
-    let before = fingerprint(&meta);
-    let after = file.metadata().map(|m| fingerprint(&m));
+    let withheld = changed(fingerprint(&meta), &file);
     if let Err(e) = enc.finish(blocks) {
         return Attempt::Failed(e.into());
     }
-    match after {
-        Ok(after) if after == before => Attempt::Sent(head.size),
-        changed => {
+    match withheld {
+        None => Attempt::Sent(head.size),
+        Some(what) => {
             // The digest block is last: withholding it leaves the object unverifiable.
             blocks.pop();
-            Attempt::Changed(match changed {
-                Ok((len, _)) if len != before.0 => {
-                    format!("size changed from {} to {len}", before.0)
-                }
-                Ok(_) => "modified".to_string(),
-                Err(e) => format!("could not be checked ({e})"),
-            })
+            Attempt::Changed(what)
         }
+    }
+}
+
+/// Encodes a large file as a striped object, streaming its datagrams to `tx` in batches. Groups
+/// of small objects still waiting in `inter` go out first.
+#[allow(clippy::too_many_arguments)]
+fn encode_striped(
+    session: u64,
+    object: u64,
+    head: &Head,
+    fec: FecParams,
+    stripe: u8,
+    mut file: File,
+    meta: &std::fs::Metadata,
+    inter: &mut Interleaver,
+    tx: &SyncSender<Batch>,
+) -> Attempt {
+    match inter.flush() {
+        Ok(Some(batch)) => {
+            if tx.send(batch).is_err() {
+                return Attempt::Failed(anyhow::anyhow!("transmitter stopped"));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => return Attempt::Failed(anyhow::Error::new(e).context("parity encoding failed")),
+    }
+    let mut enc = match StripedEncoder::new(session, object, head, fec, stripe, inter.min_span()) {
+        Ok(enc) => enc,
+        Err(e) => return Attempt::Failed(e.into()),
+    };
+    let sealer = inter.sealer();
+    let mut send = |mut batch: Batch| {
+        batch.objects_end = object + 1;
+        tx.send(batch).is_ok()
+    };
+    let mut sink = Sink::new(STRIPE_BATCH_BYTES, &mut send);
+    let mut buf = vec![0u8; enc.read_size()];
+    let mut left = head.size;
+    while left > 0 {
+        let want = (buf.len() as u64).min(left) as usize;
+        if let Err(e) = file.read_exact(&mut buf[..want]) {
+            return if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Attempt::Changed(format!("shrank with {left} bytes to go"))
+            } else {
+                Attempt::Failed(anyhow::Error::new(e).context("read failed"))
+            };
+        }
+        if let Err(e) = enc.push(&buf[..want], sealer, &mut sink) {
+            return Attempt::Failed(e.into());
+        }
+        left -= want as u64;
+    }
+    let withheld = changed(fingerprint(meta), &file);
+    if let Err(e) = enc.finish(withheld.is_some(), sealer, &mut sink) {
+        return Attempt::Failed(e.into());
+    }
+    let complete_end = if withheld.is_none() { object + 1 } else { 0 };
+    if !sink.finish(complete_end) {
+        return Attempt::Failed(anyhow::anyhow!("transmitter stopped"));
+    }
+    match withheld {
+        None => Attempt::Sent(head.size),
+        Some(what) => Attempt::Changed(what),
     }
 }

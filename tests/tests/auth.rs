@@ -181,6 +181,7 @@ fn forged_plain(i: u64) -> Vec<u8> {
             shard_len: 32,
             head_len: 20,
             content_len: 10,
+            stripe: 0,
         }
         .emit(&[i as u8; 32], &mut out);
     }

@@ -256,6 +256,7 @@ fn a_flood_of_large_forged_shards_stays_within_the_memory_bound() {
                         shard_len: 60_000,
                         head_len: 100,
                         content_len: 1 << 40,
+                        stripe: 0,
                     };
                     let mut d = Vec::with_capacity(60_100);
                     h.emit(&payload, &mut d);

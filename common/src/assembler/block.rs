@@ -1,4 +1,7 @@
 //! One block in progress: its shards as they arrive, and the decode once `k` of them are in.
+//!
+//! A block of a striped object is *sparse*: its data shards go to the object's file as they
+//! arrive, and only its parity shards are held here.
 
 use crate::fec::{Fec, FecError};
 use crate::wire::MAX_SHARDS_PER_BLOCK;
@@ -9,12 +12,17 @@ pub(crate) struct Pending {
     /// Parity count every shard of the block must repeat.
     pub(crate) parity: u8,
     /// `(k + m) * L` bytes, shard `i` at `i * L`.
+    /// Sparse: the parity shards held, in arrival order (their indices in `held`).
     pub(crate) buf: Vec<u8>,
     /// Which shards arrived (bit `i` for shard `i`).
-    present: [u64; MAX_SHARDS_PER_BLOCK / 64],
+    pub(crate) present: [u64; MAX_SHARDS_PER_BLOCK / 64],
     count: usize,
     /// Blocks its session had decoded when it started: how long it has waited, in blocks.
     pub(crate) born: u64,
+    /// Later blocks of its session that may complete before this one is given up as stale.
+    pub(crate) patience: u64,
+    /// Sparse block: index of each parity shard in `buf`; `None` for a block held whole.
+    pub(crate) held: Option<Vec<u8>>,
 }
 
 /// What adding a shard did.
@@ -44,6 +52,44 @@ impl Pending {
             present: [0; MAX_SHARDS_PER_BLOCK / 64],
             count: 0,
             born,
+            patience: super::STALE_BLOCKS,
+            held: None,
+        }
+    }
+
+    /// A sparse block: data shards are written elsewhere, parity is kept.
+    pub(crate) fn sparse(parity: u8, born: u64, patience: u64) -> Self {
+        Pending {
+            parity,
+            buf: Vec::new(),
+            present: [0; MAX_SHARDS_PER_BLOCK / 64],
+            count: 0,
+            born,
+            patience,
+            held: Some(Vec::new()),
+        }
+    }
+
+    /// True if shard `i` arrived.
+    pub(crate) fn has(&self, i: usize) -> bool {
+        self.present[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// Records shard `i` of a sparse block: a data shard (`i < k`) the caller wrote, or a parity
+    /// shard kept here. Call only for a shard not yet held.
+    pub(crate) fn mark(&mut self, i: usize, payload: &[u8], k: usize) -> Added {
+        if i >= k {
+            self.buf.extend_from_slice(payload);
+            if let Some(held) = &mut self.held {
+                held.push(i as u8);
+            }
+        }
+        self.present[i / 64] |= 1 << (i % 64);
+        self.count += 1;
+        if self.count >= k {
+            Added::Ready
+        } else {
+            Added::Stored
         }
     }
 
@@ -59,13 +105,12 @@ impl Pending {
 
     /// Stores shard `i` (`payload` is exactly `L` bytes); `k` is the block's data shard count.
     pub(crate) fn add(&mut self, i: usize, payload: &[u8], k: usize) -> Added {
-        let (word, bit) = (i / 64, 1u64 << (i % 64));
-        if self.present[word] & bit != 0 {
+        if self.has(i) {
             return Added::Duplicate;
         }
         let l = payload.len();
         self.buf[i * l..(i + 1) * l].copy_from_slice(payload);
-        self.present[word] |= bit;
+        self.present[i / 64] |= 1 << (i % 64);
         self.count += 1;
         if self.count >= k {
             Added::Ready

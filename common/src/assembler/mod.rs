@@ -22,6 +22,7 @@ use crate::layout::{BlockSpan, Geometry, Section};
 use crate::link::{LinkChange, LinkMonitor};
 use crate::meta::{DIGEST_LEN, Head, MetaError};
 use crate::ranges::RangeMap;
+use crate::repair::Repair;
 use crate::wire::{self, Datagram, Heartbeat, ShardHeader, WireError};
 
 use block::{Added, Pending};
@@ -35,6 +36,8 @@ const MAX_POOLED: usize = 512;
 /// when memory runs short: the reference sender keeps a block open over one interleaving group
 /// (at most 64 blocks), so this is two groups.
 pub const STALE_BLOCKS: u64 = 128;
+/// Bytes of a striped object's content gathered before they go to disk as one write.
+pub const RUN_BYTES: usize = 128 << 10;
 /// Shortest heartbeat interval a receiver believes; a shorter announced one is raised to it.
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest heartbeat interval a receiver believes, so that no sender can switch off the silence
@@ -185,6 +188,14 @@ pub enum Event {
         /// The bytes.
         data: Vec<u8>,
     },
+    /// A block of a striped object lost data shards: read back those that arrived (written by
+    /// earlier [`Event::Content`]s), rebuild the others and write them.
+    Repair {
+        /// The object.
+        key: ObjectKey,
+        /// The block: where its shards sit and the parity that rebuilds them.
+        repair: Repair,
+    },
     /// Every block decoded: the caller verifies the digest and publishes.
     Complete {
         /// The object.
@@ -279,6 +290,16 @@ pub(crate) struct Object {
     repaired: u64,
     /// Bytes charged for the object itself and its ranges of decoded blocks.
     charged: usize,
+    /// Striped content gathered for one write.
+    run: Option<Run>,
+}
+
+/// Consecutive content of a striped object, gathered from data shards for one write.
+#[derive(Debug)]
+struct Run {
+    offset: u64,
+    buf: Vec<u8>,
+    charged: usize,
 }
 
 /// Rebuilds objects from shard datagrams.
@@ -337,6 +358,9 @@ impl Shared<'_> {
     /// Keeps a buffer for reuse if the pool has room and the budget allows it.
     fn pool_buffer(&mut self, mut buf: Vec<u8>) {
         // Keep the whole allocation in use so that reuse needs no zero-filling.
+        if buf.capacity() == 0 {
+            return;
+        }
         buf.resize(buf.capacity(), 0);
         if self.pool.len() < MAX_POOLED && self.budget.fits(buf.capacity()) {
             self.budget.take(buf.capacity());
@@ -344,10 +368,15 @@ impl Shared<'_> {
         }
     }
 
-    fn free_object(&mut self, s: &mut Session, obj: Object) {
+    fn free_object(&mut self, s: &mut Session, mut obj: Object) {
         *self.objects -= 1;
         s.used -= obj.charged;
         self.budget.give(obj.charged);
+        if let Some(run) = obj.run.take() {
+            s.used -= run.charged;
+            self.budget.give(run.charged);
+            self.pool_buffer(run.buf);
+        }
         for (_, p) in obj.blocks {
             self.free_block(s, p);
         }
@@ -397,6 +426,70 @@ impl Shared<'_> {
             reason,
             sender_heard: s.heartbeat.is_some(),
         });
+    }
+
+    /// Hands the object's gathered content out to be written.
+    fn flush_run(&mut self, used: &mut usize, key: ObjectKey, run: &mut Option<Run>) {
+        if let Some(r) = run.take() {
+            *used -= r.charged;
+            self.budget.give(r.charged);
+            self.events.push_back(Event::Content {
+                key,
+                offset: r.offset,
+                data: r.buf,
+            });
+        }
+    }
+
+    /// Adds a striped data shard's bytes at content offset `at` to the object's run, starting a
+    /// new run (and handing the old one out) unless they extend it. False when no buffer fits
+    /// the budget: the shard is then dropped.
+    fn write_run(
+        &mut self,
+        used: &mut usize,
+        key: ObjectKey,
+        run: &mut Option<Run>,
+        at: u64,
+        bytes: &[u8],
+    ) -> bool {
+        if let Some(r) = run
+            && r.offset + r.buf.len() as u64 == at
+            && r.buf.len() + bytes.len() <= r.buf.capacity()
+        {
+            r.buf.extend_from_slice(bytes);
+            return true;
+        }
+        self.flush_run(used, key, run);
+        let need = RUN_BYTES.max(bytes.len());
+        let cost = need + BLOCK_COST;
+        while !self.budget.fits(cost) {
+            let Some(buf) = self.pool.pop() else {
+                return false;
+            };
+            self.budget.give(buf.capacity());
+        }
+        let mut buf = match self.pool.pop() {
+            Some(b) if b.capacity() >= need => {
+                self.budget.give(b.capacity());
+                b
+            }
+            Some(b) => {
+                self.budget.give(b.capacity());
+                Vec::with_capacity(need)
+            }
+            None => Vec::with_capacity(need),
+        };
+        buf.clear();
+        buf.extend_from_slice(bytes);
+        let charged = buf.capacity() + BLOCK_COST;
+        self.budget.take(charged);
+        *used += charged;
+        *run = Some(Run {
+            offset: at,
+            buf,
+            charged,
+        });
+        true
     }
 
     /// A buffer for a new block of `need` bytes, or `None` when the budget or the session's fair
@@ -490,6 +583,10 @@ impl Assembler {
 
     /// Takes back a buffer handed out with [`Event::Content`], for reuse.
     pub fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.capacity() < 4096 {
+            // A rebuilt shard, not a block or run buffer: not worth a slot in the pool.
+            return;
+        }
         let (_, mut sh) = self.split();
         sh.pool_buffer(buf);
     }
@@ -702,14 +799,14 @@ impl Assembler {
                 .iter()
                 .flat_map(|(&sid, s)| {
                     s.objects.iter().flat_map(move |(&o, obj)| {
-                        obj.blocks
-                            .iter()
-                            .map(move |(&b, p)| (s.decoded.saturating_sub(p.born), sid, o, b))
+                        obj.blocks.iter().map(move |(&b, p)| {
+                            (s.decoded.saturating_sub(p.born), sid, o, b, p.patience)
+                        })
                     })
                 })
-                .filter(|(waited, ..)| *waited >= STALE_BLOCKS)
+                .filter(|(waited, .., patience)| *waited >= *patience)
                 .max();
-            let Some((waited, session, object, block)) = stale else {
+            let Some((waited, session, object, block, _)) = stale else {
                 break;
             };
             let (sessions, mut sh) = self.split();
@@ -837,6 +934,7 @@ impl Assembler {
                     first_datagram: now,
                     repaired: 0,
                     charged: OBJECT_COST,
+                    run: None,
                 },
             );
         }
@@ -854,24 +952,40 @@ impl Assembler {
             return Ok(());
         }
         let l = usize::from(geometry.shard_len);
-        let n = span.data_shards + usize::from(h.parity_shards);
-        let cost = n * l + BLOCK_COST + RANGE_COST;
+        let k = span.data_shards;
+        let n = k + usize::from(h.parity_shards);
+        // A striped object's content blocks hold no data here: it goes to disk as it arrives.
+        let sparse = geometry.stripe > 0 && matches!(span.section, Section::Content { .. });
+        let cost = if sparse { 0 } else { n * l } + BLOCK_COST + RANGE_COST;
         if !room_made && !obj.blocks.contains_key(&h.block) && !sh.budget.fits(cost) {
             self.make_room(h.session, cost);
             return self.on_shard(now, h, payload, geometry, span, true);
         }
         if !obj.blocks.contains_key(&h.block) {
             let active = active + usize::from(s.used == 0);
-            let Some(buf) = sh.block_buffer(s, n * l, active) else {
-                sh.counters.over_budget += 1;
-                return Ok(());
-            };
             let born = s.decoded;
+            let block = if sparse {
+                if s.used + cost > sh.budget.fair_share(active) || !sh.budget.fits(cost) {
+                    sh.counters.over_budget += 1;
+                    return Ok(());
+                }
+                sh.budget.take(BLOCK_COST);
+                s.used += BLOCK_COST;
+                // A stripe group's blocks all stay open until the end of the group: one may
+                // wait for every other block of its group, and of the next, to complete.
+                let patience = STALE_BLOCKS.max(2 * geometry.stripe_width());
+                Pending::sparse(h.parity_shards, born, patience)
+            } else {
+                let Some(buf) = sh.block_buffer(s, n * l, active) else {
+                    sh.counters.over_budget += 1;
+                    return Ok(());
+                };
+                Pending::new(h.parity_shards, buf, n, l, born)
+            };
             let Some(obj) = s.objects.get_mut(&h.object) else {
                 return Ok(());
             };
-            obj.blocks
-                .insert(h.block, Pending::new(h.parity_shards, buf, n, l, born));
+            obj.blocks.insert(h.block, block);
         }
         let Some(obj) = s.objects.get_mut(&h.object) else {
             return Ok(());
@@ -886,7 +1000,38 @@ impl Assembler {
                 "parity count differs within a block",
             ));
         }
-        match p.add(usize::from(h.shard), payload, span.data_shards) {
+        let i = usize::from(h.shard);
+        let added = if !sparse {
+            p.add(i, payload, k)
+        } else if p.has(i) {
+            Added::Duplicate
+        } else {
+            if i < k {
+                let Section::Content { offset, step } = span.section else {
+                    return Ok(());
+                };
+                let at = offset + i as u64 * step;
+                let len = (geometry.content_len - at).min(l as u64) as usize;
+                if !sh.write_run(&mut s.used, key, &mut obj.run, at, &payload[..len]) {
+                    sh.counters.over_budget += 1;
+                    return Ok(());
+                }
+            } else if p.buf.capacity() - p.buf.len() < l {
+                // Room for as many parity shards as the block still lacks, charged up front.
+                let want = k.saturating_sub(p.count()).max(1) * l;
+                if !sh.budget.fits(want) {
+                    sh.counters.over_budget += 1;
+                    return Ok(());
+                }
+                let before = p.buf.capacity();
+                p.buf.reserve_exact(want);
+                let grown = p.buf.capacity() - before;
+                sh.budget.take(grown);
+                s.used += grown;
+            }
+            p.mark(i, payload, k)
+        };
+        match added {
             Added::Duplicate => {
                 sh.counters.duplicate += 1;
                 return Ok(());
@@ -897,13 +1042,40 @@ impl Assembler {
         let Some(mut p) = obj.blocks.remove(&h.block) else {
             return Ok(());
         };
-        obj.repaired += p.missing_data(span.data_shards) as u64;
-        if p.decode(sh.fec, span.data_shards, l).is_err() {
+        let missing = p.missing_data(k);
+        obj.repaired += missing as u64;
+        let p = if sparse {
+            if let (true, Section::Content { offset, step }) = (missing > 0, span.section) {
+                // The rebuild reads back the data shards that arrived: they go to disk first.
+                sh.flush_run(&mut s.used, key, &mut obj.run);
+                let (present, held) = (p.present, p.held.take().unwrap_or_default());
+                let parity = sh.release_block(s, p);
+                sh.events.push_back(Event::Repair {
+                    key,
+                    repair: Repair {
+                        offset,
+                        step,
+                        content_len: geometry.content_len,
+                        shard_len: l,
+                        data_shards: k,
+                        parity_shards: usize::from(h.parity_shards),
+                        present,
+                        parity,
+                        held,
+                    },
+                });
+            } else {
+                sh.free_block(s, p);
+            }
+            None
+        } else if p.decode(sh.fec, k, l).is_err() {
             sh.counters.inconsistent += 1;
             sh.free_block(s, p);
             sh.lose(s, key, Some(Abandon::Undecodable));
             return Ok(());
-        }
+        } else {
+            Some(p)
+        };
         sh.counters.blocks_decoded += 1;
         s.decoded += 1;
         s.last_progress = Some(now);
@@ -924,7 +1096,11 @@ impl Assembler {
         obj.charged = charged;
         let mut bad_head = None;
         let mut head_event = None;
-        if let Section::Content { offset } = span.section {
+        let Some(p) = p else {
+            let complete = obj.done_count == geometry.block_count();
+            return self.after_block(h, key, complete, None, None);
+        };
+        if let Section::Content { offset, .. } = span.section {
             // The block's buffer itself goes out with the content: no copy. The caller hands it
             // back through `recycle` once written.
             let complete = obj.done_count == geometry.block_count();
@@ -1005,7 +1181,8 @@ impl Assembler {
             sh.lose(s, key, Some(Abandon::Undecodable));
             return Ok(());
         };
-        if let Some(obj) = s.objects.remove(&h.object) {
+        if let Some(mut obj) = s.objects.remove(&h.object) {
+            sh.flush_run(&mut s.used, key, &mut obj.run);
             s.finished.insert(h.object, h.object.saturating_add(1));
             sh.free_object(s, obj);
         }
