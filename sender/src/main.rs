@@ -96,6 +96,10 @@ struct Args {
     /// Interval between heartbeats.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     heartbeat: Duration,
+    /// Scheduling niceness of the sender's threads (0 to 19): a background transfer yields the
+    /// CPU to the host's own processes (and, on a shared test host, to the receiver).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    nice: i32,
     /// Do not install the seccomp filter that forbids every receiving system call (debugging only).
     #[arg(long)]
     no_seccomp: bool,
@@ -265,6 +269,12 @@ fn run(args: Args) -> Result<ExitCode> {
         };
         status::print(cfg.as_ref(), state.as_deref(), *json)?;
         return Ok(ExitCode::SUCCESS);
+    }
+    // Before any thread starts: threads take their creator's niceness.
+    if args.nice > 0
+        && let Err(e) = rustix::process::setpriority_process(None, args.nice)
+    {
+        tracing::warn!(nice = args.nice, "cannot lower the sender's priority: {e}");
     }
     if let Some(file) = &args.config {
         let cfg = match config::Config::load(file) {

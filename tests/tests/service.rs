@@ -587,3 +587,40 @@ fn the_systemd_units_verify() {
         }
     }
 }
+
+/// The niceness of every thread of process `pid`.
+fn thread_niceness(pid: u32) -> Vec<i64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task list")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .map(|stat| {
+            // Fields after the command name (which may hold spaces): state is field 3, nice 19.
+            let after = &stat[stat.rfind(')').expect("comm") + 2..];
+            after
+                .split(' ')
+                .nth(16)
+                .expect("nice")
+                .parse()
+                .expect("number")
+        })
+        .collect()
+}
+
+#[test]
+fn every_sender_thread_runs_at_background_priority_unless_told_otherwise() {
+    let rig = Rig::start(None, &[]);
+    let src = rig.dir.path().join("slow.bin");
+    write_file(&src, 4 << 20, 91);
+    for (nice, extra) in [(10, None), (3, Some("3"))] {
+        let mut args = vec!["--rate", "8M"];
+        if let Some(n) = extra {
+            args.extend(["--nice", n]);
+        }
+        let mut sender = rig.start_sender(&format!("nice{nice}"), &[&src], &args);
+        checkvalve_tests::wait_for_log(&sender, "sending", Duration::from_secs(20));
+        let threads = thread_niceness(sender.pid().expect("running"));
+        sender.stop();
+        assert!(threads.len() >= 2, "{threads:?}");
+        assert!(threads.iter().all(|n| *n == nice), "{threads:?}");
+    }
+}
