@@ -17,14 +17,18 @@ use rand_chacha::ChaCha8Rng;
 
 const SIZE: usize = 16 << 20;
 
-fn encode(data: &[u8]) -> Vec<Vec<u8>> {
-    let head = Head {
+fn head(len: usize) -> Head {
+    Head {
         path: "bench.bin".into(),
-        size: data.len() as u64,
+        size: len as u64,
         mtime_secs: 0,
         mtime_nanos: 0,
         kind: ObjectKind::File,
-    };
+    }
+}
+
+fn encode(data: &[u8]) -> Vec<Vec<u8>> {
+    let head = head(data.len());
     let (mut enc, hb) = ObjectEncoder::new(1, 0, &head, FecParams::default()).unwrap();
     let mut inter = Interleaver::new(InterleaveParams::default());
     let mut blocks = vec![hb];
@@ -51,13 +55,7 @@ fn encode(data: &[u8]) -> Vec<Vec<u8>> {
 
 /// The same data as one striped object (one stripe group of 187 blocks).
 fn encode_striped(data: &[u8]) -> Vec<Vec<u8>> {
-    let head = Head {
-        path: "bench.bin".into(),
-        size: data.len() as u64,
-        mtime_secs: 0,
-        mtime_nanos: 0,
-        kind: ObjectKind::File,
-    };
+    let head = head(data.len());
     let mut enc = StripedEncoder::new(1, 0, &head, FecParams::default(), 10, 256).unwrap();
     let mut out = Vec::new();
     let mut send = |b: Batch| {

@@ -23,6 +23,17 @@ fn content(seed: u64, len: usize) -> Vec<u8> {
     (0..len).map(|_| rng.random()).collect()
 }
 
+/// The metadata of a file at `path` holding `data`.
+fn file_head(path: &str, data: &[u8]) -> Head {
+    Head {
+        path: path.to_string(),
+        size: data.len() as u64,
+        mtime_secs: 1,
+        mtime_nanos: 0,
+        kind: ObjectKind::File,
+    }
+}
+
 /// Encodes `files` as one transfer and returns its datagrams in transmission order.
 fn encode(files: &[(String, Vec<u8>)], fec: FecParams, il: InterleaveParams) -> Vec<Vec<u8>> {
     encode_as(SESSION, 0, files, fec, il)
@@ -44,13 +55,7 @@ fn encode_as(
         }
     };
     for (i, (path, data)) in files.iter().enumerate() {
-        let head = Head {
-            path: path.clone(),
-            size: data.len() as u64,
-            mtime_secs: 1,
-            mtime_nanos: 0,
-            kind: ObjectKind::File,
-        };
+        let head = file_head(path, data);
         let (mut enc, head_block) =
             ObjectEncoder::new(session, first + i as u64, &head, fec).unwrap();
         let mut blocks = vec![head_block];
@@ -69,13 +74,7 @@ fn encode_as(
 /// Encodes one file as a striped object (object 0 of [`SESSION`]) with groups of `2^stripe`
 /// blocks, and returns its datagrams in transmission order.
 fn encode_striped(path: &str, data: &[u8], fec: FecParams, stripe: u8) -> Vec<Vec<u8>> {
-    let head = Head {
-        path: path.to_string(),
-        size: data.len() as u64,
-        mtime_secs: 1,
-        mtime_nanos: 0,
-        kind: ObjectKind::File,
-    };
+    let head = file_head(path, data);
     let mut enc = StripedEncoder::new(SESSION, 0, &head, fec, stripe, 256).unwrap();
     let mut out = Vec::new();
     let mut send = |b: Batch| {

@@ -187,6 +187,21 @@ fn fingerprint(m: &std::fs::Metadata) -> (u64, Option<std::time::SystemTime>) {
 /// A striped object's datagrams are handed to the transmitter in batches of about this size.
 const STRIPE_BATCH_BYTES: usize = 1 << 20;
 
+/// Reads the file's next piece into `buf` (at most `left` bytes, `left` being what is still to
+/// read): its length, or how the attempt at the file ends.
+fn read_piece(file: &mut File, buf: &mut [u8], left: u64) -> Result<usize, Attempt> {
+    let want = (buf.len() as u64).min(left) as usize;
+    match file.read_exact(&mut buf[..want]) {
+        Ok(()) => Ok(want),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(Attempt::Changed(format!("shrank with {left} bytes to go")))
+        }
+        Err(e) => Err(Attempt::Failed(
+            anyhow::Error::new(e).context("read failed"),
+        )),
+    }
+}
+
 /// Why a file changed under the reader, if it did: `before` is its fingerprint when opened.
 fn changed(before: (u64, Option<std::time::SystemTime>), file: &File) -> Option<String> {
     match file.metadata().map(|m| fingerprint(&m)) {
@@ -244,14 +259,10 @@ fn encode_file(
     let mut buf = vec![0u8; enc.block_stride()];
     let mut left = head.size;
     while left > 0 {
-        let want = (buf.len() as u64).min(left) as usize;
-        if let Err(e) = file.read_exact(&mut buf[..want]) {
-            return if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Attempt::Changed(format!("shrank with {left} bytes to go"))
-            } else {
-                Attempt::Failed(anyhow::Error::new(e).context("read failed"))
-            };
-        }
+        let want = match read_piece(&mut file, &mut buf, left) {
+            Ok(n) => n,
+            Err(end) => return end,
+        };
         if let Err(e) = enc.push(&buf[..want], blocks) {
             return Attempt::Failed(e.into());
         }
@@ -310,14 +321,10 @@ fn encode_striped(
     let mut buf = vec![0u8; enc.read_size()];
     let mut left = head.size;
     while left > 0 {
-        let want = (buf.len() as u64).min(left) as usize;
-        if let Err(e) = file.read_exact(&mut buf[..want]) {
-            return if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Attempt::Changed(format!("shrank with {left} bytes to go"))
-            } else {
-                Attempt::Failed(anyhow::Error::new(e).context("read failed"))
-            };
-        }
+        let want = match read_piece(&mut file, &mut buf, left) {
+            Ok(n) => n,
+            Err(end) => return end,
+        };
         if let Err(e) = enc.push(&buf[..want], sealer, &mut sink) {
             return Attempt::Failed(e.into());
         }

@@ -610,15 +610,23 @@ fn thread_niceness(pid: u32) -> Vec<i64> {
 fn every_sender_thread_runs_at_background_priority_unless_told_otherwise() {
     let rig = Rig::start(None, &[]);
     let src = rig.dir.path().join("slow.bin");
-    write_file(&src, 4 << 20, 91);
+    // Large enough that the encoding thread outlives the first batches it queues.
+    write_file(&src, 40 << 20, 91);
     for (nice, extra) in [(10, None), (3, Some("3"))] {
-        let mut args = vec!["--rate", "8M"];
+        let mut args = vec!["--rate", "100M"];
         if let Some(n) = extra {
             args.extend(["--nice", n]);
         }
         let mut sender = rig.start_sender(&format!("nice{nice}"), &[&src], &args);
         checkvalve_tests::wait_for_log(&sender, "sending", Duration::from_secs(20));
-        let threads = thread_niceness(sender.pid().expect("running"));
+        // The encoding thread starts just after that line.
+        let pid = sender.pid().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut threads = thread_niceness(pid);
+        while threads.len() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            threads = thread_niceness(pid);
+        }
         sender.stop();
         assert!(threads.len() >= 2, "{threads:?}");
         assert!(threads.iter().all(|n| *n == nice), "{threads:?}");

@@ -84,6 +84,11 @@ impl Pending {
                 held.push(i as u8);
             }
         }
+        self.set(i, k)
+    }
+
+    /// Marks shard `i` arrived; `k` is the block's data shard count.
+    fn set(&mut self, i: usize, k: usize) -> Added {
         self.present[i / 64] |= 1 << (i % 64);
         self.count += 1;
         if self.count >= k {
@@ -110,13 +115,7 @@ impl Pending {
         }
         let l = payload.len();
         self.buf[i * l..(i + 1) * l].copy_from_slice(payload);
-        self.present[i / 64] |= 1 << (i % 64);
-        self.count += 1;
-        if self.count >= k {
-            Added::Ready
-        } else {
-            Added::Stored
-        }
+        self.set(i, k)
     }
 
     /// Data shards among the first `k` that did not arrive (parity rebuilds them).

@@ -468,17 +468,7 @@ impl Shared<'_> {
             };
             self.budget.give(buf.capacity());
         }
-        let mut buf = match self.pool.pop() {
-            Some(b) if b.capacity() >= need => {
-                self.budget.give(b.capacity());
-                b
-            }
-            Some(b) => {
-                self.budget.give(b.capacity());
-                Vec::with_capacity(need)
-            }
-            None => Vec::with_capacity(need),
-        };
+        let mut buf = self.pooled(need);
         buf.clear();
         buf.extend_from_slice(bytes);
         let charged = buf.capacity() + BLOCK_COST;
@@ -490,6 +480,22 @@ impl Shared<'_> {
             charged,
         });
         true
+    }
+
+    /// The last pooled buffer if it holds `need` bytes (a smaller one is dropped), else a new
+    /// one; either way uncharged, for the caller to charge.
+    fn pooled(&mut self, need: usize) -> Vec<u8> {
+        match self.pool.pop() {
+            Some(b) => {
+                self.budget.give(b.capacity());
+                if b.capacity() >= need {
+                    b
+                } else {
+                    Vec::with_capacity(need)
+                }
+            }
+            None => Vec::with_capacity(need),
+        }
     }
 
     /// A buffer for a new block of `need` bytes, or `None` when the budget or the session's fair
@@ -504,17 +510,7 @@ impl Shared<'_> {
             let buf = self.pool.pop()?;
             self.budget.give(buf.capacity());
         }
-        let buf = match self.pool.pop() {
-            Some(b) if b.capacity() >= need => {
-                self.budget.give(b.capacity());
-                b
-            }
-            Some(b) => {
-                self.budget.give(b.capacity());
-                Vec::with_capacity(need)
-            }
-            None => Vec::with_capacity(need),
-        };
+        let buf = self.pooled(need);
         let charged = buf.capacity() + BLOCK_COST;
         self.budget.take(charged);
         s.used += charged;
