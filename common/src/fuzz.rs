@@ -66,6 +66,7 @@ pub fn assembler(data: &[u8]) {
     };
     let t0 = Instant::now();
     let mut asm = Assembler::new(config, t0);
+    let mut fec = crate::fec::Fec::default();
     let mut rest = data;
     let mut now = t0;
     while rest.len() >= 2 {
@@ -82,8 +83,16 @@ pub fn assembler(data: &[u8]) {
         let _ = asm.handle_datagram(now, &d);
         asm.handle_timeout(now);
         while let Some(ev) = asm.poll_event() {
-            if let Event::Content { data, .. } = ev {
-                asm.recycle(data);
+            match ev {
+                Event::Content { data, .. } => asm.recycle(data),
+                // A forged striped block's rebuild may fail, never panic.
+                Event::Repair { repair, .. } => {
+                    let _ = repair.rebuild(&mut fec, |buf, _| {
+                        buf.fill(0x5a);
+                        Ok(())
+                    });
+                }
+                _ => {}
             }
         }
         assert!(
