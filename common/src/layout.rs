@@ -126,13 +126,20 @@ impl Geometry {
         (first, d.min(self.content_blocks() - first))
     }
 
-    /// Content block `i` (block `i + 1` of the object).
-    fn content_block(&self, i: u64) -> BlockSpan {
-        let l = u64::from(self.shard_len);
+    /// The stripe group holding content block `i`: its first block, its width `D_g` and its
+    /// data shard count `N_g`.
+    pub fn stripe_shards(&self, i: u64) -> (u64, u64, u64) {
         let (first, width) = self.stripe_group(i);
         let base = first * self.block_stride();
         let group_len = (self.content_len - base).min(width * self.block_stride());
-        let shards = group_len.div_ceil(l);
+        (first, width, group_len.div_ceil(u64::from(self.shard_len)))
+    }
+
+    /// Content block `i` (block `i + 1` of the object).
+    fn content_block(&self, i: u64) -> BlockSpan {
+        let l = u64::from(self.shard_len);
+        let (first, width, shards) = self.stripe_shards(i);
+        let base = first * self.block_stride();
         let at = i - first;
         let k = (shards - at).div_ceil(width);
         let offset = base + at * l;
@@ -196,7 +203,8 @@ mod tests {
     #[test]
     fn stripes_deal_shards_round_robin_and_cover_the_content_once() {
         // 4 shards of 10 bytes per block, 4 blocks per group: groups of 160 bytes; 395 bytes make
-        // two full groups and a last one of 75 bytes over 2 blocks (8 shards, the last of 5 bytes, 4 in each block).
+        // two full groups and a last one of 75 bytes over 2 blocks (8 shards, 4 in each block,
+        // the last of 5 bytes).
         let g = Geometry {
             data_shards: 4,
             shard_len: 10,

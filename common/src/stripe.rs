@@ -261,23 +261,9 @@ impl StripedEncoder {
         Ok(enc)
     }
 
-    /// Content bytes per full content block.
-    pub fn block_stride(&self) -> usize {
-        self.geometry.block_stride() as usize
-    }
-
-    /// Memory the encoder holds for parity: what the stripe costs the sender.
-    pub fn parity_bytes(&self) -> usize {
-        self.parity.capacity()
-    }
-
     fn start_group(&mut self, first: u64) {
         let g = &self.geometry;
-        let l = u64::from(g.shard_len);
-        let (first, width) = g.stripe_group(first);
-        let base = first * g.block_stride();
-        let len = (g.content_len - base).min(width * g.block_stride());
-        let shards = len.div_ceil(l);
+        let (first, width, shards) = g.stripe_shards(first);
         let k_max = shards.div_ceil(width) as usize;
         let span = shards as usize + width as usize * self.base_parity;
         let mut m = self.base_parity;
