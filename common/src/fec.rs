@@ -21,6 +21,10 @@ pub enum FecError {
     /// Fewer than `k` shards are present.
     #[error("too few shards to decode")]
     TooFewShards,
+    /// The equations for the missing shards have no single solution (never for this code's
+    /// matrices: a defect, reported rather than delivered wrong).
+    #[error("singular decoding matrix")]
+    Singular,
     /// The codec refused the input (sizes inconsistent).
     #[error("codec error: {0}")]
     Codec(String),
@@ -133,7 +137,14 @@ impl Fec {
     /// Rebuilds the missing data shards of a block in place.
     ///
     /// `buf` holds `k + m` shards of `shard_len` bytes; `present[i]` says whether shard `i` arrived.
-    /// Only the first `k` shards are guaranteed correct afterwards.
+    /// Only the first `k` shards are guaranteed correct afterwards: parity shards are used as
+    /// scratch.
+    ///
+    /// With `r` data shards missing, only `r` parity shards are used: each is stripped of the
+    /// data that arrived (its syndrome), leaving `r` equations in the `r` missing shards, whose
+    /// `r x r` matrix (a square part of the code's parity rows, invertible because the code is
+    /// MDS) is inverted. That costs `r * k` shard multiplications, as encoding `r` parity shards
+    /// does, and no `k x k` inversion: a lossy link makes nearly every block's loss pattern new.
     pub fn reconstruct(
         &mut self,
         k: usize,
@@ -142,24 +153,84 @@ impl Fec {
         present: &[bool],
     ) -> Result<(), FecError> {
         let n = present.len();
-        if k == 0 || k > n || buf.len() != n * shard_len {
-            return Err(FecError::BadShape { k, m: n - k.min(n) });
+        let m = n - k.min(n);
+        if k == 0 || k > n || buf.len() != n * shard_len || n > MAX_SHARDS_PER_BLOCK {
+            return Err(FecError::BadShape { k, m });
         }
-        if present.iter().filter(|p| **p).count() < k {
-            return Err(FecError::TooFewShards);
-        }
-        if present[..k].iter().all(|p| *p) {
+        let lost: Vec<usize> = (0..k).filter(|&j| !present[j]).collect();
+        if lost.is_empty() {
             return Ok(());
         }
-        let codec = self.codec(k, n - k)?;
-        let mut shards: Vec<(&mut [u8], bool)> = buf
-            .chunks_mut(shard_len)
-            .zip(present.iter().copied())
+        let rows: Vec<usize> = (0..m)
+            .filter(|&r| present[k + r])
+            .take(lost.len())
             .collect();
-        codec
-            .reconstruct_data(&mut shards)
-            .map_err(|e| FecError::Codec(format!("{e:?}")))
+        if rows.len() < lost.len() {
+            return Err(FecError::TooFewShards);
+        }
+        let l = shard_len;
+        let coefficients = self.coefficients(k, m)?;
+        let (data, parity) = buf.split_at_mut(k * l);
+        // Syndromes, in the parity shards' own buffers.
+        for j in (0..k).filter(|&j| present[j]) {
+            let shard = &data[j * l..(j + 1) * l];
+            for &r in &rows {
+                let c = coefficients[j * m + r];
+                galois_8::mul_slice_xor(c, shard, &mut parity[r * l..(r + 1) * l]);
+            }
+        }
+        let e = lost.len();
+        let mut matrix: Vec<u8> = rows
+            .iter()
+            .flat_map(|&r| lost.iter().map(move |&j| coefficients[j * m + r]))
+            .collect();
+        let inverse = invert(&mut matrix, e).ok_or(FecError::Singular)?;
+        for (u, &j) in lost.iter().enumerate() {
+            let out = &mut data[j * l..(j + 1) * l];
+            for (t, &r) in rows.iter().enumerate() {
+                let syndrome = &parity[r * l..(r + 1) * l];
+                if t == 0 {
+                    galois_8::mul_slice(inverse[u * e + t], syndrome, out);
+                } else {
+                    galois_8::mul_slice_xor(inverse[u * e + t], syndrome, out);
+                }
+            }
+        }
+        Ok(())
     }
+}
+
+/// Inverts the `e x e` matrix `a` (row-major) over GF(2^8) by Gauss-Jordan elimination; `None`
+/// if it is singular.
+fn invert(a: &mut [u8], e: usize) -> Option<Vec<u8>> {
+    let mut inv = vec![0u8; e * e];
+    for i in 0..e {
+        inv[i * e + i] = 1;
+    }
+    for col in 0..e {
+        let pivot = (col..e).find(|&r| a[r * e + col] != 0)?;
+        if pivot != col {
+            for c in 0..e {
+                a.swap(pivot * e + c, col * e + c);
+                inv.swap(pivot * e + c, col * e + c);
+            }
+        }
+        let scale = galois_8::div(1, a[col * e + col]);
+        for c in 0..e {
+            a[col * e + c] = galois_8::mul(a[col * e + c], scale);
+            inv[col * e + c] = galois_8::mul(inv[col * e + c], scale);
+        }
+        for r in (0..e).filter(|&r| r != col) {
+            let f = a[r * e + col];
+            if f != 0 {
+                for c in 0..e {
+                    a[r * e + c] ^= galois_8::mul(f, a[col * e + c]);
+                    inv[r * e + c] ^= galois_8::mul(f, inv[col * e + c]);
+                }
+            }
+        }
+    }
+    Some(inv)
 }
 
 #[cfg(test)]
@@ -177,6 +248,36 @@ mod tests {
             fec.encode_one(k, j, shard, &mut parity).unwrap();
         }
         assert_eq!(parity, whole);
+    }
+
+    #[test]
+    fn seeded_erasure_patterns_of_every_size_decode_at_the_default_shape() {
+        let mut fec = Fec::default();
+        let (k, m, l) = (64, 22, 40);
+        let data: Vec<u8> = (0..k * l).map(|x| (x * 131 % 253) as u8).collect();
+        let mut all = data.clone();
+        all.extend_from_slice(&fec.encode(&data, l, m).unwrap());
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for round in 0..400 {
+            // Erase `lost` shards anywhere (data and parity alike), up to all m.
+            let lost = round % (m + 1);
+            let mut present = vec![true; k + m];
+            let mut buf = all.clone();
+            let mut erased = 0;
+            while erased < lost {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x % (k + m) as u64) as usize;
+                if present[i] {
+                    present[i] = false;
+                    buf[i * l..(i + 1) * l].fill(0x5A);
+                    erased += 1;
+                }
+            }
+            fec.reconstruct(k, &mut buf, l, &present).unwrap();
+            assert_eq!(&buf[..k * l], &data[..], "round {round}: {lost} erased");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod pacer;
 pub mod ranges;
 pub mod repair;
 pub mod settings;
+pub mod shed;
 pub mod stripe;
 pub mod units;
 pub mod wire;

@@ -341,17 +341,17 @@ fn run(args: Settings, no_seccomp: bool) -> Result<()> {
             .context("cannot install signal handler")?;
     }
 
-    let dropped = Arc::new(AtomicU64::new(0));
+    let signals = Arc::new(net::Signals::new(checkvalve_common::shed::ASSUMED_LOSS));
     let chunks = (queue_bytes / net::CHUNK_BYTES).max(2);
     let (free_tx, free_rx) = net::chunk_pool(chunks);
     let (full_tx, full_rx) = std::sync::mpsc::channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let net_thread = {
-        let (stop, dropped, queued) =
-            (Arc::clone(&stop), Arc::clone(&dropped), Arc::clone(&queued));
+        let (stop, signals, queued) =
+            (Arc::clone(&stop), Arc::clone(&signals), Arc::clone(&queued));
         std::thread::Builder::new()
             .name("net".into())
-            .spawn(move || net::drain(socket, full_tx, free_rx, chunks, queued, stop, dropped))?
+            .spawn(move || net::drain(socket, full_tx, free_rx, chunks, queued, stop, signals))?
     };
     let retention_thread = if args.retention.max_age.is_some() || args.retention.max_bytes.is_some()
     {
@@ -452,7 +452,7 @@ fn run(args: Settings, no_seccomp: bool) -> Result<()> {
         args.stats_interval,
         args.aggregate_interval,
     );
-    let live = rx.run(&full_rx, &free_tx, &queued, &stop, &dropped);
+    let live = rx.run(&full_rx, &free_tx, &queued, &stop, &signals);
     if let Some(t) = retention_thread {
         let _ = t.join();
     }

@@ -8,12 +8,12 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use checkvalve_common::wire;
+use checkvalve_common::{shed, wire};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, getsockopt, recvmsg, setsockopt, sockopt};
 use tracing::{info, warn};
 
@@ -65,27 +65,48 @@ impl Chunk {
 }
 
 /// Early drop: once the queue is more than half full, parity shards are dropped, a growing share
-/// of them up to three in four when it is full. Data shards are never dropped early: a block whose
-/// data shards all arrive needs no decode at all, so shedding parity sheds work (up to a fifth of
-/// the datagrams at the default 64:22) without costing a block, and the quarter of the parity
-/// kept still repairs about 6 % of loss on the link. Which parity shards go is decided by a
-/// golden-ratio sequence: evenly spread, and in step with no stride of the sender's interleaving.
+/// of them up to the most the link's loss allows when it is full. Data shards are never dropped
+/// early: a block whose data shards all arrive needs no decode at all, so shedding parity sheds
+/// work without costing a block. On a clean link up to three in four parity shards go (a fifth of
+/// the datagrams at the default 64:22), and the quarter kept still repairs about 6 % of loss; on a
+/// lossy link every block needs some parity, so the share shed shrinks with the loss measured
+/// (`shed::shed_limit`), to none at 10 % with the default shape. Which parity shards go is
+/// decided by a golden-ratio sequence: evenly spread, and in step with no stride of the sender's
+/// interleaving.
 #[derive(Debug, Default)]
 struct EarlyDrop {
     n: u64,
+    /// The last limit computed: (data shards, parity shards, loss in millionths) and the limit.
+    limit: Option<((u8, u8, u32), f64)>,
 }
 
 impl EarlyDrop {
-    /// Most of the parity ever dropped early.
-    const MAX: f64 = 0.75;
     /// The fractional part of the golden ratio.
     const STEP: f64 = 0.618_033_988_749_894_9;
 
-    /// True if `datagram` should be dropped, with `queued` of `total` chunks in use.
-    fn drop(&mut self, datagram: &[u8], queued: usize, total: usize) -> bool {
+    /// True if `datagram` should be dropped, with `queued` of `total` chunks in use and the link
+    /// losing `loss_ppm` millionths of the datagrams.
+    fn drop(&mut self, datagram: &[u8], queued: usize, total: usize, loss_ppm: u32) -> bool {
         let fill = queued as f64 / total.max(1) as f64;
-        let fraction = ((fill - 0.5) * 2.0 * Self::MAX).clamp(0.0, Self::MAX);
-        if fraction == 0.0 || !is_parity(datagram) {
+        let ramp = ((fill - 0.5) * 2.0).clamp(0.0, 1.0);
+        if ramp == 0.0 || !is_parity(datagram) {
+            return false;
+        }
+        let shape = (datagram[29], datagram[30], loss_ppm);
+        let limit = match self.limit {
+            Some((s, limit)) if s == shape => limit,
+            _ => {
+                let limit = shed::shed_limit(
+                    usize::from(shape.0),
+                    usize::from(shape.1),
+                    f64::from(loss_ppm) / 1e6,
+                );
+                self.limit = Some((shape, limit));
+                limit
+            }
+        };
+        let fraction = ramp * limit;
+        if fraction == 0.0 {
             return false;
         }
         self.n = self.n.wrapping_add(1);
@@ -150,6 +171,31 @@ fn receive(
     Ok((msg.bytes, segment))
 }
 
+/// What the net thread and the receive loop tell each other besides the chunks.
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// Datagrams the net thread dropped early.
+    pub dropped: AtomicU64,
+    /// The link's loss as the receive loop last measured it, in millionths: it bounds how much
+    /// parity the net thread may shed.
+    pub link_loss_ppm: AtomicU32,
+}
+
+impl Signals {
+    /// Signals before anything was measured: the link is assumed to lose `assumed_loss`.
+    pub fn new(assumed_loss: f64) -> Self {
+        let s = Signals::default();
+        s.set_link_loss(assumed_loss);
+        s
+    }
+
+    /// Publishes the link's measured loss.
+    pub fn set_link_loss(&self, loss: f64) {
+        let ppm = (loss.clamp(0.0, 1.0) * 1e6).round() as u32;
+        self.link_loss_ppm.store(ppm, Ordering::Relaxed);
+    }
+}
+
 /// The chunk pool: `count` chunks ready to be filled.
 pub fn chunk_pool(count: usize) -> (Sender<Chunk>, Receiver<Chunk>) {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -169,7 +215,7 @@ pub fn drain(
     total: usize,
     queued: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-    dropped: Arc<AtomicU64>,
+    signals: Arc<Signals>,
 ) {
     let mut early = EarlyDrop::default();
     let fd = socket.as_raw_fd();
@@ -211,15 +257,17 @@ pub fn drain(
                     chunk.len += n;
                     // A coalesced buffer holds datagrams of `segment` bytes, the last shorter.
                     let in_use = queued.load(Ordering::Acquire);
+                    let loss_ppm = signals.link_loss_ppm.load(Ordering::Relaxed);
                     let mut at = start;
                     while at < chunk.len {
                         let end = (at + segment.unwrap_or(n).max(1)).min(chunk.len);
-                        if early.drop(&chunk.buf[at..end], in_use, total) {
-                            let all = dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                        if early.drop(&chunk.buf[at..end], in_use, total, loss_ppm) {
+                            let all = signals.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                             if let Some(suppressed) = behind.allow() {
                                 warn!(
                                     dropped_total = all,
                                     queued_chunks = in_use,
+                                    link_loss_percent = f64::from(loss_ppm) / 1e4,
                                     suppressed,
                                     "receiver falling behind: dropping parity shards early, spread out"
                                 );
@@ -276,7 +324,7 @@ mod tests {
         assert!(!is_parity(&data) && is_parity(&parity));
         let mut e = EarlyDrop::default();
         let drops =
-            |e: &mut EarlyDrop, d: &[u8], q| (0..1000).filter(|_| e.drop(d, q, 100)).count();
+            |e: &mut EarlyDrop, d: &[u8], q| (0..1000).filter(|_| e.drop(d, q, 100, 0)).count();
         assert_eq!(drops(&mut e, &parity, 50), 0);
         assert_eq!(
             drops(&mut e, &data, 100),
@@ -298,7 +346,7 @@ mod tests {
             let mut kept = [0u32; 64];
             for _group in 0..20 {
                 for i in 0..64 * 22 {
-                    if !e.drop(&parity, q, 100) {
+                    if !e.drop(&parity, q, 100, 0) {
                         kept[i % 64] += 1;
                     }
                 }
@@ -309,5 +357,25 @@ mod tests {
                 "fill {q}%: a block kept {fewest} of 22 parity shards"
             );
         }
+    }
+
+    #[test]
+    fn early_drop_sheds_less_parity_the_more_the_link_loses() {
+        let parity = shard(70);
+        let shed = |loss_ppm| {
+            let mut e = EarlyDrop::default();
+            (0..10_000)
+                .filter(|_| e.drop(&parity, 100, 100, loss_ppm))
+                .count()
+        };
+        let (clean, two, five, ten) = (shed(0), shed(20_000), shed(50_000), shed(100_000));
+        assert!((7_450..=7_550).contains(&clean), "{clean}");
+        assert!(
+            clean > two && two > five && five > 0,
+            "{clean} {two} {five}"
+        );
+        // At 5 % loss a block of 64 + 22 keeps at least 16 of its parity shards.
+        assert!(five <= 10_000 * 6 / 22 + 10, "{five}");
+        assert_eq!(ten, 0);
     }
 }

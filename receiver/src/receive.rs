@@ -9,11 +9,12 @@ use std::time::{Duration, Instant, SystemTime};
 use checkvalve_common::assembler::{Assembler, Event, ObjectKey};
 use checkvalve_common::auth::{Opener, Refused};
 use checkvalve_common::link::LinkChange;
+use checkvalve_common::shed::{self, LossMeter};
 use tracing::{debug, error, info, warn};
 
 use crate::live::{Counts, Live};
 use crate::manifest::{Evidence, Manifest};
-use crate::net::Chunk;
+use crate::net::{Chunk, Signals};
 use crate::ratelimit::Limiter;
 use crate::share::Share;
 use crate::writer::Msg;
@@ -115,6 +116,8 @@ pub struct Receive {
     unnamed: BTreeMap<u64, Unnamed>,
     limits: Limits,
     overload: Overload,
+    /// The link's loss, which bounds the parity the net thread may shed.
+    loss: LossMeter,
     reported_malformed: u64,
     /// What authentication refused, and how much of it was logged.
     refused: Refused,
@@ -150,6 +153,7 @@ impl Receive {
                 unnamed: Limiter::new(window, 10),
             },
             overload: Overload::default(),
+            loss: LossMeter::new(shed::WINDOW, shed::ASSUMED_LOSS),
             reported_malformed: 0,
             refused: Refused::default(),
             reported_refused: 0,
@@ -166,8 +170,9 @@ impl Receive {
         free: &Sender<Chunk>,
         queued: &AtomicUsize,
         stop: &AtomicBool,
-        net_dropped: &AtomicU64,
+        signals: &Signals,
     ) -> Live {
+        let net_dropped = &signals.dropped;
         let mut last_tick = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -201,6 +206,10 @@ impl Receive {
                 last_tick = now;
                 self.asm.handle_timeout(now);
                 self.drain_events();
+                let c = self.asm.counters();
+                self.loss
+                    .record(now, c.data_shards_due, c.data_shards_rebuilt);
+                signals.set_link_loss(self.loss.loss());
                 if now - self.last_aggregate >= self.aggregate_every {
                     self.last_aggregate = now;
                     self.flush_unnamed();
@@ -229,6 +238,7 @@ impl Receive {
                     warn!(
                         dropped = n,
                         sustained_datagrams_per_s = format_args!("{rate:.0}"),
+                        link_loss_percent = format_args!("{:.2}", self.loss.loss() * 100.0),
                         "receiver behind the sender: lower the sender's --rate below what this receiver sustains"
                     );
                 }

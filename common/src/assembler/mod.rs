@@ -258,6 +258,10 @@ pub struct Counters {
     pub heartbeats: u64,
     /// Blocks decoded.
     pub blocks_decoded: u64,
+    /// Data shards of the blocks decoded (the link's loss is measured on them: see [`crate::shed`]).
+    pub data_shards_due: u64,
+    /// Of those, the ones that never arrived and were rebuilt from parity.
+    pub data_shards_rebuilt: u64,
     /// Objects completed.
     pub objects_complete: u64,
     /// Objects abandoned or missing (saturating: a forged numbering can claim any count).
@@ -1040,6 +1044,8 @@ impl Assembler {
         };
         let missing = p.missing_data(k);
         obj.repaired += missing as u64;
+        sh.counters.data_shards_due += k as u64;
+        sh.counters.data_shards_rebuilt += missing as u64;
         let p = if sparse {
             if let (true, Section::Content { offset, step }) = (missing > 0, span.section) {
                 // The rebuild reads back the data shards that arrived: they go to disk first.
