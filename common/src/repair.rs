@@ -120,6 +120,121 @@ impl Repair {
     }
 }
 
+/// Neighbouring blocks of one stripe group read together: data shard `j` of blocks `b, b+1, ...`
+/// lie side by side in the file, so one read per row serves every block of the batch instead of
+/// one read per shard. Blocks become repairable in waves (as each parity row arrives, in block
+/// order), so the repairs handed out together are usually neighbours.
+#[derive(Debug)]
+pub struct Rows {
+    base: u64,
+    step: u64,
+    width: usize,
+    buf: Vec<u8>,
+    /// Bytes of each row actually read (the file may end before a row does).
+    filled: Vec<usize>,
+}
+
+impl Rows {
+    /// Most blocks one batch spans: `k` rows of this many shards are held at once.
+    pub const MAX_BLOCKS: usize = 64;
+
+    /// How many of `repairs`, from the first, one batch serves: neighbours of one stripe group,
+    /// in order of offset, spanning at most [`Self::MAX_BLOCKS`] blocks, dense enough that
+    /// reading whole rows costs less than reading their shards one by one.
+    pub fn batch_len(repairs: &[Repair]) -> usize {
+        let Some(first) = repairs.first() else {
+            return 0;
+        };
+        let l = first.shard_len as u64;
+        let same = |r: &Repair| {
+            (r.step, r.shard_len, r.data_shards, r.content_len)
+                == (
+                    first.step,
+                    first.shard_len,
+                    first.data_shards,
+                    first.content_len,
+                )
+        };
+        let mut n = 1;
+        let mut last = first.offset;
+        for r in &repairs[1..] {
+            let span = (r.offset.saturating_sub(first.offset)) / l.max(1) + 1;
+            if !same(r) || r.offset <= last || span > Self::MAX_BLOCKS as u64 {
+                break;
+            }
+            last = r.offset;
+            n += 1;
+        }
+        // Shrink until at least one block in four of the span is repaired.
+        while n > 1 {
+            let span = (repairs[n - 1].offset - first.offset) / l.max(1) + 1;
+            if span <= 4 * n as u64 {
+                break;
+            }
+            n -= 1;
+        }
+        n
+    }
+
+    /// Reads the rows `batch` (from [`Self::batch_len`], two or more) needs through
+    /// `read_at(buf, offset)`, which returns how many bytes it read (fewer at the end of the file).
+    pub fn read(
+        batch: &[Repair],
+        mut read_at: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+    ) -> io::Result<Rows> {
+        let (first, last) = match (batch.first(), batch.last()) {
+            (Some(f), Some(l)) => (f, l),
+            _ => return Err(io::Error::other("empty batch")),
+        };
+        let width = usize::try_from(last.offset - first.offset)
+            .unwrap_or(usize::MAX)
+            .saturating_add(first.shard_len);
+        let rows = first.data_shards;
+        let mut buf = vec![0u8; rows * width];
+        let mut filled = Vec::with_capacity(rows);
+        for (j, row) in buf.chunks_mut(width).enumerate() {
+            let at = first.offset + j as u64 * first.step;
+            let want = usize::try_from(first.content_len.saturating_sub(at))
+                .unwrap_or(usize::MAX)
+                .min(width);
+            let mut got = 0;
+            while got < want {
+                match read_at(&mut row[got..want], at + got as u64)? {
+                    0 => break,
+                    n => got += n,
+                }
+            }
+            filled.push(got);
+        }
+        Ok(Rows {
+            base: first.offset,
+            step: first.step,
+            width,
+            buf,
+            filled,
+        })
+    }
+
+    /// Fills `out` with the content at `at` if these rows hold all of it.
+    pub fn get(&self, out: &mut [u8], at: u64) -> bool {
+        let Some(rel) = at.checked_sub(self.base) else {
+            return false;
+        };
+        let (row, within) = (rel / self.step, rel % self.step);
+        let (Ok(row), Ok(within)) = (usize::try_from(row), usize::try_from(within)) else {
+            return false;
+        };
+        match self.filled.get(row) {
+            Some(&filled) if within + out.len() <= filled => {
+                let start = row * self.width + within;
+                out.copy_from_slice(&self.buf[start..start + out.len()]);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +282,79 @@ mod tests {
                 (24, content[24..32].to_vec()),
                 (72, content[72..80].to_vec())
             ]
+        );
+    }
+
+    #[test]
+    fn neighbouring_blocks_are_read_row_by_row_and_rebuilt_alike() {
+        // A stripe group of 8 blocks of 4 data shards of 8 bytes (step 64) in 230 bytes: the last
+        // row ends early. Blocks 1, 2 and 4 lost a shard each; block 7 is too far to batch.
+        let (k, m, l, d) = (4, 2, 8usize, 8u64);
+        let content: Vec<u8> = (0..230u32).map(|x| (x * 13 % 251) as u8).collect();
+        let mut fec = Fec::default();
+        let step = d * l as u64;
+        let repair = |b: u64, lost: usize| {
+            let mut data = vec![0u8; k * l];
+            for j in 0..k {
+                let at = (b * l as u64 + j as u64 * step) as usize;
+                if at < content.len() {
+                    let len = (content.len() - at).min(l);
+                    data[j * l..j * l + len].copy_from_slice(&content[at..at + len]);
+                }
+            }
+            let parity = Fec::default().encode(&data, l, m).unwrap();
+            let mut present = [0u64; 4];
+            present[0] = ((1u64 << (k + m)) - 1) & !(1 << lost) & !(1 << (k + 1));
+            Repair {
+                offset: b * l as u64,
+                step,
+                content_len: content.len() as u64,
+                shard_len: l,
+                data_shards: k,
+                parity_shards: m,
+                present,
+                parity: parity[..l].to_vec(),
+                held: vec![k as u8],
+            }
+        };
+        let all = [repair(1, 0), repair(2, 3), repair(4, 1), repair(7, 2)];
+        assert_eq!(Rows::batch_len(&all), 4);
+        // Two repairs nine blocks apart: reading whole rows would cost more than the shards.
+        let far = Repair {
+            offset: 9 * l as u64,
+            ..all[0].clone()
+        };
+        assert_eq!(Rows::batch_len(&[all[0].clone(), far]), 1);
+        assert_eq!(
+            Rows::batch_len(&[all[1].clone(), all[0].clone()]),
+            1,
+            "out of order"
+        );
+        let mut reads = 0;
+        let rows = Rows::read(&all[..3], |buf, at| {
+            reads += 1;
+            let from = (at as usize).min(content.len());
+            let n = buf.len().min(content.len() - from);
+            buf[..n].copy_from_slice(&content[from..from + n]);
+            Ok(n)
+        })
+        .unwrap();
+        assert_eq!(reads, k, "one read per row");
+        for r in &all[..3] {
+            let rebuilt = r
+                .rebuild(&mut fec, |buf, at| {
+                    assert!(rows.get(buf, at), "shard at {at} not in the rows");
+                    Ok(())
+                })
+                .unwrap();
+            for (at, bytes) in rebuilt.shards() {
+                assert_eq!(bytes, &content[at as usize..at as usize + bytes.len()]);
+            }
+        }
+        let mut out = [0u8; 8];
+        assert!(
+            !rows.get(&mut out, 7 * 8),
+            "block 7 is outside the rows of blocks 1 to 4"
         );
     }
 }

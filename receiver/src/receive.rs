@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use checkvalve_common::assembler::{Assembler, Event, ObjectKey};
 use checkvalve_common::auth::{Opener, Refused};
 use checkvalve_common::link::LinkChange;
+use checkvalve_common::repair::{Repair, Rows};
 use checkvalve_common::shed::{self, LossMeter};
 use tracing::{debug, error, info, warn};
 
@@ -118,6 +119,8 @@ pub struct Receive {
     overload: Overload,
     /// The link's loss, which bounds the parity the net thread may shed.
     loss: LossMeter,
+    /// Repairs gathered for the writer, all of one object.
+    repairs: Option<(ObjectKey, Vec<Repair>)>,
     reported_malformed: u64,
     /// What authentication refused, and how much of it was logged.
     refused: Refused,
@@ -154,6 +157,7 @@ impl Receive {
             },
             overload: Overload::default(),
             loss: LossMeter::new(shed::WINDOW, shed::ASSUMED_LOSS),
+            repairs: None,
             reported_malformed: 0,
             refused: Refused::default(),
             reported_refused: 0,
@@ -195,6 +199,7 @@ impl Receive {
                         self.drain_events();
                     }
                     let _ = free.send(chunk);
+                    self.flush_repairs();
                     self.take_back();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -206,6 +211,7 @@ impl Receive {
                 last_tick = now;
                 self.asm.handle_timeout(now);
                 self.drain_events();
+                self.flush_repairs();
                 let c = self.asm.counters();
                 self.loss
                     .record(now, c.data_shards_due, c.data_shards_rebuilt);
@@ -253,6 +259,7 @@ impl Receive {
         }
         self.asm.shutdown();
         self.drain_events();
+        self.flush_repairs();
         self.take_back();
         self.flush_unnamed();
         self.log_stats(net_dropped.load(Ordering::Relaxed), true);
@@ -286,9 +293,35 @@ impl Receive {
         }
     }
 
+    /// Hands `msg` to the writer, after the repairs gathered so far: the writer sees everything
+    /// in the order the assembler said it.
     fn hand_to_writer(&mut self, msg: Msg) {
+        self.flush_repairs();
+        self.send_to_writer(msg);
+    }
+
+    fn send_to_writer(&mut self, msg: Msg) {
         if self.out.writer.send(msg).is_err() {
             error!("writer thread stopped");
+        }
+    }
+
+    /// Gathers repairs of one object, so that the writer reads neighbouring blocks' shards
+    /// together (blocks become repairable in waves, in block order).
+    fn queue_repair(&mut self, key: ObjectKey, repair: Repair) {
+        match &mut self.repairs {
+            Some((k, batch)) if *k == key && batch.len() < Rows::MAX_BLOCKS => batch.push(repair),
+            _ => {
+                self.flush_repairs();
+                self.repairs = Some((key, vec![repair]));
+            }
+        }
+    }
+
+    /// Hands the repairs gathered to the writer.
+    fn flush_repairs(&mut self) {
+        if let Some((key, repairs)) = self.repairs.take() {
+            self.send_to_writer(Msg::Repair { key, repairs });
         }
     }
 
@@ -485,7 +518,7 @@ impl Receive {
             Event::Content { key, offset, data } => {
                 self.hand_to_writer(Msg::Data { key, offset, data });
             }
-            Event::Repair { key, repair } => self.hand_to_writer(Msg::Repair { key, repair }),
+            Event::Repair { key, repair } => self.queue_repair(key, repair),
             Event::Complete {
                 key,
                 head,

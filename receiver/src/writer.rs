@@ -14,7 +14,7 @@ use checkvalve_common::assembler::{ObjectKey, Precedence};
 use checkvalve_common::fec::Fec;
 use checkvalve_common::meta::{DIGEST_LEN, Head};
 use checkvalve_common::ranges::RangeMap;
-use checkvalve_common::repair::Repair;
+use checkvalve_common::repair::{Repair, Rows};
 use sha2::{Digest, Sha256};
 use tracing::error;
 
@@ -33,12 +33,12 @@ pub enum Msg {
         /// The bytes (a block buffer).
         data: Vec<u8>,
     },
-    /// A striped block lost data shards: rebuild them from those written and its parity.
+    /// Striped blocks lost data shards: rebuild them from those written and their parity.
     Repair {
         /// The object.
         key: ObjectKey,
-        /// The block.
-        repair: Repair,
+        /// The blocks, in the order they became repairable.
+        repairs: Vec<Repair>,
     },
     /// Every block of the object arrived: verify and publish.
     Complete {
@@ -171,7 +171,7 @@ impl Writer {
         for msg in rx {
             match msg {
                 Msg::Data { key, offset, data } => self.data(&tx, key, offset, data),
-                Msg::Repair { key, repair } => self.repair(&tx, key, &repair),
+                Msg::Repair { key, repairs } => self.repair(&tx, key, &repairs),
                 Msg::Complete { key, ref head, .. } => {
                     let size = head.size;
                     self.complete(&tx, key, size, msg)
@@ -219,27 +219,52 @@ impl Writer {
         self.objects.get_mut(&key).filter(|o| !o.failed)
     }
 
-    /// Rebuilds a striped block's missing data shards from the file and its parity.
-    fn repair(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, repair: &Repair) {
+    /// Rebuilds striped blocks' missing data shards from the file and their parity, reading
+    /// neighbouring blocks' shards row by row.
+    fn repair(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, repairs: &[Repair]) {
         let mut fec = std::mem::take(&mut self.fec);
         let written = self.open(hash, key).map(|open| {
-            let rebuilt = repair
-                .rebuild(&mut fec, |buf, at| open.temp.file.read_exact_at(buf, at))
-                .map_err(|e| format!("cannot rebuild a block: {e}"))?;
-            for (at, bytes) in rebuilt.shards() {
-                open.temp
-                    .file
-                    .write_all_at(bytes, at)
-                    .map_err(|e| format!("cannot write temporary file: {e}"))?;
-                let _ = hash.send(ToHash {
-                    msg: Msg::Data {
-                        key,
-                        offset: at,
-                        data: bytes.to_vec(),
-                    },
-                    temp: None,
-                    file: open.hand(),
-                });
+            let mut rest = repairs;
+            while !rest.is_empty() {
+                let n = Rows::batch_len(rest);
+                let (batch, after) = rest.split_at(n.max(1));
+                rest = after;
+                let rows = if batch.len() > 1 {
+                    let file = &open.temp.file;
+                    Some(
+                        Rows::read(batch, |buf, at| file.read_at(buf, at))
+                            .map_err(|e| format!("cannot read back data shards: {e}"))?,
+                    )
+                } else {
+                    None
+                };
+                for repair in batch {
+                    let file = &open.temp.file;
+                    let rebuilt = repair
+                        .rebuild(&mut fec, |buf, at| {
+                            if rows.as_ref().is_some_and(|r| r.get(buf, at)) {
+                                Ok(())
+                            } else {
+                                file.read_exact_at(buf, at)
+                            }
+                        })
+                        .map_err(|e| format!("cannot rebuild a block: {e}"))?;
+                    for (at, bytes) in rebuilt.shards() {
+                        open.temp
+                            .file
+                            .write_all_at(bytes, at)
+                            .map_err(|e| format!("cannot write temporary file: {e}"))?;
+                        let _ = hash.send(ToHash {
+                            msg: Msg::Data {
+                                key,
+                                offset: at,
+                                data: bytes.to_vec(),
+                            },
+                            temp: None,
+                            file: open.hand(),
+                        });
+                    }
+                }
             }
             Ok::<(), String>(())
         });
@@ -389,7 +414,7 @@ impl Hasher {
 
     fn drop_stash(&mut self, d: Digesting) {
         for (_, buf) in d.stash {
-            self.stash_bytes -= buf.len();
+            self.stash_bytes -= buf.capacity();
             let _ = self.recycle.send(buf);
         }
     }
@@ -416,11 +441,11 @@ impl Hasher {
             while let Some(next) = d.stash.remove(&d.hashed) {
                 d.hasher.update(&next);
                 d.hashed += next.len() as u64;
-                self.stash_bytes -= next.len();
+                self.stash_bytes -= next.capacity();
                 let _ = self.recycle.send(next);
             }
-        } else if self.stash_bytes + data.len() <= self.stash_limit {
-            self.stash_bytes += data.len();
+        } else if self.stash_bytes + data.capacity() <= self.stash_limit {
+            self.stash_bytes += data.capacity();
             d.stash.insert(offset, data);
         } else {
             // Too far out of order to keep: what is written is hashed from the file once the
@@ -428,7 +453,7 @@ impl Hasher {
             d.read_back = true;
             for (at, buf) in std::mem::take(&mut d.stash) {
                 d.written.insert(at, at + buf.len() as u64, ());
-                self.stash_bytes -= buf.len();
+                self.stash_bytes -= buf.capacity();
                 let _ = self.recycle.send(buf);
             }
             d.written.insert(offset, offset + data.len() as u64, ());
@@ -515,7 +540,7 @@ impl Hasher {
             // by content too far out of order to keep: re-hash from the file.
             d.read_back = true;
             for (_, buf) in std::mem::take(&mut d.stash) {
-                self.stash_bytes -= buf.len();
+                self.stash_bytes -= buf.capacity();
                 let _ = self.recycle.send(buf);
             }
         }

@@ -372,6 +372,18 @@ impl Shared<'_> {
         }
     }
 
+    /// True once `bytes` more fit the budget, giving pooled buffers back to make room: buffers
+    /// kept for reuse must never cost a shard its place.
+    fn make_fit(&mut self, bytes: usize) -> bool {
+        while !self.budget.fits(bytes) {
+            let Some(buf) = self.pool.pop() else {
+                return false;
+            };
+            self.budget.give(buf.capacity());
+        }
+        true
+    }
+
     fn free_object(&mut self, s: &mut Session, mut obj: Object) {
         *self.objects -= 1;
         s.used -= obj.charged;
@@ -466,11 +478,8 @@ impl Shared<'_> {
         self.flush_run(used, key, run);
         let need = RUN_BYTES.max(bytes.len());
         let cost = need + BLOCK_COST;
-        while !self.budget.fits(cost) {
-            let Some(buf) = self.pool.pop() else {
-                return false;
-            };
-            self.budget.give(buf.capacity());
+        if !self.make_fit(cost) {
+            return false;
         }
         let mut buf = self.pooled(need);
         buf.clear();
@@ -510,9 +519,8 @@ impl Shared<'_> {
         if s.used + cost > self.budget.fair_share(active) {
             return None;
         }
-        while !self.budget.fits(cost) {
-            let buf = self.pool.pop()?;
-            self.budget.give(buf.capacity());
+        if !self.make_fit(cost) {
+            return None;
         }
         let buf = self.pooled(need);
         let charged = buf.capacity() + BLOCK_COST;
@@ -965,7 +973,7 @@ impl Assembler {
             let active = active + usize::from(s.used == 0);
             let born = s.decoded;
             let block = if sparse {
-                if s.used + cost > sh.budget.fair_share(active) || !sh.budget.fits(cost) {
+                if s.used + cost > sh.budget.fair_share(active) || !sh.make_fit(cost) {
                     sh.counters.over_budget += 1;
                     return Ok(());
                 }
@@ -1019,7 +1027,7 @@ impl Assembler {
             } else if p.buf.capacity() - p.buf.len() < l {
                 // Room for as many parity shards as the block still lacks, charged up front.
                 let want = k.saturating_sub(p.count()).max(1) * l;
-                if !sh.budget.fits(want) {
+                if !sh.make_fit(want) {
                     sh.counters.over_budget += 1;
                     return Ok(());
                 }
