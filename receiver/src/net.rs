@@ -135,6 +135,11 @@ pub fn bind(addr: SocketAddr, want_rcvbuf: usize) -> Result<(UdpSocket, SocketAd
     if setsockopt(&socket, sockopt::UdpGroSegment, &true).is_err() {
         info!("UDP receive offload unavailable: one datagram per system call");
     }
+    // The kernel then tells, with every datagram, how many it dropped at this socket so far,
+    // counting each datagram of a coalesced run (`RcvbufErrors` counts the run once).
+    if setsockopt(&socket, sockopt::RxqOvfl, &1).is_err() {
+        info!("socket drop counter unavailable: the kernel's drops are not reported");
+    }
     // Linux reports twice the usable size it granted.
     let granted = getsockopt(&socket, sockopt::RcvBuf).unwrap_or(0) / 2;
     if granted < want_rcvbuf {
@@ -150,25 +155,29 @@ pub fn bind(addr: SocketAddr, want_rcvbuf: usize) -> Result<(UdpSocket, SocketAd
     Ok((socket, local))
 }
 
-/// Receives one datagram, or one coalesced run of them, into `buf`; returns its length and the
-/// segment size when the kernel coalesced several.
+/// Receives one datagram, or one coalesced run of them, into `buf`; returns its length, the
+/// segment size when the kernel coalesced several, and the socket's drop count when it said.
 fn receive(
     fd: std::os::fd::RawFd,
     buf: &mut [u8],
     flags: MsgFlags,
     cmsg: &mut [u8],
-) -> nix::Result<(usize, Option<usize>)> {
+) -> nix::Result<(usize, Option<usize>, Option<u32>)> {
     let mut iov = [std::io::IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(fd, &mut iov, Some(cmsg), flags)?;
-    let mut segment = None;
+    let (mut segment, mut drops) = (None, None);
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
-            if let ControlMessageOwned::UdpGroSegments(size) = c {
-                segment = usize::try_from(size).ok().filter(|s| *s > 0);
+            match c {
+                ControlMessageOwned::UdpGroSegments(size) => {
+                    segment = usize::try_from(size).ok().filter(|s| *s > 0);
+                }
+                ControlMessageOwned::RxqOvfl(n) => drops = Some(n),
+                _ => {}
             }
         }
     }
-    Ok((msg.bytes, segment))
+    Ok((msg.bytes, segment, drops))
 }
 
 /// What the net thread and the receive loop tell each other besides the chunks.
@@ -176,6 +185,8 @@ fn receive(
 pub struct Signals {
     /// Datagrams the net thread dropped early.
     pub dropped: AtomicU64,
+    /// Datagrams the kernel dropped at the socket (its buffer full), as it last said.
+    pub kernel_dropped: AtomicU64,
     /// The link's loss as the receive loop last measured it, in millionths: it bounds how much
     /// parity the net thread may shed.
     pub link_loss_ppm: AtomicU32,
@@ -221,7 +232,7 @@ pub fn drain(
     let fd = socket.as_raw_fd();
     let mut behind = Limiter::new(Duration::from_secs(10), 1);
     let mut spare = None;
-    let mut cmsg = nix::cmsg_space!(i32);
+    let mut cmsg = nix::cmsg_space!(i32, u32);
     while !stop.load(Ordering::Relaxed) {
         let next = match spare.take() {
             Some(c) => Ok(c),
@@ -252,7 +263,12 @@ pub fn drain(
                 MsgFlags::MSG_DONTWAIT
             };
             match receive(fd, &mut chunk.buf[chunk.len..], flags, &mut cmsg) {
-                Ok((n, segment)) => {
+                Ok((n, segment, drops)) => {
+                    if let Some(d) = drops {
+                        signals
+                            .kernel_dropped
+                            .store(u64::from(d), Ordering::Relaxed);
+                    }
                     let start = chunk.len;
                     chunk.len += n;
                     // A coalesced buffer holds datagrams of `segment` bytes, the last shorter.

@@ -222,7 +222,7 @@ impl Receive {
                 }
                 if now - self.last_stats >= self.stats_every {
                     self.last_stats = now;
-                    self.log_stats(net_dropped.load(Ordering::Relaxed), false);
+                    self.log_stats(signals, false);
                 }
                 let (datagrams, dropped) = (
                     self.asm.counters().datagrams,
@@ -245,6 +245,7 @@ impl Receive {
                         dropped = n,
                         sustained_datagrams_per_s = format_args!("{rate:.0}"),
                         link_loss_percent = format_args!("{:.2}", self.loss.loss() * 100.0),
+                        dropped_kernel_total = signals.kernel_dropped.load(Ordering::Relaxed),
                         "receiver behind the sender: lower the sender's --rate below what this receiver sustains"
                     );
                 }
@@ -262,7 +263,7 @@ impl Receive {
         self.flush_repairs();
         self.take_back();
         self.flush_unnamed();
-        self.log_stats(net_dropped.load(Ordering::Relaxed), true);
+        self.log_stats(signals, true);
         let sessions = self.asm.session_stats();
         self.out.live.last_loss(&sessions);
         self.save_auth();
@@ -325,7 +326,8 @@ impl Receive {
         }
     }
 
-    fn log_stats(&mut self, net_dropped: u64, always: bool) {
+    fn log_stats(&mut self, signals: &Signals, always: bool) {
+        let net_dropped = signals.dropped.load(Ordering::Relaxed);
         let c = self.asm.counters();
         if !always && self.reported_datagrams == Some(c.datagrams) {
             return;
@@ -376,6 +378,7 @@ impl Receive {
             preempted_blocks = c.preempted_blocks,
             held_bytes = self.asm.held_bytes(),
             dropped_behind = net_dropped,
+            dropped_kernel = signals.kernel_dropped.load(Ordering::Relaxed),
             manifest_dropped = self.out.manifest.dropped(),
             "stats"
         );

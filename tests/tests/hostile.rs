@@ -361,3 +361,40 @@ fn a_flood_of_forged_sessions_does_not_flood_the_log_or_the_manifest() {
     assert!(manifest < 100_000, "manifest flooded: {manifest} bytes");
     assert!(rig.receiver.pid().is_some());
 }
+
+#[test]
+fn datagrams_the_kernel_drops_while_the_receiver_is_stopped_are_counted() {
+    let rig = Rig::start(None, &["--rcvbuf", "256K"]);
+    let pid = nix::unistd::Pid::from_raw(rig.receiver.pid().expect("running") as i32);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let datagram = [0x5Au8; 1000];
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("stop");
+    // 20 MB at a stopped receiver with a 256 KiB buffer: nearly all of it is dropped.
+    for _ in 0..20_000 {
+        let _ = sock.send_to(&datagram, &rig.receiver_addr);
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("continue");
+    let counted = |log: &str| -> Option<u64> {
+        let at = log.rfind("dropped_kernel=")?;
+        log[at + "dropped_kernel=".len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    // A datagram after the flood carries the socket's drop count; the stats line reports it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = None;
+    while std::time::Instant::now() < deadline {
+        let _ = sock.send_to(&datagram, &rig.receiver_addr);
+        seen = counted(&rig.receiver.log_text());
+        if seen.is_some_and(|n| n >= 10_000) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        seen.is_some_and(|n| (10_000..=20_000).contains(&n)),
+        "stats said dropped_kernel={seen:?} after 20,000 datagrams at a stopped receiver"
+    );
+}
