@@ -135,8 +135,9 @@ pub struct Rows {
 }
 
 impl Rows {
-    /// Most blocks one batch spans: `k` rows of this many shards are held at once.
-    pub const MAX_BLOCKS: usize = 64;
+    /// Most blocks one batch spans: `k` rows of this many shards are held at once (2.9 MB at
+    /// 64 x 1,400 bytes).
+    pub const MAX_BLOCKS: usize = 32;
 
     /// How many of `repairs`, from the first, one batch serves: neighbours of one stripe group,
     /// in order of offset, spanning at most [`Self::MAX_BLOCKS`] blocks, dense enough that

@@ -32,7 +32,7 @@ use crate::config::{Retention, Settings, defaults};
 
 /// A block of decoded content at the default shape (64 x 1,400 bytes, rounded up): the unit in
 /// which the writer's queue is sized.
-const WRITE_UNIT: usize = 128 << 10;
+pub(crate) const WRITE_UNIT: usize = 128 << 10;
 
 /// Receive files from a one-way link into an output folder (the share), with a hash-chained
 /// manifest of everything that crossed or did not.

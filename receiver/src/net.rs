@@ -135,8 +135,8 @@ pub fn bind(addr: SocketAddr, want_rcvbuf: usize) -> Result<(UdpSocket, SocketAd
     if setsockopt(&socket, sockopt::UdpGroSegment, &true).is_err() {
         info!("UDP receive offload unavailable: one datagram per system call");
     }
-    // The kernel then tells, with every datagram, how many it dropped at this socket so far,
-    // counting each datagram of a coalesced run (`RcvbufErrors` counts the run once).
+    // The kernel then tells, with every datagram, how many times it dropped at this socket so
+    // far (a coalesced run of datagrams counts once, as in `RcvbufErrors`).
     if setsockopt(&socket, sockopt::RxqOvfl, &1).is_err() {
         info!("socket drop counter unavailable: the kernel's drops are not reported");
     }
@@ -185,8 +185,9 @@ fn receive(
 pub struct Signals {
     /// Datagrams the net thread dropped early.
     pub dropped: AtomicU64,
-    /// Datagrams the kernel dropped at the socket (its buffer full), as it last said.
-    pub kernel_dropped: AtomicU64,
+    /// Drops at the socket (its buffer full), as the kernel last counted them: one per datagram,
+    /// but one per coalesced run of up to 64 datagrams (UDP receive offload).
+    pub kernel_overflows: AtomicU64,
     /// The link's loss as the receive loop last measured it, in millionths: it bounds how much
     /// parity the net thread may shed.
     pub link_loss_ppm: AtomicU32,
@@ -266,7 +267,7 @@ pub fn drain(
                 Ok((n, segment, drops)) => {
                     if let Some(d) = drops {
                         signals
-                            .kernel_dropped
+                            .kernel_overflows
                             .store(u64::from(d), Ordering::Relaxed);
                     }
                     let start = chunk.len;

@@ -245,7 +245,7 @@ impl Receive {
                         dropped = n,
                         sustained_datagrams_per_s = format_args!("{rate:.0}"),
                         link_loss_percent = format_args!("{:.2}", self.loss.loss() * 100.0),
-                        dropped_kernel_total = signals.kernel_dropped.load(Ordering::Relaxed),
+                        kernel_overflows_total = signals.kernel_overflows.load(Ordering::Relaxed),
                         "receiver behind the sender: lower the sender's --rate below what this receiver sustains"
                     );
                 }
@@ -309,9 +309,18 @@ impl Receive {
 
     /// Gathers repairs of one object, so that the writer reads neighbouring blocks' shards
     /// together (blocks become repairable in waves, in block order).
+    /// A batch holds at most a write unit of parity, like any message in the writer's queue
+    /// (whose length is counted in write units), however many shards its blocks lost.
     fn queue_repair(&mut self, key: ObjectKey, repair: Repair) {
+        let held = |b: &[Repair]| b.iter().map(|r| r.parity.capacity()).sum::<usize>();
         match &mut self.repairs {
-            Some((k, batch)) if *k == key && batch.len() < Rows::MAX_BLOCKS => batch.push(repair),
+            Some((k, batch))
+                if *k == key
+                    && batch.len() < Rows::MAX_BLOCKS
+                    && held(batch) + repair.parity.capacity() <= crate::WRITE_UNIT =>
+            {
+                batch.push(repair);
+            }
             _ => {
                 self.flush_repairs();
                 self.repairs = Some((key, vec![repair]));
@@ -378,7 +387,7 @@ impl Receive {
             preempted_blocks = c.preempted_blocks,
             held_bytes = self.asm.held_bytes(),
             dropped_behind = net_dropped,
-            dropped_kernel = signals.kernel_dropped.load(Ordering::Relaxed),
+            kernel_overflows = signals.kernel_overflows.load(Ordering::Relaxed),
             manifest_dropped = self.out.manifest.dropped(),
             "stats"
         );

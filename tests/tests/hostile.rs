@@ -375,8 +375,8 @@ fn datagrams_the_kernel_drops_while_the_receiver_is_stopped_are_counted() {
     }
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("continue");
     let counted = |log: &str| -> Option<u64> {
-        let at = log.rfind("dropped_kernel=")?;
-        log[at + "dropped_kernel=".len()..]
+        let at = log.rfind("kernel_overflows=")?;
+        log[at + "kernel_overflows=".len()..]
             .split(|c: char| !c.is_ascii_digit())
             .next()?
             .parse()
@@ -395,6 +395,6 @@ fn datagrams_the_kernel_drops_while_the_receiver_is_stopped_are_counted() {
     }
     assert!(
         seen.is_some_and(|n| (10_000..=20_000).contains(&n)),
-        "stats said dropped_kernel={seen:?} after 20,000 datagrams at a stopped receiver"
+        "stats said kernel_overflows={seen:?} after 20,000 datagrams at a stopped receiver"
     );
 }

@@ -7,7 +7,7 @@
 //!
 //! Each case prints goodput (file bytes from the sender's start to the last publication), files/s,
 //! datagrams/s, CPU-seconds per GiB and peak RSS of each process, datagrams dropped by the kernel
-//! (at the receiver's and the simulator's sockets) and by the receiver, and whether every file
+//! (what a hop sent and the next did not receive) and by the receiver, and whether every file
 //! arrived intact.
 
 use std::collections::HashMap;
@@ -74,35 +74,6 @@ fn sample(pid: u32, u: &mut Usage) {
     {
         u.peak_kib = v;
     }
-}
-
-/// Datagrams the kernel dropped at the local UDP sockets bound to `ports` (the `drops` column of
-/// `/proc/net/udp`). Unlike `RcvbufErrors`, which counts a coalesced run of up to 64 datagrams
-/// (UDP receive offload) once, it counts every datagram of it.
-fn socket_drops(ports: &[u16]) -> HashMap<u16, u64> {
-    let mut drops = HashMap::new();
-    let table = fs::read_to_string("/proc/net/udp").unwrap_or_default();
-    for line in table.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let port = f
-            .get(1)
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| u16::from_str_radix(p, 16).ok());
-        let dropped = f.last().and_then(|d| d.parse::<u64>().ok());
-        if let (Some(port), Some(dropped)) = (port, dropped)
-            && ports.contains(&port)
-        {
-            *drops.entry(port).or_insert(0) += dropped;
-        }
-    }
-    drops
-}
-
-fn port_of(addr: &str) -> u16 {
-    addr.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
 }
 
 struct Running {
@@ -243,11 +214,8 @@ fn run_case(b: &Bins, work: &Path, case: &Case) -> String {
     });
     let to = match &sim {
         Some(_) => wait_bind(&dir.join("sim.log"), " forwarding"),
-        None => raddr.clone(),
+        None => raddr,
     };
-    // The receiver's socket, and the simulator's inbound one: drops only grow while they live.
-    let ports = [port_of(&raddr), port_of(&to)];
-    let mut kernel = HashMap::new();
     let mut args = vec!["--to".to_string(), to];
     args.extend(case.sender.iter().cloned());
     args.push(case.src.display().to_string());
@@ -275,10 +243,6 @@ fn run_case(b: &Bins, work: &Path, case: &Case) -> String {
             std::thread::sleep(len);
             let _ = kill(pid, Signal::SIGCONT);
         }
-        for (port, n) in socket_drops(&ports) {
-            let seen = kernel.entry(port).or_insert(0);
-            *seen = n.max(*seen);
-        }
         let o = Outcome::read(&manifest);
         if o.total() >= case.files.len() {
             finished = Some(started.elapsed());
@@ -298,8 +262,10 @@ fn run_case(b: &Bins, work: &Path, case: &Case) -> String {
     }
     let (su, slog) = sender.stop();
     let (ru, rlog) = receiver.stop();
-    let sim_usage = sim.map(|s| s.stop().0);
-    let kernel_drops: u64 = kernel.values().sum();
+    let (sim_usage, sim_log) = match sim.map(Running::stop) {
+        Some((u, log)) => (Some(u), Some(log)),
+        None => (None, None),
+    };
     let o = Outcome::read(&manifest);
     let want: HashMap<String, [u8; 32]> = case
         .files
@@ -337,6 +303,22 @@ fn run_case(b: &Bins, work: &Path, case: &Case) -> String {
             .unwrap_or(0)
     };
     let recv_dropped = stat("dropped_behind");
+    // The kernel's drops, per datagram, from what each hop counted: its own counters
+    // (`RcvbufErrors`, a socket's drop count) count a coalesced run of up to 64 datagrams once.
+    let received = stat("datagrams") + recv_dropped;
+    let kernel_drops = match &sim_log {
+        Some(log) => {
+            let sim = |name: &str| -> u64 {
+                log.lines()
+                    .rfind(|l| l.contains(" stats "))
+                    .and_then(|l| field(l, name))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            datagrams.saturating_sub(sim("received")) + sim("forwarded").saturating_sub(received)
+        }
+        None => datagrams.saturating_sub(received),
+    };
     let over_budget = stat("over_budget");
     let secs = elapsed.as_secs_f64();
     let gib = case.bytes as f64 / f64::from(1u32 << 30);
