@@ -9,6 +9,7 @@ mod manifest;
 mod net;
 mod publish;
 mod ratelimit;
+mod rebuild;
 mod receive;
 mod report;
 mod retention;

@@ -11,15 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
 use checkvalve_common::assembler::{ObjectKey, Precedence};
-use checkvalve_common::fec::Fec;
 use checkvalve_common::meta::{DIGEST_LEN, Head};
 use checkvalve_common::ranges::RangeMap;
-use checkvalve_common::repair::{Repair, Rows};
+use checkvalve_common::repair::Repair;
 use sha2::{Digest, Sha256};
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::manifest::{Evidence, Manifest};
 use crate::publish::{Job, Publisher};
+use crate::rebuild;
 use crate::share::{Share, Temp};
 
 /// What the receive loop hands to the writer.
@@ -82,7 +82,7 @@ impl Open {
 
 /// What the writer hands to the hasher, in the order it wrote: the receive loop's message, with
 /// the temporary file once the object is complete (the hasher verifies and publishes it).
-struct ToHash {
+pub(crate) struct ToHash {
     msg: Msg,
     temp: Option<Temp>,
     /// With an object's first data: the hasher's handle on its file.
@@ -90,6 +90,15 @@ struct ToHash {
 }
 
 impl ToHash {
+    /// Content of `key` at `offset`, written (its file handle came with earlier content).
+    pub(crate) fn data(key: ObjectKey, offset: u64, data: Vec<u8>) -> Self {
+        ToHash {
+            msg: Msg::Data { key, offset, data },
+            temp: None,
+            file: None,
+        }
+    }
+
     fn forget(key: ObjectKey) -> Self {
         ToHash {
             msg: Msg::Discard { key },
@@ -111,7 +120,10 @@ pub struct Writer {
     /// The hasher, until `run` starts it.
     hasher: Option<Hasher>,
     hash_queue: usize,
-    fec: Fec,
+    /// The rebuilding thread's queue, while it runs.
+    jobs: Option<SyncSender<rebuild::Job>>,
+    /// Batches handed to the rebuilding thread and not yet done, per object.
+    outstanding: HashMap<ObjectKey, usize>,
 }
 
 impl Writer {
@@ -147,7 +159,8 @@ impl Writer {
             objects: HashMap::new(),
             hasher: Some(hasher),
             hash_queue,
-            fec: Fec::default(),
+            jobs: None,
+            outstanding: HashMap::new(),
         }
     }
 
@@ -168,21 +181,51 @@ impl Writer {
                 return;
             }
         };
+        let (jobs, jobs_rx) = std::sync::mpsc::sync_channel(self.hash_queue.max(1));
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let rebuilder = {
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name("rebuild".into())
+                .spawn(move || rebuild::run(jobs_rx, done_tx, tx))
+        };
+        let rebuilder = match rebuilder {
+            Ok(t) => {
+                self.jobs = Some(jobs);
+                Some(t)
+            }
+            Err(e) => {
+                warn!("cannot start the rebuilding thread: blocks are rebuilt by the writer: {e}");
+                None
+            }
+        };
         for msg in rx {
+            while let Ok(d) = done.try_recv() {
+                self.on_done(&tx, d);
+            }
             match msg {
                 Msg::Data { key, offset, data } => self.data(&tx, key, offset, data),
-                Msg::Repair { key, repairs } => self.repair(&tx, key, &repairs),
+                Msg::Repair { key, repairs } => self.repair(&tx, key, repairs),
                 Msg::Complete { key, ref head, .. } => {
+                    self.settle(&tx, &done, key);
                     let size = head.size;
                     self.complete(&tx, key, size, msg)
                 }
                 Msg::Discard { key } => {
+                    self.settle(&tx, &done, key);
                     if let Some(open) = self.objects.remove(&key) {
                         self.share.discard(open.temp);
                         let _ = tx.send(ToHash::forget(key));
                     }
                 }
             }
+        }
+        self.jobs = None;
+        if let Some(t) = rebuilder {
+            let _ = t.join();
+        }
+        while let Ok(d) = done.try_recv() {
+            self.on_done(&tx, d);
         }
         for (key, open) in std::mem::take(&mut self.objects) {
             self.share.discard(open.temp);
@@ -219,58 +262,85 @@ impl Writer {
         self.objects.get_mut(&key).filter(|o| !o.failed)
     }
 
-    /// Rebuilds striped blocks' missing data shards from the file and their parity, reading
-    /// neighbouring blocks' shards row by row.
-    fn repair(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, repairs: &[Repair]) {
-        let mut fec = std::mem::take(&mut self.fec);
-        let written = self.open(hash, key).map(|open| {
-            let mut rest = repairs;
-            while !rest.is_empty() {
-                let n = Rows::batch_len(rest);
-                let (batch, after) = rest.split_at(n.max(1));
-                rest = after;
-                let rows = if batch.len() > 1 {
-                    let file = &open.temp.file;
-                    Some(
-                        Rows::read(batch, |buf, at| file.read_at(buf, at))
-                            .map_err(|e| format!("cannot read back data shards: {e}"))?,
-                    )
-                } else {
-                    None
-                };
-                for repair in batch {
-                    let file = &open.temp.file;
-                    let rebuilt = repair
-                        .rebuild(&mut fec, |buf, at| {
-                            if rows.as_ref().is_some_and(|r| r.get(buf, at)) {
-                                Ok(())
-                            } else {
-                                file.read_exact_at(buf, at)
-                            }
-                        })
-                        .map_err(|e| format!("cannot rebuild a block: {e}"))?;
-                    for (at, bytes) in rebuilt.shards() {
-                        open.temp
-                            .file
-                            .write_all_at(bytes, at)
-                            .map_err(|e| format!("cannot write temporary file: {e}"))?;
-                        let _ = hash.send(ToHash {
-                            msg: Msg::Data {
-                                key,
-                                offset: at,
-                                data: bytes.to_vec(),
-                            },
-                            temp: None,
-                            file: open.hand(),
-                        });
-                    }
+    /// Hands striped blocks to the rebuilding thread, now that everything before them is
+    /// written; rebuilds them here if that thread could not start.
+    fn repair(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, repairs: Vec<Repair>) {
+        let Some(open) = self.open(hash, key) else {
+            return;
+        };
+        // The hasher gets its handle on the file before any rebuilt shard (an object whose
+        // first data shards were all lost has no content written before its first repair).
+        if let Some(file) = open.hand() {
+            let _ = hash.send(ToHash {
+                msg: Msg::Repair {
+                    key,
+                    repairs: Vec::new(),
+                },
+                temp: None,
+                file: Some(file),
+            });
+        }
+        let file = match open.temp.file.try_clone() {
+            Ok(f) => f,
+            Err(e) => return self.fail(hash, key, format!("cannot rebuild a block: {e}")),
+        };
+        let job = rebuild::Job { key, file, repairs };
+        match &self.jobs {
+            Some(jobs) => {
+                *self.outstanding.entry(key).or_insert(0) += 1;
+                if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
+                    self.jobs = None;
+                    self.outstanding.remove(&key);
+                    self.rebuild_here(hash, job);
                 }
             }
-            Ok::<(), String>(())
-        });
-        self.fec = fec;
-        if let Some(Err(reason)) = written {
-            self.fail(hash, key, reason);
+            None => self.rebuild_here(hash, job),
+        }
+    }
+
+    /// Rebuilds on this thread: the rebuilding thread could not start or stopped.
+    fn rebuild_here(&mut self, hash: &SyncSender<ToHash>, job: rebuild::Job) {
+        let (jobs, jobs_rx) = std::sync::mpsc::sync_channel(1);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let _ = jobs.send(job);
+        drop(jobs);
+        rebuild::run(jobs_rx, done_tx, hash.clone());
+        while let Ok(d) = done.try_recv() {
+            self.on_done(hash, d);
+        }
+    }
+
+    /// A batch of rebuilds finished.
+    fn on_done(&mut self, hash: &SyncSender<ToHash>, d: rebuild::Done) {
+        if let Some(n) = self.outstanding.get_mut(&d.key) {
+            *n -= 1;
+            if *n == 0 {
+                self.outstanding.remove(&d.key);
+                if self.objects.get(&d.key).is_some_and(|o| o.failed) {
+                    let _ = hash.send(ToHash::forget(d.key));
+                }
+            }
+        }
+        if let Some(reason) = d.error {
+            self.fail(hash, d.key, reason);
+        }
+    }
+
+    /// Waits until every batch of `key` handed to the rebuilding thread is done.
+    fn settle(
+        &mut self,
+        hash: &SyncSender<ToHash>,
+        done: &Receiver<rebuild::Done>,
+        key: ObjectKey,
+    ) {
+        while self.outstanding.contains_key(&key) {
+            match done.recv() {
+                Ok(d) => self.on_done(hash, d),
+                Err(_) => {
+                    self.outstanding.clear();
+                    return;
+                }
+            }
         }
     }
 
@@ -328,7 +398,11 @@ impl Writer {
         if let Some(open) = self.objects.get_mut(&key) {
             open.failed = true;
         }
-        let _ = hash.send(ToHash::forget(key));
+        // Rebuilt shards still on their way would bring the object back to the hasher: it
+        // forgets the object once they are all in.
+        if !self.outstanding.contains_key(&key) {
+            let _ = hash.send(ToHash::forget(key));
+        }
         let _ = self.failed.send((key, reason));
     }
 }
@@ -381,7 +455,12 @@ impl Hasher {
         for ToHash { msg, temp, file } in rx {
             match msg {
                 Msg::Data { key, offset, data } => self.data(key, offset, data, file),
-                Msg::Repair { .. } => {}
+                // Only ever sent to hand over the object's file.
+                Msg::Repair { key, .. } => {
+                    if file.is_some() {
+                        self.objects.entry(key).or_insert_with(Digesting::new).file = file;
+                    }
+                }
                 Msg::Complete {
                     key,
                     head,
