@@ -1,6 +1,11 @@
 //! Publisher threads: verify complete objects and move them into the share, off the receive path.
 //!
-//! Two lanes, so that small files are never held up behind the hashing and syncing of a huge one.
+//! Small files and large ones take separate lanes, so that small files are never held up behind
+//! the syncing of a huge one. Small files take several lanes: publishing one waits for two
+//! flushes to disk (the file, then its folder), and flushes of different files overlap (the
+//! filesystem commits them together). Files of one folder always take the same lane, so that two
+//! versions of a path, or two names differing only in case, are still published one after the
+//! other.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +22,8 @@ use crate::share::{PublishError, Published, Share, Temp};
 
 /// Files at least this large go to the large-file lane.
 const LARGE: u64 = 16 << 20;
+/// Lanes for small files.
+const SMALL_LANES: usize = 4;
 
 /// A complete object on its way to verification and publication.
 pub struct Job {
@@ -36,7 +43,7 @@ pub struct Job {
 
 /// The publisher lanes.
 pub struct Publisher {
-    small: Sender<Job>,
+    small: Vec<Sender<Job>>,
     large: Sender<Job>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -67,7 +74,9 @@ impl Publisher {
             );
             Ok(tx)
         };
-        let small = lane("publish-small")?;
+        let small = (0..SMALL_LANES)
+            .map(|i| lane(&format!("publish-small-{i}")))
+            .collect::<Result<Vec<_>>>()?;
         let large = lane("publish-large")?;
         Ok(Publisher {
             small,
@@ -81,7 +90,7 @@ impl Publisher {
         let lane = if job.head.size >= LARGE {
             &self.large
         } else {
-            &self.small
+            &self.small[folder_lane(&job.head.path, self.small.len())]
         };
         if let Err(e) = lane.send(job) {
             error!(object = %e.0.key, "publisher stopped");
@@ -96,6 +105,15 @@ impl Publisher {
             let _ = t.join();
         }
     }
+}
+
+/// The small-file lane of the folder holding `path`: the same for every file of that folder,
+/// whatever the case of its name.
+fn folder_lane(path: &str, lanes: usize) -> usize {
+    let folder = path.rsplit_once('/').map_or("", |(f, _)| f);
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&folder.to_lowercase(), &mut h);
+    (std::hash::Hasher::finish(&h) % lanes.max(1) as u64) as usize
 }
 
 fn run(share: &Share, manifest: &Manifest, reserved: &AtomicU64, jobs: Receiver<Job>) {
@@ -127,5 +145,26 @@ fn run(share: &Share, manifest: &Manifest, reserved: &AtomicU64, jobs: Receiver<
             }
         }
         reserved.fetch_sub(head.size, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_of_one_folder_share_a_lane_and_folders_spread_over_them() {
+        let lane = |p: &str| folder_lane(p, SMALL_LANES);
+        assert_eq!(lane("exports/d1/a.bin"), lane("exports/d1/b.bin"));
+        assert_eq!(lane("Exports/D1/A.bin"), lane("exports/d1/a.bin"), "case");
+        assert_eq!(lane("top.bin"), lane("other.bin"));
+        let used: std::collections::HashSet<usize> = (0..40)
+            .map(|i| lane(&format!("exports/d{i}/f.bin")))
+            .collect();
+        assert_eq!(
+            used.len(),
+            SMALL_LANES,
+            "40 folders over {SMALL_LANES} lanes"
+        );
     }
 }

@@ -270,22 +270,40 @@ impl Share {
         digest: &[u8; DIGEST_LEN],
         precedence: Precedence,
     ) -> Result<Published, PublishError> {
-        let result = (|| {
-            let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        // The flushes to disk happen outside the lock, so that publishers of different folders
+        // overlap them; the decision and the rename happen under it, checked again after the
+        // file's flush in case a newer copy of the path was published meanwhile.
+        let decide = |newest: &mut Newest| -> Option<Result<Published, PublishError>> {
             let known = match newest.get(&head.path) {
                 Some(k) => Some(k.1),
                 None => self.digest_of(&head.path, head.size),
             };
             if known.as_ref() == Some(digest) {
                 newest.set(&head.path, precedence, *digest);
-                return Ok(Published::Repeat);
+                return Some(Ok(Published::Repeat));
             }
             if newest.get(&head.path).is_some_and(|(n, _)| n > precedence) {
-                return Err(PublishError::Superseded);
+                return Some(Err(PublishError::Superseded));
+            }
+            None
+        };
+        let lock = || self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        let result = (|| {
+            if let Some(r) = decide(&mut lock()) {
+                return r;
             }
             self.make_durable(&temp.file, head)?;
-            self.rename_into_place(&temp, &head.path)?;
-            newest.set(&head.path, precedence, *digest);
+            let folder = {
+                let mut newest = lock();
+                if let Some(r) = decide(&mut newest) {
+                    return r;
+                }
+                let folder = self.rename_into_place(&temp, &head.path)?;
+                newest.set(&head.path, precedence, *digest);
+                folder
+            };
+            // The rename is durable once its folder is: before the manifest records it.
+            fsync(folder.as_ref().map_or(self.root_dir.as_fd(), |d| d.as_fd()))?;
             Ok(Published::New(self.root.join(&head.path)))
         })();
         if !matches!(result, Ok(Published::New(_))) {
@@ -357,7 +375,9 @@ impl Share {
         Ok(())
     }
 
-    fn rename_into_place(&self, temp: &Temp, rel: &str) -> Result<(), PublishError> {
+    /// Renames the verified file to `rel`, creating folders as needed; returns the folder it is
+    /// now in (`None`: the share's root), for the caller to flush.
+    fn rename_into_place(&self, temp: &Temp, rel: &str) -> Result<Option<OwnedFd>, PublishError> {
         let parts: Vec<&str> = rel.split('/').collect();
         let (last, folders) = parts
             .split_last()
@@ -400,8 +420,7 @@ impl Share {
             return Err(PublishError::Replaced);
         }
         renameat(self.tmp_dir.as_fd(), temp.name.as_str(), parent, *last)?;
-        fsync(parent)?;
-        Ok(())
+        Ok(dir)
     }
 }
 
