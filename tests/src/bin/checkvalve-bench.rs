@@ -141,6 +141,15 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     line[at..].split(' ').next()
 }
 
+/// The count `name` in the last line of `log` holding `marker` (0 if none).
+fn last_count(log: &str, marker: &str, name: &str) -> u64 {
+    log.lines()
+        .rfind(|l| l.contains(marker))
+        .and_then(|l| field(l, name))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// One case: what to send and how.
 struct Case {
     name: String,
@@ -289,32 +298,15 @@ fn run_case(b: &Bins, work: &Path, case: &Case) -> String {
                     .unwrap_or_default();
                 r["sha256"].as_str() == Some(hex.as_str())
             });
-    let datagrams: u64 = slog
-        .lines()
-        .rfind(|l| l.contains(" done "))
-        .and_then(|l| field(l, "datagrams"))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let stat = |name: &str| -> u64 {
-        rlog.lines()
-            .rfind(|l| l.contains(" stats "))
-            .and_then(|l| field(l, name))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let datagrams = last_count(&slog, " done ", "datagrams");
+    let stat = |name: &str| last_count(&rlog, " stats ", name);
     let recv_dropped = stat("dropped_behind");
     // The kernel's drops, per datagram, from what each hop counted: its own counters
     // (`RcvbufErrors`, a socket's drop count) count a coalesced run of up to 64 datagrams once.
     let received = stat("datagrams") + recv_dropped;
     let kernel_drops = match &sim_log {
         Some(log) => {
-            let sim = |name: &str| -> u64 {
-                log.lines()
-                    .rfind(|l| l.contains(" stats "))
-                    .and_then(|l| field(l, name))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
+            let sim = |name: &str| last_count(log, " stats ", name);
             datagrams.saturating_sub(sim("received")) + sim("forwarded").saturating_sub(received)
         }
         None => datagrams.saturating_sub(received),
