@@ -360,12 +360,13 @@ impl Shared<'_> {
     }
 
     /// Keeps a buffer for reuse if the pool has room and the budget allows it.
-    fn pool_buffer(&mut self, mut buf: Vec<u8>) {
-        // Keep the whole allocation in use so that reuse needs no zero-filling.
+    fn pool_buffer(&mut self, buf: Vec<u8>) {
+        // Kept at its length, old bytes and all: a run clears it, a block zero-fills only what
+        // it grows by (filling every buffer to its capacity here cost a memset of every byte
+        // received).
         if buf.capacity() == 0 {
             return;
         }
-        buf.resize(buf.capacity(), 0);
         if self.pool.len() < MAX_POOLED && self.budget.fits(buf.capacity()) {
             self.budget.take(buf.capacity());
             self.pool.push(buf);
@@ -802,19 +803,29 @@ impl Assembler {
         // open can no longer complete, and neither can their objects. Losing those objects now
         // frees memory for the ones that still can.
         while !self.budget.fits(cost) {
-            let stale = self
-                .sessions
-                .iter()
-                .flat_map(|(&sid, s)| {
-                    s.objects.iter().flat_map(move |(&o, obj)| {
-                        obj.blocks.iter().map(move |(&b, p)| {
-                            (s.decoded.saturating_sub(p.born), sid, o, b, p.patience)
-                        })
-                    })
-                })
-                .filter(|(waited, .., patience)| *waited >= *patience)
-                .max();
-            let Some((waited, session, object, block, _)) = stale else {
+            let mut stale = None;
+            for (&sid, s) in &mut self.sessions {
+                if s.decoded < s.stale_from {
+                    continue;
+                }
+                let mut soonest = u64::MAX;
+                let mut found = false;
+                for (&o, obj) in &s.objects {
+                    for (&b, p) in &obj.blocks {
+                        let due = p.born.saturating_add(p.patience);
+                        if due <= s.decoded {
+                            found = true;
+                            stale = stale.max(Some((s.decoded - p.born, sid, o, b)));
+                        } else {
+                            soonest = soonest.min(due);
+                        }
+                    }
+                }
+                if !found {
+                    s.stale_from = soonest;
+                }
+            }
+            let Some((waited, session, object, block)) = stale else {
                 break;
             };
             let (sessions, mut sh) = self.split();
@@ -982,12 +993,14 @@ impl Assembler {
                 // A stripe group's blocks all stay open until the end of the group: one may
                 // wait for every other block of its group, and of the next, to complete.
                 let patience = STALE_BLOCKS.max(2 * geometry.stripe_width());
+                s.stale_from = s.stale_from.min(born.saturating_add(patience));
                 Pending::sparse(h.parity_shards, born, patience)
             } else {
                 let Some(buf) = sh.block_buffer(s, n * l, active) else {
                     sh.counters.over_budget += 1;
                     return Ok(());
                 };
+                s.stale_from = s.stale_from.min(born.saturating_add(STALE_BLOCKS));
                 Pending::new(h.parity_shards, buf, n, l, born)
             };
             let Some(obj) = s.objects.get_mut(&h.object) else {

@@ -70,6 +70,10 @@ pub(crate) struct Session {
     pub(crate) used: usize,
     /// Blocks decoded so far.
     pub(crate) decoded: u64,
+    /// No block of it is stale before `decoded` reaches this (a lower bound, kept as blocks
+    /// open and refreshed by each search for stale blocks), so that a receiver short of memory
+    /// does not search every open block for every datagram.
+    pub(crate) stale_from: u64,
 }
 
 impl Session {
@@ -89,6 +93,7 @@ impl Session {
             identified: false,
             used: 0,
             decoded: 0,
+            stale_from: u64::MAX,
         }
     }
 
