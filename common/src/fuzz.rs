@@ -87,7 +87,7 @@ pub fn assembler(data: &[u8]) {
                 Event::Content { data, .. } => asm.recycle(data),
                 // A forged striped block's rebuild may fail, never panic.
                 Event::Repair { repair, .. } => {
-                    let _ = repair.rebuild(&mut fec, |buf, _| {
+                    let _ = repair.rebuild(&mut fec, Vec::new(), |buf, _| {
                         buf.fill(0x5a);
                         Ok(())
                     });

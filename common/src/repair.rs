@@ -54,6 +54,11 @@ pub struct Rebuilt {
 }
 
 impl Rebuilt {
+    /// The buffer, for the next [`Repair::rebuild`].
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// Each rebuilt shard with its content offset, cut at the end of the content.
     pub fn shards(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
         self.shards
@@ -80,10 +85,12 @@ impl Repair {
     }
 
     /// Reads the data shards that arrived through `read_at(buf, offset)` (which fills `buf` from
-    /// the content at `offset`) and rebuilds the missing ones.
+    /// the content at `offset`) and rebuilds the missing ones, in `buf` (reused: a
+    /// [`Rebuilt::into_buffer`] of an earlier block saves an allocation per block).
     pub fn rebuild(
         &self,
         fec: &mut Fec,
+        mut buf: Vec<u8>,
         mut read_at: impl FnMut(&mut [u8], u64) -> io::Result<()>,
     ) -> Result<Rebuilt, RepairError> {
         let (k, m, l) = (self.data_shards, self.parity_shards, self.shard_len);
@@ -91,12 +98,15 @@ impl Repair {
         if n > MAX_SHARDS_PER_BLOCK || l == 0 || self.parity.len() != self.held.len() * l {
             return Err(FecError::BadShape { k, m }.into());
         }
-        let mut buf = vec![0u8; n * l];
+        // Every byte the decode reads is written below (a shard cut by the end of the content
+        // is padded with zeros), so old bytes of a reused buffer need no clearing.
+        buf.resize(n * l, 0);
         let mut flags = [false; MAX_SHARDS_PER_BLOCK];
         for j in 0..k {
             if self.has(j) {
                 let (at, len) = self.place(j);
                 read_at(&mut buf[j * l..j * l + len], at)?;
+                buf[j * l + len..(j + 1) * l].fill(0);
                 flags[j] = true;
             }
         }
@@ -115,7 +125,6 @@ impl Repair {
                 (at, j * l, len)
             })
             .collect();
-        buf.truncate(k * l);
         Ok(Rebuilt { buf, shards })
     }
 }
@@ -269,7 +278,7 @@ mod tests {
         assert_eq!(repair.missing().collect::<Vec<_>>(), [1, 3]);
         let mut reads = Vec::new();
         let rebuilt = repair
-            .rebuild(&mut fec, |buf, at| {
+            .rebuild(&mut fec, Vec::new(), |buf, at| {
                 reads.push(at);
                 buf.copy_from_slice(&content[at as usize..at as usize + buf.len()]);
                 Ok(())
@@ -343,7 +352,7 @@ mod tests {
         assert_eq!(reads, k, "one read per row");
         for r in &all[..3] {
             let rebuilt = r
-                .rebuild(&mut fec, |buf, at| {
+                .rebuild(&mut fec, Vec::new(), |buf, at| {
                     assert!(rows.get(buf, at), "shard at {at} not in the rows");
                     Ok(())
                 })

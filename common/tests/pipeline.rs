@@ -121,7 +121,7 @@ fn receive(datagrams: &[Vec<u8>], config: AssemblerConfig) -> (Outcome, Assemble
                     let f = files.entry(key).or_default();
                     f.resize(f.len().max(repair.content_len as usize), 0);
                     let rebuilt = repair
-                        .rebuild(&mut fec, |buf, at| {
+                        .rebuild(&mut fec, Vec::new(), |buf, at| {
                             let at = at as usize;
                             buf.copy_from_slice(&f[at..at + buf.len()]);
                             Ok(())

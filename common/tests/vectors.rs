@@ -240,7 +240,7 @@ fn striped_vectors_match_the_spec_and_rebuild_a_lost_data_shard() {
                 }
                 Event::Repair { repair, .. } => {
                     let rebuilt = repair
-                        .rebuild(&mut fec, |buf, at| {
+                        .rebuild(&mut fec, Vec::new(), |buf, at| {
                             buf.copy_from_slice(&file[at as usize..at as usize + buf.len()]);
                             Ok(())
                         })

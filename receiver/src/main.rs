@@ -68,8 +68,9 @@ struct Args {
     /// Largest file accepted.
     #[arg(long, default_value = "1T", value_parser = parse_size)]
     max_object_size: u64,
-    /// Memory for datagrams queued (a quarter), content on its way to disk (an eighth) and blocks
-    /// in progress (the rest); the receiver's resident memory stays below this plus about 16 MiB.
+    /// Memory for datagrams queued (a quarter), content on its way to disk (an eighth), blocks
+    /// held back to be rebuilt with their neighbours (a sixteenth) and blocks in progress (the
+    /// rest); the receiver's resident memory stays below this plus about 16 MiB.
     #[arg(long, default_value = "48M", value_parser = parse_size)]
     max_pending: u64,
     /// Free space always left on the output filesystem (half of it is kept for the manifest).
@@ -323,6 +324,9 @@ fn run(args: Settings, no_seccomp: bool) -> Result<()> {
     // content on its way to disk, the rest blocks in progress.
     let queue_bytes = budget / 4;
     let writer_bytes = budget / 8;
+    // Of the rest, a sixteenth of the whole holds blocks repairable but not yet handed to the
+    // writer, to be read back with their neighbours (receive.rs, `queue_repair`).
+    let repair_hold = budget / 16;
     let (socket, local) = net::bind(bind, usize::try_from(args.rcvbuf).unwrap_or(usize::MAX))?;
     if no_seccomp {
         tracing::warn!("--no-seccomp: sending and connecting are NOT forbidden (debugging only)");
@@ -398,7 +402,7 @@ fn run(args: Settings, no_seccomp: bool) -> Result<()> {
     let defaults = AssemblerConfig::default();
     let config = AssemblerConfig {
         object_timeout: args.object_timeout,
-        max_pending_bytes: budget - queue_bytes - writer_bytes,
+        max_pending_bytes: budget - queue_bytes - writer_bytes - repair_hold,
         max_content_len: args.max_object_size,
         silence: args.link_down_after.unwrap_or(defaults.silence),
         fixed_silence: args.link_down_after.is_some(),
@@ -448,6 +452,7 @@ fn run(args: Settings, no_seccomp: bool) -> Result<()> {
             live,
             auth,
             auth_state,
+            repair_hold,
         },
         args.min_free,
         args.stats_interval,

@@ -36,18 +36,36 @@ pub struct Done {
 
 /// Runs jobs until the channel closes.
 pub fn run(jobs: Receiver<Job>, done: Sender<Done>, hash: SyncSender<ToHash>) {
-    let mut fec = Fec::default();
+    let mut rebuilder = Rebuilder::default();
     for job in jobs {
-        let error = rebuild(&mut fec, &hash, &job).err();
-        let _ = done.send(Done {
+        let _ = done.send(rebuilder.job(&hash, &job));
+    }
+}
+
+/// The codec and the decode buffer, kept from one job to the next.
+#[derive(Default)]
+pub struct Rebuilder {
+    fec: Fec,
+    buf: Vec<u8>,
+}
+
+impl Rebuilder {
+    /// Rebuilds one job's blocks, sending the rebuilt shards to the hasher.
+    pub fn job(&mut self, hash: &SyncSender<ToHash>, job: &Job) -> Done {
+        Done {
             key: job.key,
-            error,
-        });
+            error: rebuild(&mut self.fec, &mut self.buf, hash, job).err(),
+        }
     }
 }
 
 /// Rebuilds a job's blocks, reading neighbouring blocks' shards row by row.
-fn rebuild(fec: &mut Fec, hash: &SyncSender<ToHash>, job: &Job) -> Result<(), String> {
+fn rebuild(
+    fec: &mut Fec,
+    buf: &mut Vec<u8>,
+    hash: &SyncSender<ToHash>,
+    job: &Job,
+) -> Result<(), String> {
     let file = &job.file;
     let mut rest = job.repairs.as_slice();
     while !rest.is_empty() {
@@ -61,9 +79,10 @@ fn rebuild(fec: &mut Fec, hash: &SyncSender<ToHash>, job: &Job) -> Result<(), St
         } else {
             None
         };
+        let mut shards = Vec::new();
         for repair in batch {
             let rebuilt = repair
-                .rebuild(fec, |buf, at| {
+                .rebuild(fec, std::mem::take(buf), |buf, at| {
                     if rows.as_ref().is_some_and(|r| r.get(buf, at)) {
                         Ok(())
                     } else {
@@ -74,8 +93,12 @@ fn rebuild(fec: &mut Fec, hash: &SyncSender<ToHash>, job: &Job) -> Result<(), St
             for (at, bytes) in rebuilt.shards() {
                 file.write_all_at(bytes, at)
                     .map_err(|e| format!("cannot write temporary file: {e}"))?;
-                let _ = hash.send(ToHash::data(job.key, at, bytes.to_vec()));
+                shards.push((at, bytes.to_vec()));
             }
+            *buf = rebuilt.into_buffer();
+        }
+        if !shards.is_empty() {
+            let _ = hash.send(ToHash::rebuilt(job.key, shards));
         }
     }
     Ok(())

@@ -100,6 +100,8 @@ pub struct Outputs {
     pub auth: Option<Opener>,
     /// The file the authentication state is kept in.
     pub auth_state: std::path::PathBuf,
+    /// Parity bytes of repairs held back to be sorted into batches of neighbouring blocks.
+    pub repair_hold: usize,
 }
 
 /// State of the receive loop.
@@ -119,8 +121,9 @@ pub struct Receive {
     overload: Overload,
     /// The link's loss, which bounds the parity the net thread may shed.
     loss: LossMeter,
-    /// Repairs gathered for the writer, all of one object.
-    repairs: Option<(ObjectKey, Vec<Repair>)>,
+    /// Repairs held back, and the parity bytes they hold.
+    repairs: Vec<(ObjectKey, Repair)>,
+    repair_bytes: usize,
     reported_malformed: u64,
     /// What authentication refused, and how much of it was logged.
     refused: Refused,
@@ -157,7 +160,8 @@ impl Receive {
             },
             overload: Overload::default(),
             loss: LossMeter::new(shed::WINDOW, shed::ASSUMED_LOSS),
-            repairs: None,
+            repairs: Vec::new(),
+            repair_bytes: 0,
             reported_malformed: 0,
             refused: Refused::default(),
             reported_refused: 0,
@@ -199,7 +203,6 @@ impl Receive {
                         self.drain_events();
                     }
                     let _ = free.send(chunk);
-                    self.flush_repairs();
                     self.take_back();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -294,10 +297,12 @@ impl Receive {
         }
     }
 
-    /// Hands `msg` to the writer, after the repairs gathered so far: the writer sees everything
-    /// in the order the assembler said it.
+    /// Hands `msg` to the writer; anything but content goes after the repairs held, so that
+    /// the writer settles an object's repairs before it completes or discards it.
     fn hand_to_writer(&mut self, msg: Msg) {
-        self.flush_repairs();
+        if !matches!(msg, Msg::Data { .. }) {
+            self.flush_repairs();
+        }
         self.send_to_writer(msg);
     }
 
@@ -307,30 +312,24 @@ impl Receive {
         }
     }
 
-    /// Gathers repairs of one object, so that the writer reads neighbouring blocks' shards
-    /// together (blocks become repairable in waves, in block order).
-    /// A batch holds at most a write unit of parity, like any message in the writer's queue
-    /// (whose length is counted in write units), however many shards its blocks lost.
+    /// Holds a repair back. Blocks become repairable in waves (one per parity row of their stripe
+    /// group, each wave a fifth of the blocks at 5 % loss, in block order); read back as they
+    /// come, the rows of neighbouring blocks were read once per wave. Held across waves and
+    /// sorted, neighbours are read together. Held at most `repair_hold` bytes of parity, or one
+    /// tick (100 ms); content may overtake them, since what a repair reads was handed over
+    /// before it.
     fn queue_repair(&mut self, key: ObjectKey, repair: Repair) {
-        let held = |b: &[Repair]| b.iter().map(|r| r.parity.capacity()).sum::<usize>();
-        match &mut self.repairs {
-            Some((k, batch))
-                if *k == key
-                    && batch.len() < Rows::MAX_BLOCKS
-                    && held(batch) + repair.parity.capacity() <= crate::WRITE_UNIT =>
-            {
-                batch.push(repair);
-            }
-            _ => {
-                self.flush_repairs();
-                self.repairs = Some((key, vec![repair]));
-            }
+        self.repair_bytes += repair.parity.capacity();
+        self.repairs.push((key, repair));
+        if self.repair_bytes > self.out.repair_hold {
+            self.flush_repairs();
         }
     }
 
-    /// Hands the repairs gathered to the writer.
+    /// Hands the repairs held to the writer.
     fn flush_repairs(&mut self) {
-        if let Some((key, repairs)) = self.repairs.take() {
+        self.repair_bytes = 0;
+        for (key, repairs) in repair_batches(std::mem::take(&mut self.repairs)) {
             self.send_to_writer(Msg::Repair { key, repairs });
         }
     }
@@ -590,9 +589,82 @@ impl Receive {
     }
 }
 
+/// Repairs sorted by object and place, in batches of at most [`Rows::MAX_BLOCKS`] blocks and a
+/// write unit of parity, like any message in the writer's queue (whose length is counted in
+/// write units).
+fn repair_batches(mut held: Vec<(ObjectKey, Repair)>) -> Vec<(ObjectKey, Vec<Repair>)> {
+    held.sort_by_key(|(key, r)| (key.session, key.object, r.offset));
+    let mut batches: Vec<(ObjectKey, Vec<Repair>)> = Vec::new();
+    let mut bytes = 0;
+    for (key, repair) in held {
+        let n = repair.parity.capacity();
+        match batches.last_mut() {
+            Some((k, b))
+                if *k == key && b.len() < Rows::MAX_BLOCKS && bytes + n <= crate::WRITE_UNIT =>
+            {
+                b.push(repair);
+                bytes += n;
+            }
+            _ => {
+                batches.push((key, vec![repair]));
+                bytes = n;
+            }
+        }
+    }
+    batches
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repairs_held_go_out_sorted_by_object_and_place_in_bounded_batches() {
+        let repair = |offset: u64, parity: usize| Repair {
+            offset,
+            step: 1 << 20,
+            content_len: 1 << 30,
+            shard_len: 1400,
+            data_shards: 64,
+            parity_shards: 22,
+            present: [0; 4],
+            parity: vec![0; parity * 1400],
+            held: vec![64; parity],
+        };
+        let (a, b) = (
+            ObjectKey {
+                session: 1,
+                object: 7,
+            },
+            ObjectKey {
+                session: 1,
+                object: 3,
+            },
+        );
+        // Two waves of one object, out of order, and one repair of an earlier object.
+        let mut held: Vec<(ObjectKey, Repair)> =
+            (0..40u64).rev().map(|i| (a, repair(i * 1400, 1))).collect();
+        held.push((b, repair(0, 1)));
+        // A block that lost many shards fills a write unit with another.
+        held.push((a, repair(100 * 1400, 90)));
+        let batches = repair_batches(held);
+        let shape: Vec<(u64, Vec<u64>)> = batches
+            .iter()
+            .map(|(k, r)| (k.object, r.iter().map(|r| r.offset / 1400).collect()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (3, vec![0]),
+                (7, (0..32).collect()),
+                (7, (32..40).collect()),
+                (7, vec![100]),
+            ]
+        );
+        for (_, r) in &batches {
+            assert!(r.iter().map(|r| r.parity.capacity()).sum::<usize>() <= crate::WRITE_UNIT);
+        }
+    }
 
     #[test]
     fn overload_is_said_after_a_second_then_every_ten() {

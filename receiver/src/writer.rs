@@ -87,15 +87,22 @@ pub(crate) struct ToHash {
     temp: Option<Temp>,
     /// With an object's first data: the hasher's handle on its file.
     file: Option<File>,
+    /// Shards the rebuilding thread decoded, with their offsets (the message is then a
+    /// `Msg::Repair` of no repairs): one message per batch rather than per shard.
+    rebuilt: Vec<(u64, Vec<u8>)>,
 }
 
 impl ToHash {
-    /// Content of `key` at `offset`, written (its file handle came with earlier content).
-    pub(crate) fn data(key: ObjectKey, offset: u64, data: Vec<u8>) -> Self {
+    /// Rebuilt shards of `key`, written (its file handle came with earlier content).
+    pub(crate) fn rebuilt(key: ObjectKey, shards: Vec<(u64, Vec<u8>)>) -> Self {
         ToHash {
-            msg: Msg::Data { key, offset, data },
+            msg: Msg::Repair {
+                key,
+                repairs: Vec::new(),
+            },
             temp: None,
             file: None,
+            rebuilt: shards,
         }
     }
 
@@ -104,6 +111,7 @@ impl ToHash {
             msg: Msg::Discard { key },
             temp: None,
             file: None,
+            rebuilt: Vec::new(),
         }
     }
 }
@@ -278,6 +286,7 @@ impl Writer {
                 },
                 temp: None,
                 file: Some(file),
+                rebuilt: Vec::new(),
             });
         }
         let file = match open.temp.file.try_clone() {
@@ -300,14 +309,8 @@ impl Writer {
 
     /// Rebuilds on this thread: the rebuilding thread could not start or stopped.
     fn rebuild_here(&mut self, hash: &SyncSender<ToHash>, job: rebuild::Job) {
-        let (jobs, jobs_rx) = std::sync::mpsc::sync_channel(1);
-        let (done_tx, done) = std::sync::mpsc::channel();
-        let _ = jobs.send(job);
-        drop(jobs);
-        rebuild::run(jobs_rx, done_tx, hash.clone());
-        while let Ok(d) = done.try_recv() {
-            self.on_done(hash, d);
-        }
+        let done = rebuild::Rebuilder::default().job(hash, &job);
+        self.on_done(hash, done);
     }
 
     /// A batch of rebuilds finished.
@@ -357,6 +360,7 @@ impl Writer {
             msg: Msg::Data { key, offset, data },
             temp: None,
             file,
+            rebuilt: Vec::new(),
         });
     }
 
@@ -380,6 +384,7 @@ impl Writer {
                         msg: complete,
                         temp: None,
                         file: None,
+                        rebuilt: Vec::new(),
                     });
                     return error!(object = %key, "cannot create temporary file: {e}");
                 }
@@ -389,6 +394,7 @@ impl Writer {
             msg: complete,
             temp: Some(temp),
             file: None,
+            rebuilt: Vec::new(),
         });
     }
 
@@ -452,13 +458,22 @@ struct Hasher {
 
 impl Hasher {
     fn run(mut self, rx: Receiver<ToHash>) {
-        for ToHash { msg, temp, file } in rx {
+        for ToHash {
+            msg,
+            temp,
+            file,
+            rebuilt,
+        } in rx
+        {
             match msg {
                 Msg::Data { key, offset, data } => self.data(key, offset, data, file),
-                // Only ever sent to hand over the object's file.
+                // Only ever sent to hand over the object's file, or with rebuilt shards.
                 Msg::Repair { key, .. } => {
                     if file.is_some() {
                         self.objects.entry(key).or_insert_with(Digesting::new).file = file;
+                    }
+                    for (offset, data) in rebuilt {
+                        self.data(key, offset, data, None);
                     }
                 }
                 Msg::Complete {
