@@ -3,6 +3,7 @@
 
 mod audit;
 mod config;
+mod folded;
 mod keys;
 mod live;
 mod manifest;

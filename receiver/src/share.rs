@@ -26,6 +26,8 @@ use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::folded::FoldedNames;
+
 /// Paths whose newest published version is remembered, to settle late arrivals of older content.
 const REMEMBERED_PATHS: usize = 65_536;
 
@@ -138,6 +140,8 @@ pub struct Share {
     next_temp: AtomicU64,
     /// Serialises the precedence check with the rename it allows.
     newest: Mutex<Newest>,
+    /// Names of recently used folders, for case clashes (taken only under `newest`).
+    folded: Mutex<FoldedNames>,
     _lock: File,
 }
 
@@ -205,6 +209,7 @@ impl Share {
             nonce: rand::random::<u32>().into(),
             next_temp: AtomicU64::new(0),
             newest: Mutex::new(Newest::default()),
+            folded: Mutex::new(FoldedNames::default()),
             _lock: lock,
         };
         Ok((share, stale))
@@ -389,9 +394,10 @@ impl Share {
             let next = match open_dir_beneath(parent, part) {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) => {
-                    refuse_case_clash(parent, part)?;
+                    self.refuse_case_clash(parent, part)?;
                     match mkdirat(parent, *part, Mode::from_bits_truncate(0o755)) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Ok(()) => self.folded().added(parent, part),
+                        Err(Errno::EEXIST) => {}
                         Err(e) => return Err(e.into()),
                     }
                     open_dir_beneath(parent, part).map_err(|e| classify(e, &here))?
@@ -406,7 +412,7 @@ impl Share {
                 return Err(PublishError::InTheWay(rel.to_owned()));
             }
             Ok(_) => {}
-            Err(Errno::ENOENT) => refuse_case_clash(parent, last)?,
+            Err(Errno::ENOENT) => self.refuse_case_clash(parent, last)?,
             Err(e) => return Err(e.into()),
         }
         // Rename exactly the file that was verified: the name must still be that inode.
@@ -420,8 +426,34 @@ impl Share {
             return Err(PublishError::Replaced);
         }
         renameat(self.tmp_dir.as_fd(), temp.name.as_str(), parent, *last)?;
+        self.folded().added(parent, last);
         Ok(dir)
     }
+
+    fn folded(&self) -> std::sync::MutexGuard<'_, FoldedNames> {
+        self.folded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses `name` when `dir` holds another name equal to it but for case, listing the
+    /// folder only when what is remembered of it cannot rule a clash out.
+    fn refuse_case_clash(&self, dir: BorrowedFd<'_>, name: &str) -> Result<(), PublishError> {
+        if self.folded().may_clash(dir, name, || list_names(dir)) {
+            refuse_case_clash(dir, name)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The names in `dir`.
+fn list_names(dir: BorrowedFd<'_>) -> nix::Result<Vec<String>> {
+    let fd = open_dir_beneath(dir, ".")?;
+    let mut listing = nix::dir::Dir::from_fd(fd)?;
+    Ok(listing
+        .iter()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+        .collect())
 }
 
 /// File type bits of `st_mode`.
