@@ -6,6 +6,8 @@
 //! `ceil(B * n / T) + 1` shards; with `depth` equal full blocks this is exactly column order and the
 //! bound is `ceil(B / depth)`. Receivers do not depend on this order: any order decodes.
 
+use std::sync::{Arc, Mutex};
+
 use crate::fec::{Fec, FecError};
 use crate::object::DataBlock;
 use crate::wire::{MAX_SHARDS_PER_BLOCK, SHARD_OVERHEAD};
@@ -109,6 +111,36 @@ impl Batch {
     }
 }
 
+/// Batches sent and handed back, to be filled again: a new batch's buffer would be fresh memory,
+/// which the kernel zero-fills page by page as it is first written (a sender's largest cost
+/// after the codec and SHA-256 when it sends small files). Clones share one store.
+#[derive(Debug, Default, Clone)]
+pub struct Spares(Arc<Mutex<Vec<Batch>>>);
+
+impl Spares {
+    /// Most batches kept: as many as are in flight between producer and transmitter, and two.
+    const MAX: usize = 4;
+
+    /// Keeps `batch`, emptied, for reuse (unless enough are kept).
+    pub fn give(&self, mut batch: Batch) {
+        batch.bytes.clear();
+        batch.ends.clear();
+        batch.blocks = 0;
+        batch.objects_end = 0;
+        batch.complete_end = 0;
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < Self::MAX {
+            kept.push(batch);
+        }
+    }
+
+    /// An empty batch, reused if one was given back.
+    pub fn take(&self) -> Batch {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        kept.pop().unwrap_or_default()
+    }
+}
+
 /// Groups data blocks, adds parity and orders their shards for transmission.
 #[derive(Debug, Default)]
 pub struct Interleaver {
@@ -116,6 +148,7 @@ pub struct Interleaver {
     fec: Fec,
     blocks: Vec<DataBlock>,
     sealer: Option<crate::auth::Sealer>,
+    spares: Spares,
 }
 
 impl Interleaver {
@@ -134,7 +167,18 @@ impl Interleaver {
             fec: Fec::default(),
             blocks: Vec::new(),
             sealer: None,
+            spares: Spares::default(),
         }
+    }
+
+    /// Takes its batches from `spares`, where the transmitter gives them back once sent.
+    pub fn reuse(&mut self, spares: Spares) {
+        self.spares = spares;
+    }
+
+    /// Where its batches come from, for a [`crate::stripe::Sink`] to take them from too.
+    pub fn spares(&self) -> Spares {
+        self.spares.clone()
     }
 
     /// The sealer every datagram goes through, if any.
@@ -204,9 +248,10 @@ impl Interleaver {
             coded.push((b, parity));
         }
         order.sort_unstable();
-        let mut batch = Batch {
-            bytes: Vec::with_capacity(bytes),
-            ends: Vec::with_capacity(order.len()),
+        let mut batch = self.spares.take();
+        batch.bytes.reserve(bytes);
+        batch.ends.reserve(order.len());
+        batch = Batch {
             blocks: coded.len(),
             objects_end: coded
                 .iter()
@@ -222,6 +267,7 @@ impl Interleaver {
                 .map(|(b, _)| b.header.object + 1)
                 .max()
                 .unwrap_or(0),
+            ..batch
         };
         for (_, i, j) in order {
             let (b, parity) = &coded[i];
@@ -252,6 +298,41 @@ impl Interleaver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_given_back_is_filled_again_with_nothing_left_of_it() {
+        let head = crate::meta::Head {
+            path: "a.csv".into(),
+            size: 5_000,
+            mtime_secs: 1_700_000_000,
+            mtime_nanos: 0,
+            kind: crate::meta::ObjectKind::File,
+        };
+        let block = |object| {
+            crate::object::ObjectEncoder::new(7, object, &head, crate::object::FecParams::default())
+                .unwrap()
+                .1
+        };
+        let spares = Spares::default();
+        let mut inter = Interleaver::new(InterleaveParams::default());
+        inter.reuse(spares.clone());
+        inter.push(block(0)).unwrap();
+        inter.push(block(1)).unwrap();
+        let first = inter.flush().unwrap().unwrap();
+        let (at, datagrams) = (first.bytes.as_ptr(), first.len());
+        spares.give(first);
+        inter.push(block(2)).unwrap();
+        let second = inter.flush().unwrap().unwrap();
+        assert_eq!(
+            second.bytes.as_ptr(),
+            at,
+            "the buffer given back was not reused"
+        );
+        let mut fresh = Interleaver::new(InterleaveParams::default());
+        fresh.push(block(2)).unwrap();
+        assert_eq!(second, fresh.flush().unwrap().unwrap());
+        assert!(second.len() < datagrams);
+    }
 
     #[test]
     fn runs_split_on_length_count_and_bytes() {

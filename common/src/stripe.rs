@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Sealer;
 use crate::fec::Fec;
-use crate::interleave::Batch;
+use crate::interleave::{Batch, Spares};
 use crate::layout::Geometry;
 use crate::meta::{DIGEST_LEN, Head};
 use crate::object::{FecParams, ObjectEncoder, ObjectError};
@@ -125,6 +125,7 @@ pub struct Sink<'a> {
     limit: usize,
     send: &'a mut dyn FnMut(Batch) -> bool,
     stopped: bool,
+    spares: Spares,
 }
 
 impl<'a> Sink<'a> {
@@ -135,11 +136,19 @@ impl<'a> Sink<'a> {
             limit,
             send,
             stopped: false,
+            spares: Spares::default(),
         }
     }
 
+    /// Takes its batches from `spares`, where the transmitter gives them back once sent.
+    pub fn reusing(mut self, spares: Spares) -> Self {
+        self.batch = spares.take();
+        self.spares = spares;
+        self
+    }
+
     fn hand_over(&mut self) {
-        let batch = std::mem::take(&mut self.batch);
+        let batch = std::mem::replace(&mut self.batch, self.spares.take());
         if !self.stopped && !(self.send)(batch) {
             self.stopped = true;
         }
@@ -149,8 +158,11 @@ impl<'a> Sink<'a> {
     /// false if `send` asked to stop at any point.
     pub fn finish(mut self, complete_end: u64) -> bool {
         if !self.batch.is_empty() || complete_end > 0 {
-            self.batch.complete_end = complete_end;
-            self.hand_over();
+            let mut batch = std::mem::take(&mut self.batch);
+            batch.complete_end = complete_end;
+            if !self.stopped && !(self.send)(batch) {
+                self.stopped = true;
+            }
         }
         !self.stopped
     }

@@ -365,9 +365,16 @@ fn run(args: Args) -> Result<ExitCode> {
     let producer = {
         let stop = Arc::clone(&stop);
         let entries = walked.entries;
+        let spares = tx.spares();
         std::thread::Builder::new()
             .name("produce".into())
-            .spawn(move || produce::produce(who, entries, fec, interleave, batch_tx, stop))
+            .spawn(move || {
+                let out = produce::Outlet {
+                    tx: batch_tx,
+                    spares,
+                };
+                produce::produce(who, entries, fec, interleave, out, stop)
+            })
             .context("cannot start the producer thread")?
     };
     tx.run(&batch_rx, &stop);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use std::time::UNIX_EPOCH;
 
 use anyhow::{Context, Result};
-use checkvalve_common::interleave::{Batch, InterleaveParams, Interleaver};
+use checkvalve_common::interleave::{Batch, InterleaveParams, Interleaver, Spares};
 use checkvalve_common::meta::{Head, ObjectKind};
 use checkvalve_common::object::{DataBlock, FecParams, ObjectEncoder};
 use checkvalve_common::stripe::{Sink, StripedEncoder};
@@ -50,13 +50,21 @@ enum Attempt {
     Failed(anyhow::Error),
 }
 
+/// Where batches go: the transmitter's queue, and the store it gives sent batches back to.
+pub struct Outlet {
+    /// The transmitter's queue.
+    pub tx: SyncSender<Batch>,
+    /// Batches sent, to be filled again.
+    pub spares: Spares,
+}
+
 /// Encodes `entries` as objects `0..` of `session` and sends the batches to `tx`.
 pub fn produce(
     who: Identity,
     entries: Vec<Entry>,
     fec: FecParams,
     interleave: InterleaveParams,
-    tx: SyncSender<Batch>,
+    out: Outlet,
     stop: Arc<AtomicBool>,
 ) -> Produced {
     let (feed, rx) = std::sync::mpsc::channel();
@@ -65,7 +73,7 @@ pub fn produce(
     }
     drop(feed);
     let (announce, _) = std::sync::mpsc::channel();
-    produce_stream(who, &rx, &announce, fec, interleave, tx, stop)
+    produce_stream(who, &rx, &announce, fec, interleave, out, stop)
 }
 
 /// Encodes entries as they come from `rx` (each with the caller's id) as objects `0..` of
@@ -78,11 +86,13 @@ pub fn produce_stream(
     announce: &Sender<(u64, u64)>,
     fec: FecParams,
     interleave: InterleaveParams,
-    tx: SyncSender<Batch>,
+    out: Outlet,
     stop: Arc<AtomicBool>,
 ) -> Produced {
+    let Outlet { tx, spares } = out;
     let session = who.session;
     let mut inter = Interleaver::new(interleave);
+    inter.reuse(spares);
     if let Some(sealer) = who.sealer {
         inter.seal_with(sealer);
     }
@@ -317,7 +327,7 @@ fn encode_striped(
         batch.objects_end = object + 1;
         tx.send(batch).is_ok()
     };
-    let mut sink = Sink::new(STRIPE_BATCH_BYTES, &mut send);
+    let mut sink = Sink::new(STRIPE_BATCH_BYTES, &mut send).reusing(inter.spares());
     let mut buf = vec![0u8; enc.read_size()];
     let mut left = head.size;
     while left > 0 {

@@ -100,6 +100,7 @@ pub fn run(
         let stop = Arc::clone(&stop);
         let fec = cfg.fec;
         let queue = Arc::clone(&queue);
+        let spares = tx.spares();
         std::thread::Builder::new()
             .name("produce".into())
             .spawn(move || {
@@ -109,7 +110,10 @@ pub fn run(
                     &announce_tx,
                     fec,
                     interleave,
-                    batch_tx,
+                    produce::Outlet {
+                        tx: batch_tx,
+                        spares,
+                    },
                     stop,
                 )
             })

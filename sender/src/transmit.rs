@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result};
 use checkvalve_common::auth::Sealer;
-use checkvalve_common::interleave::Batch;
+use checkvalve_common::interleave::{Batch, Spares};
 use checkvalve_common::pacer::Pacer;
 use checkvalve_common::wire::Heartbeat;
 use nix::errno::Errno;
@@ -76,6 +76,8 @@ pub struct Transmitter {
     /// Told `complete_end` whenever it grows.
     done: Option<Sender<u64>>,
     shared: Arc<Shared>,
+    /// Where sent batches go back for reuse.
+    spares: Spares,
 }
 
 impl Transmitter {
@@ -108,6 +110,7 @@ impl Transmitter {
             gso: true,
             complete_end: 0,
             done: None,
+            spares: Spares::default(),
             shared: Arc::new(Shared {
                 rate_bps: AtomicU64::new(rate_bps),
                 ..Shared::default()
@@ -140,6 +143,11 @@ impl Transmitter {
     /// Tells `done` how many objects have been sent whole, each time that grows.
     pub fn report_completion(&mut self, done: Sender<u64>) {
         self.done = Some(done);
+    }
+
+    /// Where batches go back once sent: give it to the producer's interleaver.
+    pub fn spares(&self) -> Spares {
+        self.spares.clone()
     }
 
     /// What was sent so far.
@@ -177,6 +185,7 @@ impl Transmitter {
                             let _ = done.send(self.complete_end);
                         }
                     }
+                    self.spares.give(batch);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
