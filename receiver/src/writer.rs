@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+
+use nix::fcntl::{FallocateFlags, fallocate};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
@@ -67,6 +69,43 @@ struct Open {
     failed: bool,
     /// The hasher has its own handle on the file, to read back what arrived out of order.
     handed: bool,
+    /// Bytes of the file allocated ahead of the content (`u64::MAX`: the filesystem refused).
+    allocated: u64,
+}
+
+/// Content beyond which a file is allocated ahead of its writes.
+const ALLOCATE_FROM: u64 = 4 << 20;
+/// Most allocated ahead of the content written, at once.
+const ALLOCATE_AHEAD: u64 = 32 << 20;
+
+impl Open {
+    /// Allocates the file's blocks ahead of a write ending at `end`, in stretches as long as
+    /// what is written (at most 32 MiB): ext4 otherwise reserves each block as it is first
+    /// written (delayed allocation), the writer's largest cost (3.6 s of kernel time per GiB).
+    /// The file's size is kept; what is allocated beyond the content is freed at completion.
+    fn allocate_ahead(&mut self, end: u64) {
+        if end < ALLOCATE_FROM || end <= self.allocated || self.allocated == u64::MAX {
+            return;
+        }
+        let to = end + end.min(ALLOCATE_AHEAD);
+        let (Ok(at), Ok(len)) = (
+            i64::try_from(self.allocated),
+            i64::try_from(to - self.allocated),
+        ) else {
+            return;
+        };
+        self.allocated = match fallocate(
+            &self.temp.file,
+            FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            at,
+            len,
+        ) {
+            Ok(()) => to,
+            // Unsupported, or no room for so much at once: the writes go on without (and report
+            // a full disk themselves).
+            Err(_) => u64::MAX,
+        };
+    }
 }
 
 impl Open {
@@ -258,6 +297,7 @@ impl Writer {
                             temp,
                             failed: false,
                             handed: false,
+                            allocated: 0,
                         },
                     );
                 }
@@ -351,6 +391,7 @@ impl Writer {
         let Some(open) = self.open(hash, key) else {
             return self.give_back(data);
         };
+        open.allocate_ahead(offset + data.len() as u64);
         if let Err(e) = open.temp.file.write_all_at(&data, offset) {
             self.give_back(data);
             return self.fail(hash, key, format!("cannot write temporary file: {e}"));
@@ -374,7 +415,14 @@ impl Writer {
                 let _ = hash.send(ToHash::forget(key));
                 return;
             }
-            Some(o) => o.temp,
+            Some(o) => {
+                if o.allocated > 0 {
+                    // Frees what was allocated beyond the content (ext4 and XFS do so even
+                    // when the size does not change).
+                    let _ = o.temp.file.set_len(size);
+                }
+                o.temp
+            }
             // An empty file never had content written.
             None => match self.share.create_temp(key) {
                 Ok(temp) => temp,

@@ -187,6 +187,13 @@ fn an_unthrottled_64_mib_file_arrives_intact() {
         .filter(|(p, _)| !p.starts_with(".checkvalve"))
         .collect();
     assert_eq!(got, expected, "delivered content differs from the source");
+    // The receiver allocates a large file ahead of its writes: nothing of that may outlive them.
+    let published = std::fs::metadata(rig.out.join("unthrottled/historian.bin")).unwrap();
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&published) * 512 <= (64 << 20) + (1 << 20),
+        "{} bytes allocated for 64 MiB",
+        std::os::unix::fs::MetadataExt::blocks(&published) * 512
+    );
     assert!(rig.receiver.stop().success());
     eprintln!(
         "{}",
