@@ -3,9 +3,9 @@
 //! Small files and large ones take separate lanes, so that small files are never held up behind
 //! the syncing of a huge one. Small files take several lanes: publishing one waits for two
 //! flushes to disk (the file, then its folder), and flushes of different files overlap (the
-//! filesystem commits them together). Files of one folder always take the same lane, so that two
-//! versions of a path, or two names differing only in case, are still published one after the
-//! other.
+//! filesystem commits them together), files of one folder included. A path always takes the same
+//! lane, whatever the case of its letters, so that two versions of it are published in the order
+//! they completed; the share checks precedence and case clashes under its own lock at the rename.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,7 +90,7 @@ impl Publisher {
         let lane = if job.head.size >= LARGE {
             &self.large
         } else {
-            &self.small[folder_lane(&job.head.path, self.small.len())]
+            &self.small[path_lane(&job.head.path, self.small.len())]
         };
         if let Err(e) = lane.send(job) {
             error!(object = %e.0.key, "publisher stopped");
@@ -107,12 +107,10 @@ impl Publisher {
     }
 }
 
-/// The small-file lane of the folder holding `path`: the same for every file of that folder,
-/// whatever the case of its name.
-fn folder_lane(path: &str, lanes: usize) -> usize {
-    let folder = path.rsplit_once('/').map_or("", |(f, _)| f);
+/// The small-file lane of `path`, whatever the case of its letters.
+fn path_lane(path: &str, lanes: usize) -> usize {
     let mut h = std::hash::DefaultHasher::new();
-    std::hash::Hash::hash(&folder.to_lowercase(), &mut h);
+    std::hash::Hash::hash(&path.to_lowercase(), &mut h);
     (std::hash::Hasher::finish(&h) % lanes.max(1) as u64) as usize
 }
 
@@ -153,18 +151,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn files_of_one_folder_share_a_lane_and_folders_spread_over_them() {
-        let lane = |p: &str| folder_lane(p, SMALL_LANES);
-        assert_eq!(lane("exports/d1/a.bin"), lane("exports/d1/b.bin"));
+    fn a_path_keeps_its_lane_and_the_files_of_one_folder_spread_over_them() {
+        let lane = |p: &str| path_lane(p, SMALL_LANES);
         assert_eq!(lane("Exports/D1/A.bin"), lane("exports/d1/a.bin"), "case");
-        assert_eq!(lane("top.bin"), lane("other.bin"));
         let used: std::collections::HashSet<usize> = (0..40)
-            .map(|i| lane(&format!("exports/d{i}/f.bin")))
+            .map(|i| lane(&format!("exports/d1/f{i}.bin")))
             .collect();
         assert_eq!(
             used.len(),
             SMALL_LANES,
-            "40 folders over {SMALL_LANES} lanes"
+            "40 files of one folder over {SMALL_LANES} lanes"
         );
     }
 }
