@@ -293,6 +293,15 @@ mod tests {
                 (72, content[72..80].to_vec())
             ]
         );
+        // A buffer reused from another block, full of its bytes, rebuilds the same shards.
+        let again = repair
+            .rebuild(&mut fec, vec![0xA5; 4096], |buf, at| {
+                buf.copy_from_slice(&content[at as usize..at as usize + buf.len()]);
+                Ok(())
+            })
+            .unwrap();
+        let same: Vec<(u64, Vec<u8>)> = again.shards().map(|(a, s)| (a, s.to_vec())).collect();
+        assert_eq!(same, got);
     }
 
     #[test]
@@ -352,7 +361,9 @@ mod tests {
         assert_eq!(reads, k, "one read per row");
         for r in &all[..3] {
             let rebuilt = r
-                .rebuild(&mut fec, Vec::new(), |buf, at| {
+                // Old bytes in the buffer: a shard cut by the end of the content is still
+                // padded with zeros, as the sender encoded it.
+                .rebuild(&mut fec, vec![0xA5; 1024], |buf, at| {
                     assert!(rows.get(buf, at), "shard at {at} not in the rows");
                     Ok(())
                 })
