@@ -98,7 +98,10 @@ fn rebuild(
             *buf = rebuilt.into_buffer();
         }
         if !shards.is_empty() {
-            let _ = hash.send(ToHash::rebuilt(job.key, shards));
+            let _ = hash.send(ToHash::Rebuilt {
+                key: job.key,
+                shards,
+            });
         }
     }
     Ok(())

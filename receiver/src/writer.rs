@@ -6,8 +6,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-
-use nix::fcntl::{FallocateFlags, fallocate};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
@@ -16,6 +14,7 @@ use checkvalve_common::assembler::{ObjectKey, Precedence};
 use checkvalve_common::meta::{DIGEST_LEN, Head};
 use checkvalve_common::ranges::RangeMap;
 use checkvalve_common::repair::Repair;
+use nix::fcntl::{FallocateFlags, fallocate};
 use sha2::{Digest, Sha256};
 use tracing::{error, warn};
 
@@ -106,9 +105,7 @@ impl Open {
             Err(_) => u64::MAX,
         };
     }
-}
 
-impl Open {
     /// A handle on the file for the hasher, the first time only.
     fn hand(&mut self) -> Option<File> {
         if self.handed {
@@ -119,38 +116,29 @@ impl Open {
     }
 }
 
-/// What the writer hands to the hasher, in the order it wrote: the receive loop's message, with
-/// the temporary file once the object is complete (the hasher verifies and publishes it).
-pub(crate) struct ToHash {
-    msg: Msg,
-    temp: Option<Temp>,
-    /// With an object's first data: the hasher's handle on its file.
-    file: Option<File>,
-    /// Shards the rebuilding thread decoded, with their offsets (the message is then a
-    /// `Msg::Repair` of no repairs): one message per batch rather than per shard.
-    rebuilt: Vec<(u64, Vec<u8>)>,
+/// What the hasher is handed, in the order it was written.
+pub(crate) enum ToHash {
+    /// The receive loop's message, once the writer acted on it: with the temporary file once the
+    /// object is complete (the hasher verifies and publishes it), and with an object's first
+    /// data the hasher's own handle on its file.
+    Written {
+        msg: Msg,
+        temp: Option<Temp>,
+        file: Option<File>,
+    },
+    /// Shards the rebuilding thread decoded and wrote, with their offsets: one message per batch.
+    Rebuilt {
+        key: ObjectKey,
+        shards: Vec<(u64, Vec<u8>)>,
+    },
 }
 
 impl ToHash {
-    /// Rebuilt shards of `key`, written (its file handle came with earlier content).
-    pub(crate) fn rebuilt(key: ObjectKey, shards: Vec<(u64, Vec<u8>)>) -> Self {
-        ToHash {
-            msg: Msg::Repair {
-                key,
-                repairs: Vec::new(),
-            },
-            temp: None,
-            file: None,
-            rebuilt: shards,
-        }
-    }
-
     fn forget(key: ObjectKey) -> Self {
-        ToHash {
+        ToHash::Written {
             msg: Msg::Discard { key },
             temp: None,
             file: None,
-            rebuilt: Vec::new(),
         }
     }
 }
@@ -319,14 +307,13 @@ impl Writer {
         // The hasher gets its handle on the file before any rebuilt shard (an object whose
         // first data shards were all lost has no content written before its first repair).
         if let Some(file) = open.hand() {
-            let _ = hash.send(ToHash {
+            let _ = hash.send(ToHash::Written {
                 msg: Msg::Repair {
                     key,
                     repairs: Vec::new(),
                 },
                 temp: None,
                 file: Some(file),
-                rebuilt: Vec::new(),
             });
         }
         let file = match open.temp.file.try_clone() {
@@ -397,11 +384,10 @@ impl Writer {
             return self.fail(hash, key, format!("cannot write temporary file: {e}"));
         }
         let file = open.hand();
-        let _ = hash.send(ToHash {
+        let _ = hash.send(ToHash::Written {
             msg: Msg::Data { key, offset, data },
             temp: None,
             file,
-            rebuilt: Vec::new(),
         });
     }
 
@@ -428,21 +414,19 @@ impl Writer {
                 Ok(temp) => temp,
                 Err(e) => {
                     // The hasher records it: it owns the verdicts on complete objects.
-                    let _ = hash.send(ToHash {
+                    let _ = hash.send(ToHash::Written {
                         msg: complete,
                         temp: None,
                         file: None,
-                        rebuilt: Vec::new(),
                     });
                     return error!(object = %key, "cannot create temporary file: {e}");
                 }
             },
         };
-        let _ = hash.send(ToHash {
+        let _ = hash.send(ToHash::Written {
             msg: complete,
             temp: Some(temp),
             file: None,
-            rebuilt: Vec::new(),
         });
     }
 
@@ -506,22 +490,22 @@ struct Hasher {
 
 impl Hasher {
     fn run(mut self, rx: Receiver<ToHash>) {
-        for ToHash {
-            msg,
-            temp,
-            file,
-            rebuilt,
-        } in rx
-        {
+        for handed in rx {
+            let (msg, temp, file) = match handed {
+                ToHash::Written { msg, temp, file } => (msg, temp, file),
+                ToHash::Rebuilt { key, shards } => {
+                    for (offset, data) in shards {
+                        self.data(key, offset, data, None);
+                    }
+                    continue;
+                }
+            };
             match msg {
                 Msg::Data { key, offset, data } => self.data(key, offset, data, file),
-                // Only ever sent to hand over the object's file, or with rebuilt shards.
+                // Only ever sent to hand over the object's file.
                 Msg::Repair { key, .. } => {
                     if file.is_some() {
                         self.objects.entry(key).or_insert_with(Digesting::new).file = file;
-                    }
-                    for (offset, data) in rebuilt {
-                        self.data(key, offset, data, None);
                     }
                 }
                 Msg::Complete {
