@@ -303,6 +303,65 @@ fn a_striped_object_loses_a_block_to_a_burst_longer_than_its_parity_and_says_so(
 }
 
 #[test]
+fn memory_full_of_parity_for_blocks_that_cannot_complete_is_freed_while_nothing_decodes() {
+    // A striped object whose first group loses 23 data shards of every block (one more than the
+    // parity repairs): its parity fills the budget. Every later block lacks one data shard, so
+    // it needs parity that no longer fits, and nothing decodes. The dead blocks must still be
+    // found stale (their wait is counted in shards heard, not blocks decoded), so that the
+    // object is reported lost while the sender is still sending, and the file after it crosses.
+    let dead = content(12, 64 * 100 * 64 * 4);
+    let alive = content(13, 64 * 100 * 3);
+    let mut dg = encode_striped("dead", &dead, short_shards(), 6);
+    let group = 64;
+    dg.retain(|d| {
+        !matches!(wire::parse(d), Ok(wire::Datagram::Shard(h, _))
+            if h.block > 0 && (if h.block <= group { h.shard < 23 } else { h.shard == 0 }))
+    });
+    dg.extend(encode_as(
+        SESSION,
+        1,
+        &[("alive".to_string(), alive.clone())],
+        short_shards(),
+        InterleaveParams::default(),
+    ));
+    let config = AssemblerConfig {
+        max_pending_bytes: 200 << 10,
+        ..AssemblerConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut asm = Assembler::new(config, t0);
+    let mut lost_at = None;
+    let mut alive_done = false;
+    for (i, d) in dg.iter().enumerate() {
+        let _ = asm.handle_datagram(t0 + Duration::from_micros(i as u64), d);
+        while let Some(ev) = asm.poll_event() {
+            match ev {
+                Event::Abandoned {
+                    key,
+                    reason: Abandon::Unrecoverable { waited, .. },
+                    ..
+                } => {
+                    assert_eq!(key.object, 0);
+                    assert!(waited >= 128 * 86, "{waited}");
+                    lost_at.get_or_insert(i);
+                }
+                Event::Abandoned { key, reason, .. } => {
+                    panic!("object {} lost at datagram {i}: {reason}", key.object)
+                }
+                Event::Complete { head, .. } => {
+                    assert_eq!(head.path, "alive");
+                    alive_done = true;
+                }
+                _ => {}
+            }
+        }
+        assert!(asm.held_bytes() <= 200 << 10);
+    }
+    assert!(lost_at.is_some(), "the dead object was never given up");
+    assert!(alive_done, "the file after the dead object did not cross");
+}
+
+#[test]
 fn a_striped_object_at_five_percent_loss_with_reordering_is_byte_identical() {
     let data = content(9, 64 * 1400 * 300 + 1234);
     let files = vec![("big".to_string(), data.clone())];

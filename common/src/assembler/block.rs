@@ -17,9 +17,9 @@ pub(crate) struct Pending {
     /// Which shards arrived (bit `i` for shard `i`).
     pub(crate) present: [u64; MAX_SHARDS_PER_BLOCK / 64],
     count: usize,
-    /// Blocks its session had decoded when it started: how long it has waited, in blocks.
+    /// Its session's shard clock when it started: how long it has waited, in shards heard.
     pub(crate) born: u64,
-    /// Later blocks of its session that may complete before this one is given up as stale.
+    /// Shards of its session that may be heard after it started before it is given up as stale.
     pub(crate) patience: u64,
     /// Sparse block: index of each parity shard in `buf`; `None` for a block held whole.
     pub(crate) held: Option<Vec<u8>>,
@@ -38,7 +38,14 @@ pub(crate) enum Added {
 
 impl Pending {
     /// A block of `n` shards of `l` bytes in `buf` (resized to fit).
-    pub(crate) fn new(parity: u8, mut buf: Vec<u8>, n: usize, l: usize, born: u64) -> Self {
+    pub(crate) fn new(
+        parity: u8,
+        mut buf: Vec<u8>,
+        n: usize,
+        l: usize,
+        born: u64,
+        patience: u64,
+    ) -> Self {
         // Every byte is overwritten by a shard or by the decode before it is read, so a reused
         // buffer keeps its old bytes: only growth is zero-filled.
         if buf.len() >= n * l {
@@ -52,7 +59,7 @@ impl Pending {
             present: [0; MAX_SHARDS_PER_BLOCK / 64],
             count: 0,
             born,
-            patience: super::STALE_BLOCKS,
+            patience,
             held: None,
         }
     }

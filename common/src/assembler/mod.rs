@@ -32,9 +32,11 @@ use session::Session;
 /// Block buffers kept for reuse (and counted in the budget), so that steady reception allocates
 /// nothing per block: enough for the blocks on their way to disk.
 const MAX_POOLED: usize = 512;
-/// A block still incomplete after this many later blocks of its session completed is given up
-/// when memory runs short: the reference sender keeps a block open over one interleaving group
-/// (at most 64 blocks), so this is two groups.
+/// A block still incomplete once its session has sent this many blocks' worth of shards since it
+/// started (`STALE_BLOCKS * n` shards heard, for its `n` shards per block) is given up when memory
+/// runs short: the reference sender keeps a block open over one interleaving group (at most 64
+/// blocks), so this is two groups. Shards heard, not blocks decoded, because when memory is full
+/// nothing decodes, and a clock that stops then would keep the dead blocks forever.
 pub const STALE_BLOCKS: u64 = 128;
 /// Bytes of a striped object's content gathered before they go to disk as one write.
 pub const RUN_BYTES: usize = 128 << 10;
@@ -144,15 +146,15 @@ pub enum Abandon {
     /// The receiver was stopped before the object was complete.
     #[error("receiver stopped before the object was complete")]
     ReceiverStopped,
-    /// Memory ran short while a block of the object had waited, incomplete, for many later blocks
-    /// of its session to complete: its missing shards are not coming.
+    /// Memory ran short while a block of the object had waited, incomplete, while many later
+    /// shards of its session arrived: its missing shards are not coming.
     #[error(
-        "block {block} cannot be completed (its shards stopped arriving while {waited} later blocks completed)"
+        "block {block} cannot be completed (its shards stopped arriving while {waited} later shards of its sender arrived)"
     )]
     Unrecoverable {
         /// The block.
         block: u32,
-        /// Blocks of the session decoded since it started.
+        /// Shards of the session heard since the block started.
         waited: u64,
     },
 }
@@ -805,7 +807,7 @@ impl Assembler {
         while !self.budget.fits(cost) {
             let mut stale = None;
             for (&sid, s) in &mut self.sessions {
-                if s.decoded < s.stale_from {
+                if s.shards < s.stale_from {
                     continue;
                 }
                 let mut soonest = u64::MAX;
@@ -813,9 +815,9 @@ impl Assembler {
                 for (&o, obj) in &s.objects {
                     for (&b, p) in &obj.blocks {
                         let due = p.born.saturating_add(p.patience);
-                        if due <= s.decoded {
+                        if due <= s.shards {
                             found = true;
-                            stale = stale.max(Some((s.decoded - p.born, sid, o, b)));
+                            stale = stale.max(Some((s.shards - p.born, sid, o, b)));
                         } else {
                             soonest = soonest.min(due);
                         }
@@ -911,6 +913,9 @@ impl Assembler {
         let Some(s) = sessions.get_mut(&h.session) else {
             return Ok(());
         };
+        if !room_made {
+            s.shards += 1;
+        }
         if !s.objects.contains_key(&h.object) {
             if s.finished.contains(h.object) {
                 sh.counters.late += 1;
@@ -982,7 +987,7 @@ impl Assembler {
         }
         if !obj.blocks.contains_key(&h.block) {
             let active = active + usize::from(s.used == 0);
-            let born = s.decoded;
+            let born = s.shards;
             let block = if sparse {
                 if s.used + cost > sh.budget.fair_share(active) || !sh.make_fit(cost) {
                     sh.counters.over_budget += 1;
@@ -991,8 +996,8 @@ impl Assembler {
                 sh.budget.take(BLOCK_COST);
                 s.used += BLOCK_COST;
                 // A stripe group's blocks all stay open until the end of the group: one may
-                // wait for every other block of its group, and of the next, to complete.
-                let patience = STALE_BLOCKS.max(2 * geometry.stripe_width());
+                // wait for every other block of its group, and of the next, to be sent.
+                let patience = STALE_BLOCKS.max(2 * geometry.stripe_width()) * n as u64;
                 s.stale_from = s.stale_from.min(born.saturating_add(patience));
                 Pending::sparse(h.parity_shards, born, patience)
             } else {
@@ -1000,8 +1005,9 @@ impl Assembler {
                     sh.counters.over_budget += 1;
                     return Ok(());
                 };
-                s.stale_from = s.stale_from.min(born.saturating_add(STALE_BLOCKS));
-                Pending::new(h.parity_shards, buf, n, l, born)
+                let patience = STALE_BLOCKS * n as u64;
+                s.stale_from = s.stale_from.min(born.saturating_add(patience));
+                Pending::new(h.parity_shards, buf, n, l, born, patience)
             };
             let Some(obj) = s.objects.get_mut(&h.object) else {
                 return Ok(());
@@ -1055,6 +1061,7 @@ impl Assembler {
         match added {
             Added::Duplicate => {
                 sh.counters.duplicate += 1;
+                s.shards -= 1;
                 return Ok(());
             }
             Added::Stored => return Ok(()),
@@ -1100,7 +1107,6 @@ impl Assembler {
             Some(p)
         };
         sh.counters.blocks_decoded += 1;
-        s.decoded += 1;
         s.last_progress = Some(now);
         let Some(obj) = s.objects.get_mut(&h.object) else {
             return Ok(());

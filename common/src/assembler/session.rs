@@ -68,9 +68,10 @@ pub(crate) struct Session {
     pub(crate) identified: bool,
     /// Bytes of the budget its blocks and objects hold.
     pub(crate) used: usize,
-    /// Blocks decoded so far.
-    pub(crate) decoded: u64,
-    /// No block of it is stale before `decoded` reaches this (a lower bound, kept as blocks
+    /// Shards of it heard, known duplicates excepted: the clock a block's wait is measured on.
+    /// It runs whenever the sender sends, even when memory is full and nothing decodes.
+    pub(crate) shards: u64,
+    /// No block of it is stale before `shards` reaches this (a lower bound, kept as blocks
     /// open and refreshed by each search for stale blocks), so that a receiver short of memory
     /// does not search every open block for every datagram.
     pub(crate) stale_from: u64,
@@ -92,7 +93,7 @@ impl Session {
             heartbeat: None,
             identified: false,
             used: 0,
-            decoded: 0,
+            shards: 0,
             stale_from: u64::MAX,
         }
     }
