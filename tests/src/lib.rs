@@ -19,10 +19,37 @@ pub const SHARD: usize = 1400;
 /// Bytes per full content block at the defaults (64 x 1,400).
 pub const BLOCK: usize = 64 * SHARD;
 
+/// True for a variable cargo or nextest sets for a test that describes the test's own package.
+/// Build scripts that watch them (ring's reads `CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR` and
+/// `OUT_DIR`) would see them change between a build from a test, the setup script's
+/// (`.config/nextest.toml`) and a plain `cargo build`, and rebuild everything above them each
+/// time, inside a test's time bound.
+fn describes_the_test(key: &str) -> bool {
+    const PREFIXES: [&str; 4] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+    ];
+    const NAMES: [&str; 4] = [
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    PREFIXES.iter().any(|p| key.starts_with(p)) || NAMES.contains(&key)
+}
+
 /// Builds the four programs with cargo profile `profile`; panics if the build fails.
 pub fn build_programs(profile: &str) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    for (key, _) in std::env::vars_os() {
+        if describes_the_test(&key.to_string_lossy()) {
+            command.env_remove(&key);
+        }
+    }
+    let status = command
         .args(["build", "--quiet", "--bins", "--profile", profile])
         .args([
             "-p",
@@ -35,9 +62,6 @@ pub fn build_programs(profile: &str) {
             "checkvalve-status",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        // Set by `cargo run` and `cargo test`; build scripts that watch it (ring's) would rebuild
-        // everything above them on every alternation with a plain `cargo build`.
-        .env_remove("CARGO_MANIFEST_DIR")
         .status()
         .expect("run cargo build");
     assert!(status.success(), "building the binaries failed");
