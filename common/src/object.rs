@@ -78,6 +78,9 @@ pub enum ObjectError {
         /// Announced size.
         announced: u64,
     },
+    /// A striped object whose content the caller hashes was finished without its digest.
+    #[error("the content was hashed by the caller, who did not give the digest")]
+    DigestNotGiven,
 }
 
 /// One block's data shards (zero-padded), waiting for its parity and a transmission slot.

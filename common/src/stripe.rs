@@ -191,7 +191,9 @@ pub struct StripedEncoder {
     template: ShardHeader,
     geometry: Geometry,
     fec: Fec,
-    hasher: Sha256,
+    /// `None` when the caller hashes the content (on another thread) and gives the digest to
+    /// [`StripedEncoder::finish_with_digest`].
+    hasher: Option<Sha256>,
     pushed: u64,
     base_parity: usize,
     min_span: usize,
@@ -254,7 +256,7 @@ impl StripedEncoder {
             template,
             geometry,
             fec,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             pushed: 0,
             base_parity,
             min_span,
@@ -271,6 +273,14 @@ impl StripedEncoder {
         enc.start_group(0);
         enc.head_every = (enc.shards / enc.head.len() as u64).max(1);
         Ok(enc)
+    }
+
+    /// Leaves hashing to the caller, who can then do it beside the encoding: the digest is given
+    /// to [`StripedEncoder::finish_with_digest`].
+    #[must_use]
+    pub fn hashed_by_caller(mut self) -> Self {
+        self.hasher = None;
+        self
     }
 
     fn start_group(&mut self, first: u64) {
@@ -311,7 +321,9 @@ impl StripedEncoder {
             return Err(ObjectError::TooLong { announced });
         }
         self.pushed += bytes.len() as u64;
-        self.hasher.update(bytes);
+        if let Some(h) = &mut self.hasher {
+            h.update(bytes);
+        }
         let l = usize::from(self.template.shard_len);
         if !self.partial.is_empty() {
             let take = (l - self.partial.len()).min(bytes.len());
@@ -435,18 +447,34 @@ impl StripedEncoder {
     /// Ends the object: the last group's parity, with the digest block spread among it unless
     /// `withhold_digest` (the file changed while read: the receiver must never verify it).
     pub fn finish(
-        mut self,
+        self,
         withhold_digest: bool,
         sealer: Option<&Sealer>,
         out: &mut Sink<'_>,
     ) -> Result<[u8; DIGEST_LEN], ObjectError> {
+        let Some(hasher) = &self.hasher else {
+            return Err(ObjectError::DigestNotGiven);
+        };
+        let digest: [u8; DIGEST_LEN] = hasher.clone().finalize().into();
+        self.finish_with_digest(digest, withhold_digest, sealer, out)?;
+        Ok(digest)
+    }
+
+    /// Like [`StripedEncoder::finish`], with the SHA-256 of the content computed by the caller
+    /// (see [`StripedEncoder::hashed_by_caller`]).
+    pub fn finish_with_digest(
+        mut self,
+        digest: [u8; DIGEST_LEN],
+        withhold_digest: bool,
+        sealer: Option<&Sealer>,
+        out: &mut Sink<'_>,
+    ) -> Result<(), ObjectError> {
         if self.pushed != self.geometry.content_len {
             return Err(ObjectError::TooShort {
                 got: self.pushed,
                 announced: self.geometry.content_len,
             });
         }
-        let digest: [u8; DIGEST_LEN] = self.hasher.clone().finalize().into();
         let header = ShardHeader {
             block: (self.geometry.content_blocks() + 1) as u32,
             ..self.template
@@ -461,7 +489,7 @@ impl StripedEncoder {
         let lone = (!withhold_digest).then_some(&mut lone);
         self.emit_parity(sealer, out, lone);
         out.check()?;
-        Ok(digest)
+        Ok(())
     }
 }
 

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Sender, SyncSender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::time::Duration;
 use std::time::UNIX_EPOCH;
 
@@ -17,6 +17,7 @@ use checkvalve_common::interleave::{Batch, InterleaveParams, Interleaver, Spares
 use checkvalve_common::meta::{Head, ObjectKind};
 use checkvalve_common::object::{DataBlock, FecParams, ObjectEncoder};
 use checkvalve_common::stripe::{Sink, StripedEncoder};
+use sha2::{Digest, Sha256};
 use tracing::{debug, error, warn};
 
 use crate::keys::Identity;
@@ -197,6 +198,41 @@ fn fingerprint(m: &std::fs::Metadata) -> (u64, Option<std::time::SystemTime>) {
 /// A striped object's datagrams are handed to the transmitter in batches of about this size.
 const STRIPE_BATCH_BYTES: usize = 1 << 20;
 
+/// Read buffers of a striped file: one being encoded while the next is read and hashed.
+const READ_BUFFERS: usize = 2;
+
+/// A piece of a file read and hashed (the buffer and the bytes of it read), or how the attempt
+/// at the file ends.
+type Piece = Result<(Vec<u8>, usize), Attempt>;
+
+/// Reads `size` bytes of `file` into the buffers from `empty`, hashing them in order, and hands
+/// each on to `full`; the digest and the file when all was read. `None` if the encoder stopped
+/// taking pieces (it then has its own reason) or a piece ended the attempt (sent on `full`).
+fn read_and_hash(
+    mut file: File,
+    size: u64,
+    empty: &Receiver<Vec<u8>>,
+    full: &SyncSender<Piece>,
+) -> Option<([u8; 32], File)> {
+    let mut hasher = Sha256::new();
+    let mut left = size;
+    while left > 0 {
+        let mut buf = empty.recv().ok()?;
+        match read_piece(&mut file, &mut buf, left) {
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+                full.send(Ok((buf, n))).ok()?;
+            }
+            Err(end) => {
+                let _ = full.send(Err(end));
+                return None;
+            }
+        }
+    }
+    Some((hasher.finalize().into(), file))
+}
+
 /// Reads the file's next piece into `buf` (at most `left` bytes, `left` being what is still to
 /// read): its length, or how the attempt at the file ends.
 fn read_piece(file: &mut File, buf: &mut [u8], left: u64) -> Result<usize, Attempt> {
@@ -304,7 +340,7 @@ fn encode_striped(
     head: &Head,
     fec: FecParams,
     stripe: u8,
-    mut file: File,
+    file: File,
     meta: &std::fs::Metadata,
     inter: &mut Interleaver,
     tx: &SyncSender<Batch>,
@@ -318,8 +354,8 @@ fn encode_striped(
         Ok(None) => {}
         Err(e) => return Attempt::Failed(anyhow::Error::new(e).context("parity encoding failed")),
     }
-    let mut enc = match StripedEncoder::new(session, object, head, fec, stripe, inter.min_span()) {
-        Ok(enc) => enc,
+    let enc = match StripedEncoder::new(session, object, head, fec, stripe, inter.min_span()) {
+        Ok(enc) => enc.hashed_by_caller(),
         Err(e) => return Attempt::Failed(e.into()),
     };
     let sealer = inter.sealer();
@@ -328,20 +364,56 @@ fn encode_striped(
         tx.send(batch).is_ok()
     };
     let mut sink = Sink::new(STRIPE_BATCH_BYTES, &mut send).reusing(inter.spares());
-    let mut buf = vec![0u8; enc.read_size()];
-    let mut left = head.size;
-    while left > 0 {
-        let want = match read_piece(&mut file, &mut buf, left) {
-            Ok(n) => n,
-            Err(end) => return end,
-        };
-        if let Err(e) = enc.push(&buf[..want], sealer, &mut sink) {
-            return Attempt::Failed(e.into());
+    let read_size = enc.read_size();
+    let size = head.size;
+    // Reading and hashing on one thread, encoding on this one: SHA-256 and the parity are the
+    // two largest costs of a large file, and each has a core to itself when the machine has one.
+    let read = std::thread::scope(|scope| {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Piece>(1);
+        let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_BUFFERS);
+        for _ in 0..READ_BUFFERS {
+            let _ = empty_tx.send(vec![0u8; read_size]);
         }
-        left -= want as u64;
-    }
+        let reader = std::thread::Builder::new()
+            .name("read".into())
+            .spawn_scoped(scope, move || {
+                read_and_hash(file, size, &empty_rx, &full_tx)
+            });
+        let reader = match reader {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(Attempt::Failed(
+                    anyhow::Error::new(e).context("no read thread"),
+                ));
+            }
+        };
+        let mut enc = enc;
+        for piece in &full_rx {
+            let buf = match piece {
+                Ok((buf, n)) => {
+                    if let Err(e) = enc.push(&buf[..n], sealer, &mut sink) {
+                        return Err(Attempt::Failed(e.into()));
+                    }
+                    buf
+                }
+                Err(end) => return Err(end),
+            };
+            let _ = empty_tx.send(buf);
+        }
+        match reader.join() {
+            Ok(Some((digest, file))) => Ok((enc, digest, file)),
+            Ok(None) => Err(Attempt::Failed(anyhow::anyhow!(
+                "read thread stopped early"
+            ))),
+            Err(_) => Err(Attempt::Failed(anyhow::anyhow!("read thread panicked"))),
+        }
+    });
+    let (enc, digest, file) = match read {
+        Ok(r) => r,
+        Err(end) => return end,
+    };
     let withheld = changed(fingerprint(meta), &file);
-    if let Err(e) = enc.finish(withheld.is_some(), sealer, &mut sink) {
+    if let Err(e) = enc.finish_with_digest(digest, withheld.is_some(), sealer, &mut sink) {
         return Attempt::Failed(e.into());
     }
     let complete_end = if withheld.is_none() { object + 1 } else { 0 };
