@@ -7,7 +7,7 @@ use checkvalve_common::assembler::{Abandon, Assembler, AssemblerConfig, Event, O
 use checkvalve_common::fec::Fec;
 use checkvalve_common::interleave::{Batch, InterleaveParams, Interleaver};
 use checkvalve_common::meta::{Head, ObjectKind};
-use checkvalve_common::object::{FecParams, ObjectEncoder};
+use checkvalve_common::object::{FecParams, ObjectEncoder, ObjectError};
 use checkvalve_common::stripe::{Sink, StripedEncoder};
 use checkvalve_common::wire::{self, WireError};
 use proptest::prelude::*;
@@ -261,6 +261,36 @@ fn short_shards() -> FecParams {
         shard_len: 100,
         ..FecParams::default()
     }
+}
+
+#[test]
+fn a_striped_object_hashed_by_the_caller_sends_the_same_datagrams_and_needs_its_digest() {
+    let data = content(14, 64 * 100 * 70 + 5);
+    let expected = encode_striped("big", &data, short_shards(), 6);
+    let head = file_head("big", &data);
+    let encode = |digest: Option<[u8; 32]>| {
+        let mut out = Vec::new();
+        let mut send = |b: Batch| {
+            out.extend(b.iter().map(<[u8]>::to_vec));
+            true
+        };
+        let mut sink = Sink::new(100_000, &mut send);
+        let mut enc = StripedEncoder::new(SESSION, 0, &head, short_shards(), 6, 256)
+            .unwrap()
+            .hashed_by_caller();
+        for chunk in data.chunks(enc.read_size() / 3 + 1) {
+            enc.push(chunk, None, &mut sink).unwrap();
+        }
+        let ended = match digest {
+            Some(d) => enc.finish_with_digest(d, false, None, &mut sink),
+            None => enc.finish(false, None, &mut sink).map(|_| ()),
+        };
+        assert!(sink.finish(1));
+        ended.map(|()| out)
+    };
+    let digest: [u8; 32] = sha2::Sha256::digest(&data).into();
+    assert_eq!(encode(Some(digest)).unwrap(), expected);
+    assert!(matches!(encode(None), Err(ObjectError::DigestNotGiven)));
 }
 
 #[test]
