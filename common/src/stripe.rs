@@ -35,14 +35,14 @@ pub fn stripe_for(span: u64, stride: u64) -> u8 {
     stripe
 }
 
-/// Parity for a block of `k` data shards in a group of `span` datagrams: `m`, raised for a group
-/// shorter than `min_span` so that a burst at the tail is no more dangerous than one elsewhere.
 /// Parity is computed on shards padded with zeros to a multiple of this: the codec's vector
 /// loop takes 32 or 64 bytes at a time and leaves the rest to a loop a byte at a time, which for
 /// 1,400-byte shards cost as much as the other 1,376 bytes. Zeros add nothing to the parity, so
 /// its first `L` bytes are the same.
 const SIMD_STRIDE: usize = 64;
 
+/// Parity for a block of `k` data shards in a group of `span` datagrams: `m`, raised for a group
+/// shorter than `min_span` so that a burst at the tail is no more dangerous than one elsewhere.
 fn boosted(m: usize, k: usize, span: usize, min_span: usize) -> usize {
     if m == 0 || span >= min_span {
         return m;
@@ -213,11 +213,9 @@ pub struct StripedEncoder {
     next: u64,
     /// Parity shards per block of the group.
     m: usize,
-    /// The group's parity, block after block, `m` shards each, every shard `stride` bytes.
+    /// The group's parity, block after block, `m` shards each, every shard `padded.len()` bytes.
     parity: Vec<u8>,
-    /// Shard length rounded up to [`SIMD_STRIDE`]; the bytes beyond `L` stay zero.
-    stride: usize,
-    /// A data shard copied to `stride` bytes, its tail zero.
+    /// A data shard copied into the shard length rounded up to [`SIMD_STRIDE`], its tail zero.
     padded: Vec<u8>,
     /// Content of a shard not yet complete.
     partial: Vec<u8>,
@@ -276,7 +274,6 @@ impl StripedEncoder {
             next: 0,
             m: 0,
             parity: Vec::new(),
-            stride: usize::from(template.shard_len).next_multiple_of(SIMD_STRIDE),
             padded: vec![0; usize::from(template.shard_len).next_multiple_of(SIMD_STRIDE)],
             partial: Vec::with_capacity(usize::from(template.shard_len)),
             head,
@@ -310,7 +307,8 @@ impl StripedEncoder {
         self.m = boosted(self.base_parity, k_max, span, self.min_span).max(m);
         (self.first, self.width, self.shards, self.next) = (first, width, shards, 0);
         self.parity.clear();
-        self.parity.resize(width as usize * self.m * self.stride, 0);
+        self.parity
+            .resize(width as usize * self.m * self.padded.len(), 0);
     }
 
     /// Content to push at a time: a few rows of the group (a row is one shard of each block), so
@@ -388,7 +386,7 @@ impl StripedEncoder {
             }
         }
         // Block after block, so that a block's parity is loaded once for all its shards here.
-        let span = self.m * self.stride;
+        let span = self.m * self.padded.len();
         for x0 in 0..width.min(count) {
             let (i, _) = block_of(start + x0);
             let k = (self.shards - i as u64).div_ceil(width) as usize;
@@ -438,7 +436,7 @@ impl StripedEncoder {
                     parity_shards: m as u8,
                     ..self.template
                 };
-                let at = (i * m + r) * self.stride;
+                let at = (i * m + r) * self.padded.len();
                 emit(sealer, out, header, &self.parity[at..at + l]);
                 sent += 1;
                 if sent % every == 0
@@ -458,15 +456,15 @@ impl StripedEncoder {
     /// Ends the object: the last group's parity, with the digest block spread among it unless
     /// `withhold_digest` (the file changed while read: the receiver must never verify it).
     pub fn finish(
-        self,
+        mut self,
         withhold_digest: bool,
         sealer: Option<&Sealer>,
         out: &mut Sink<'_>,
     ) -> Result<[u8; DIGEST_LEN], ObjectError> {
-        let Some(hasher) = &self.hasher else {
+        let Some(hasher) = self.hasher.take() else {
             return Err(ObjectError::DigestNotGiven);
         };
-        let digest: [u8; DIGEST_LEN] = hasher.clone().finalize().into();
+        let digest: [u8; DIGEST_LEN] = hasher.finalize().into();
         self.finish_with_digest(digest, withhold_digest, sealer, out)?;
         Ok(digest)
     }

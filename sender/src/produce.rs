@@ -354,7 +354,7 @@ fn encode_striped(
         Ok(None) => {}
         Err(e) => return Attempt::Failed(anyhow::Error::new(e).context("parity encoding failed")),
     }
-    let enc = match StripedEncoder::new(session, object, head, fec, stripe, inter.min_span()) {
+    let mut enc = match StripedEncoder::new(session, object, head, fec, stripe, inter.min_span()) {
         Ok(enc) => enc.hashed_by_caller(),
         Err(e) => return Attempt::Failed(e.into()),
     };
@@ -387,7 +387,6 @@ fn encode_striped(
                 ));
             }
         };
-        let mut enc = enc;
         for piece in &full_rx {
             let buf = match piece {
                 Ok((buf, n)) => {
