@@ -378,8 +378,9 @@ fn memory_full_of_parity_for_blocks_that_cannot_complete_is_freed_while_nothing_
                 Event::Abandoned { key, reason, .. } => {
                     panic!("object {} lost at datagram {i}: {reason}", key.object)
                 }
-                Event::Complete { head, .. } => {
+                Event::Complete { head, digest, .. } => {
                     assert_eq!(head.path, "alive");
+                    assert_eq!(digest, <[u8; 32]>::from(sha2::Sha256::digest(&alive)));
                     alive_done = true;
                 }
                 _ => {}
