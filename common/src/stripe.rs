@@ -15,7 +15,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::auth::Sealer;
-use crate::fec::Fec;
+use crate::fec::{Fec, SIMD_STRIDE};
 use crate::interleave::{Batch, Spares};
 use crate::layout::Geometry;
 use crate::meta::{DIGEST_LEN, Head};
@@ -34,12 +34,6 @@ pub fn stripe_for(span: u64, stride: u64) -> u8 {
     }
     stripe
 }
-
-/// Parity is computed on shards padded with zeros to a multiple of this: the codec's vector
-/// loop takes 32 or 64 bytes at a time and leaves the rest to a loop a byte at a time, which for
-/// 1,400-byte shards cost as much as the other 1,376 bytes. Zeros add nothing to the parity, so
-/// its first `L` bytes are the same.
-const SIMD_STRIDE: usize = 64;
 
 /// Parity for a block of `k` data shards in a group of `span` datagrams: `m`, raised for a group
 /// shorter than `min_span` so that a burst at the tail is no more dangerous than one elsewhere.
