@@ -12,7 +12,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use checkvalve_common::meta::{DIGEST_LEN, Head};
 use serde::Serialize;
@@ -143,7 +143,8 @@ struct Inner {
     end: ChainEnd,
     limiter: Limiter,
     recent: Recent,
-    last_sync: Instant,
+    /// Records were written since the last sync.
+    unsynced: bool,
 }
 
 /// Append-only, hash-chained record of outcomes and link events, one file per UTC day.
@@ -246,7 +247,7 @@ impl Manifest {
                 end,
                 limiter: Limiter::new(Duration::from_secs(60), 1),
                 recent: Recent::default(),
-                last_sync: Instant::now(),
+                unsynced: false,
             }),
             min_free,
             dropped: AtomicU64::new(0),
@@ -291,7 +292,23 @@ impl Manifest {
         if let Err(e) = inner.file.sync_data() {
             error!("cannot sync the manifest: {e}");
         }
-        inner.last_sync = Instant::now();
+        inner.unsynced = false;
+    }
+
+    /// Syncs what was written since the last sync, if anything, without holding the lock
+    /// meanwhile: the receive loop and the publishers write on. Called every second by the live
+    /// state's thread, so that no writer of a record waits on the disk.
+    pub fn sync_written(&self) {
+        let file = {
+            let mut inner = self.lock();
+            if !std::mem::replace(&mut inner.unsynced, false) {
+                return;
+            }
+            inner.file.try_clone()
+        };
+        if let Err(e) = file.and_then(|f| f.sync_data()) {
+            error!("cannot sync the manifest: {e}");
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -408,10 +425,7 @@ impl Manifest {
                     }
                     _ => {}
                 }
-                if inner.last_sync.elapsed() >= Duration::from_secs(1) {
-                    let _ = inner.file.sync_data();
-                    inner.last_sync = Instant::now();
-                }
+                inner.unsynced = true;
             }
             Err(e) => {
                 let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
