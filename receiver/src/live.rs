@@ -2,22 +2,19 @@
 //! lines and manifest records, and the live state file (`STATE/live.json`) written atomically
 //! every second for `checkvalve-status` and `report`. Nothing here sends anything.
 //!
-//! The file is written, and the manifest synced, on a thread of their own: replacing a file by
-//! a rename makes ext4 flush the new one first (`auto_da_alloc`), which took 1.5 ms (median) and
-//! up to 43 ms while the share was being written, and a sync waits on the disk. The receive
-//! loop only hands over the state.
+//! The file is written, and the manifest synced, as chores ([`crate::chores`]): the receive loop
+//! only hands over the state.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::mpsc::{SyncSender, TrySendError};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use checkvalve_common::assembler::SessionStats;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
+use crate::chores::Queue;
 use crate::manifest::{ChainEnd, Manifest, Tally};
 
 /// File name of the live state inside the state folder.
@@ -162,16 +159,8 @@ pub struct Live {
     down_since: Option<Instant>,
     last_write: Option<Instant>,
     last_sample: Option<Instant>,
-    writer: Writer,
-    writer_gone: bool,
-}
-
-/// Where updates of the state file go.
-enum Writer {
-    /// To the writing thread.
-    Thread(SyncSender<Update>, JoinHandle<()>),
-    /// Written here: the thread could not start.
-    Here(StateWriter),
+    chores: Queue,
+    writer: Arc<Mutex<StateWriter>>,
 }
 
 /// What the receive loop hands over each second.
@@ -243,34 +232,15 @@ impl Live {
         manifest: Arc<Manifest>,
         loss_warn: f64,
         loss_every: Duration,
+        chores: Queue,
     ) -> Live {
         let now = SystemTime::now();
-        let mut here = StateWriter {
+        let writer = Arc::new(Mutex::new(StateWriter {
             dir: dir.to_owned(),
             manifest: Arc::clone(&manifest),
             history: State::read(dir).map(|s| s.history).unwrap_or_default(),
             failing: false,
-        };
-        // One update in waiting: a writer slower than a second skips updates, never the loop.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Update>(1);
-        let writer = match std::thread::Builder::new()
-            .name("live".into())
-            .spawn(move || {
-                for update in rx {
-                    here.update(update);
-                }
-            }) {
-            Ok(thread) => Writer::Thread(tx, thread),
-            Err(e) => {
-                warn!("cannot start the live state's thread (written by the receive loop): {e}");
-                Writer::Here(StateWriter {
-                    dir: dir.to_owned(),
-                    manifest: Arc::clone(&manifest),
-                    history: State::read(dir).map(|s| s.history).unwrap_or_default(),
-                    failing: false,
-                })
-            }
-        };
+        }));
         Live {
             manifest,
             state: State {
@@ -304,8 +274,8 @@ impl Live {
             down_since: None,
             last_write: None,
             last_sample: None,
+            chores,
             writer,
-            writer_gone: false,
         }
     }
 
@@ -477,17 +447,14 @@ impl Live {
         self.record_loss(sessions);
     }
 
-    /// The last version, once everything in progress has been published or recorded.
+    /// The last version, once everything in progress has been published or recorded, queued
+    /// to be written after everything queued before it.
     pub fn finish(mut self) {
         self.write(SystemTime::now(), true, None);
-        if let Writer::Thread(tx, thread) = self.writer {
-            drop(tx);
-            let _ = thread.join();
-        }
     }
 
-    /// Hands the state to the writer (false: it was still busy with the last one); `stopped` at
-    /// the end, when the writer is waited for.
+    /// Queues the state for writing (false: the chores' thread was still busy); `stopped` at
+    /// the end, when it waits for room.
     fn write(&mut self, wall: SystemTime, stopped: bool, sample: Option<(u64, u64, u64)>) -> bool {
         self.state.stopped = stopped;
         self.state.updated = rfc3339(wall);
@@ -496,22 +463,18 @@ impl Live {
             state: self.state.clone(),
             sample,
         };
-        match &mut self.writer {
-            Writer::Here(here) => here.update(update),
-            Writer::Thread(tx, _) if stopped => {
-                let _ = tx.send(update);
-            }
-            Writer::Thread(tx, _) => match tx.try_send(update) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => return false,
-                Err(TrySendError::Disconnected(_)) => {
-                    if !std::mem::replace(&mut self.writer_gone, true) {
-                        error!("the live state's thread stopped: live.json is no longer updated");
-                    }
-                    return false;
-                }
-            },
+        let writer = Arc::clone(&self.writer);
+        let chore = move || {
+            writer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .update(update);
+        };
+        if stopped {
+            self.chores.run(chore);
+            true
+        } else {
+            self.chores.try_run(chore)
         }
-        true
     }
 }

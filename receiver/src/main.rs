@@ -2,6 +2,7 @@
 //! publishes it atomically into an output folder. It never sends anything.
 
 mod audit;
+mod chores;
 mod config;
 mod folded;
 mod keys;
@@ -433,12 +434,14 @@ fn run(args: Settings, no_seccomp: bool) -> Result<()> {
             &keys::load_state(&auth_state),
         ))
     };
+    let chores = chores::Chores::start();
     let live = live::Live::new(
         share.state(),
         local.to_string(),
         Arc::clone(&manifest),
         args.loss_warn,
         args.loss_interval,
+        chores.queue(),
     );
     info!(bind = %local, out = %share.root().display(), state = %share.state().display(), manifest = %manifest_path.display(), "receiving");
     let rx = receive::Receive::new(
@@ -453,6 +456,7 @@ fn run(args: Settings, no_seccomp: bool) -> Result<()> {
             live,
             auth,
             auth_state,
+            chores: chores.queue(),
             repair_hold,
         },
         args.min_free,
@@ -466,6 +470,7 @@ fn run(args: Settings, no_seccomp: bool) -> Result<()> {
     let _ = net_thread.join();
     let _ = writer_thread.join();
     live.finish();
+    chores.finish();
     info!("stopped");
     Ok(())
 }

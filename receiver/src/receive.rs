@@ -7,7 +7,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant, SystemTime};
 
 use checkvalve_common::assembler::{Assembler, Event, ObjectKey};
-use checkvalve_common::auth::{Opener, Refused};
+use checkvalve_common::auth::{Opener, Persisted, Refused};
 use checkvalve_common::link::LinkChange;
 use checkvalve_common::repair::{Repair, Rows};
 use checkvalve_common::shed::{self, LossMeter};
@@ -100,6 +100,8 @@ pub struct Outputs {
     pub auth: Option<Opener>,
     /// The file the authentication state is kept in.
     pub auth_state: std::path::PathBuf,
+    /// Where its saving is queued.
+    pub chores: crate::chores::Queue,
     /// Parity bytes of repairs held back to be sorted into batches of neighbouring blocks.
     pub repair_hold: usize,
 }
@@ -129,6 +131,8 @@ pub struct Receive {
     refused: Refused,
     reported_refused: u64,
     last_auth_save: Instant,
+    /// Replay state not yet queued for saving (the chores' thread was busy).
+    unsaved_auth: Option<Persisted>,
     /// Datagram count at the last statistics line: an idle receiver does not repeat itself.
     reported_datagrams: Option<u64>,
 }
@@ -166,6 +170,7 @@ impl Receive {
             refused: Refused::default(),
             reported_refused: 0,
             last_auth_save: Instant::now(),
+            unsaved_auth: None,
             reported_datagrams: None,
         }
     }
@@ -239,7 +244,7 @@ impl Receive {
                 };
                 if now - self.last_auth_save >= Duration::from_secs(1) {
                     self.last_auth_save = now;
-                    self.save_auth();
+                    self.save_auth(false);
                 }
                 let sessions = self.asm.session_stats();
                 self.out.live.tick(now, &sessions, counts);
@@ -269,21 +274,32 @@ impl Receive {
         self.log_stats(signals, true);
         let sessions = self.asm.session_stats();
         self.out.live.last_loss(&sessions);
-        self.save_auth();
+        self.save_auth(true);
         // Dropping the channel lets the writer publish what is complete and stop; the live
         // state's last version is written after that.
         self.out.live
     }
 
-    /// Keeps the replay state (newest epoch, highest counters) for the next start.
-    fn save_auth(&mut self) {
-        let Some(p) = self.out.auth.as_mut().and_then(Opener::take_persisted) else {
+    /// Keeps the replay state (newest epoch, highest counters) for the next start: queued as a
+    /// chore, since the saving syncs; `last` waits for room to queue it, at a stop.
+    fn save_auth(&mut self, last: bool) {
+        let newer = self.out.auth.as_mut().and_then(Opener::take_persisted);
+        let Some(p) = newer.or_else(|| self.unsaved_auth.take()) else {
             return;
         };
-        if let Err(e) = crate::keys::save_state(&self.out.auth_state, &p) {
-            warn!(
-                "cannot save the authentication state (a restart may accept replays of the last second): {e}"
-            );
+        let file = self.out.auth_state.clone();
+        let kept = (!last).then(|| p.clone());
+        let chore = move || {
+            if let Err(e) = crate::keys::save_state(&file, &p) {
+                warn!(
+                    "cannot save the authentication state (a restart may accept replays of the last second): {e}"
+                );
+            }
+        };
+        if last {
+            self.out.chores.run(chore);
+        } else if !self.out.chores.try_run(chore) {
+            self.unsaved_auth = kept;
         }
     }
 

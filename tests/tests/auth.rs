@@ -473,3 +473,69 @@ fn thirty_seconds_of_flood_from_many_sessions_cost_a_keyed_receiver_nothing() {
     assert!(manifest < 50_000, "manifest flooded: {manifest} bytes");
     assert!(receiver.stop().success());
 }
+
+#[test]
+fn a_restarted_receiver_refuses_replays_of_what_it_accepted_before_it_stopped() {
+    let rig = Rig::start(None, &[]);
+    let dir = rig.dir.path();
+    let key = keygen(dir, 1);
+    let out = dir.join("keyed-out");
+    let (mut receiver, raddr) = keyed_receiver(dir, "keyed-receiver", &key, &out);
+    let mut tap = Tap::start(&raddr);
+    let src = make_tree(dir, "kept", 6, 200_000, 78);
+    let mut sender = keyed_sender(dir, "sender", &tap.addr, &key, &src, true);
+    assert!(sender.wait(Duration::from_secs(60)).success());
+    let sent: std::collections::BTreeMap<_, _> = digest_tree(&src).into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        let got: std::collections::BTreeMap<_, _> =
+            digest_tree(&out.join("kept")).into_iter().collect();
+        if got == sent || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(got == sent, "the transfer did not arrive byte-identical");
+    let captured = tap.taken();
+    // The replay state is saved off the receive loop; a clean stop waits for the last save.
+    assert!(receiver.stop().success());
+    let (mut again, raddr) = keyed_receiver(dir, "keyed-receiver-2", &key, &out);
+    let outcomes = |out: &Path| -> usize {
+        std::fs::read_dir(out.join(".checkvalve/manifest"))
+            .expect("manifest")
+            .flatten()
+            .flat_map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| {
+                        l.contains("\"status\":\"delivered\"")
+                            || l.contains("\"status\":\"repeat\"")
+                    })
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .count()
+    };
+    let before = outcomes(&out);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for (i, d) in captured.iter().enumerate() {
+        let _ = sock.send_to(d, &raddr);
+        if i % 200 == 199 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let replayed = captured.len() as u64;
+    assert!(replayed > 500, "only {replayed} datagrams captured");
+    assert_eq!(
+        wait_counted(&out, replayed, dropped_and_counted),
+        replayed,
+        "every datagram of the session accepted before the restart refused after it"
+    );
+    assert_eq!(
+        outcomes(&out),
+        before,
+        "a replay after the restart produced an outcome"
+    );
+    assert!(again.stop().success());
+}
