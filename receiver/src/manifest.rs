@@ -296,8 +296,8 @@ impl Manifest {
     }
 
     /// Syncs what was written since the last sync, if anything, without holding the lock
-    /// meanwhile: the receive loop and the publishers write on. Called every second by the live
-    /// state's thread, so that no writer of a record waits on the disk.
+    /// meanwhile: the receive loop and the publishers write on. Called with each update of the
+    /// live state (a chore, about every second), so that no writer of a record waits on the disk.
     pub fn sync_written(&self) {
         let file = {
             let mut inner = self.lock();

@@ -283,8 +283,10 @@ impl Receive {
     /// Keeps the replay state (newest epoch, highest counters) for the next start: queued as a
     /// chore, since the saving syncs; `last` waits for room to queue it, at a stop.
     fn save_auth(&mut self, last: bool) {
+        // A state taken later holds everything an unsaved earlier one did.
         let newer = self.out.auth.as_mut().and_then(Opener::take_persisted);
-        let Some(p) = newer.or_else(|| self.unsaved_auth.take()) else {
+        let unsaved = self.unsaved_auth.take();
+        let Some(p) = newer.or(unsaved) else {
             return;
         };
         let file = self.out.auth_state.clone();
