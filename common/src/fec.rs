@@ -88,12 +88,7 @@ impl Fec {
         let stride = shard_len.next_multiple_of(SIMD_STRIDE);
         if stride == shard_len || shard_len < SIMD_STRIDE {
             let mut parity = vec![0u8; m * shard_len];
-            let codec = self.codec(k, m)?;
-            let data: Vec<&[u8]> = data.chunks(shard_len).collect();
-            let mut par: Vec<&mut [u8]> = parity.chunks_mut(shard_len).collect();
-            codec
-                .encode_sep(&data, &mut par)
-                .map_err(|e| FecError::Codec(format!("{e:?}")))?;
+            code(self.codec(k, m)?, data, &mut parity, shard_len)?;
             return Ok(parity);
         }
         // Copying the data costs less than the byte-at-a-time tail it saves in each of the
@@ -106,12 +101,7 @@ impl Fec {
             to[..shard_len].copy_from_slice(from);
         }
         outs.fill(0);
-        let codec = self.codec(k, m)?;
-        let ins: Vec<&[u8]> = ins.chunks(stride).collect();
-        let mut par: Vec<&mut [u8]> = outs.chunks_mut(stride).collect();
-        codec
-            .encode_sep(&ins, &mut par)
-            .map_err(|e| FecError::Codec(format!("{e:?}")))?;
+        code(self.codec(k, m)?, ins, outs, stride)?;
         let mut parity = Vec::with_capacity(m * shard_len);
         for row in outs.chunks(stride) {
             parity.extend_from_slice(&row[..shard_len]);
@@ -231,6 +221,20 @@ impl Fec {
         }
         Ok(())
     }
+}
+
+/// Computes in `parity` the parity shards of the data shards in `data`, all `stride` bytes long.
+fn code(
+    codec: &ReedSolomon,
+    data: &[u8],
+    parity: &mut [u8],
+    stride: usize,
+) -> Result<(), FecError> {
+    let data: Vec<&[u8]> = data.chunks(stride).collect();
+    let mut parity: Vec<&mut [u8]> = parity.chunks_mut(stride).collect();
+    codec
+        .encode_sep(&data, &mut parity)
+        .map_err(|e| FecError::Codec(format!("{e:?}")))
 }
 
 /// Inverts the `e x e` matrix `a` (row-major) over GF(2^8) by Gauss-Jordan elimination; `None`

@@ -57,6 +57,42 @@ fn keyed_receiver(
     (receiver, addr)
 }
 
+/// A key numbered `id` and a receiver holding it, writing to its own folder: the key, the folder,
+/// the receiver and the address it listens on.
+fn keyed_setup(
+    dir: &Path,
+    id: u32,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    checkvalve_tests::Proc,
+    String,
+) {
+    let key = keygen(dir, id);
+    let out = dir.join("keyed-out");
+    let (receiver, raddr) = keyed_receiver(dir, "keyed-receiver", &key, &out);
+    (key, out, receiver, raddr)
+}
+
+/// Every record of the receiver's manifest, in the order written (one file per day).
+fn manifest_records(out: &Path) -> Vec<String> {
+    let mut days: Vec<_> = std::fs::read_dir(out.join(".checkvalve/manifest"))
+        .expect("manifest")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    days.sort();
+    days.iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// A relay in front of the receiver that keeps a copy of every datagram.
 struct Tap {
     addr: String,
@@ -206,9 +242,7 @@ fn with_a_key_forged_unauthenticated_and_replayed_datagrams_are_all_refused_duri
     let rig = Rig::start(None, &[]);
     // The rig's receiver has no key: a second receiver with one, on its own folder.
     let dir = rig.dir.path();
-    let key = keygen(dir, 1);
-    let out = dir.join("keyed-out");
-    let (receiver, raddr) = keyed_receiver(dir, "keyed-receiver", &key, &out);
+    let (key, out, receiver, raddr) = keyed_setup(dir, 1);
     let mut tap = Tap::start(&raddr);
     let src = make_tree(dir, "keyed", 12, 300_000, 77);
     // The flood runs during the transfer: 50,000 forged datagrams.
@@ -306,16 +340,8 @@ fn with_a_key_forged_unauthenticated_and_replayed_datagrams_are_all_refused_duri
         })
         .sum::<usize>();
     // Only loss/link records may follow (the receiver's periodic ones), never a file outcome.
-    let tail: Vec<String> = std::fs::read_dir(out.join(".checkvalve/manifest"))
-        .expect("manifest")
-        .flatten()
-        .flat_map(|e| {
-            std::fs::read_to_string(e.path())
-                .unwrap_or_default()
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
+    let tail: Vec<String> = manifest_records(&out)
+        .into_iter()
         .skip(records_before)
         .collect();
     assert!(
@@ -398,9 +424,7 @@ fn thirty_seconds_of_flood_from_many_sessions_cost_a_keyed_receiver_nothing() {
     const OVERHEAD_MIB: u64 = 32;
     let rig = Rig::start(None, &[]);
     let dir = rig.dir.path();
-    let key = keygen(dir, 3);
-    let out = dir.join("keyed-out");
-    let (mut receiver, raddr) = keyed_receiver(dir, "keyed-receiver", &key, &out);
+    let (key, out, mut receiver, raddr) = keyed_setup(dir, 3);
     let pid = receiver.pid().expect("running");
     // Two threads at full loopback speed for 30 s: random bytes, and well-formed datagrams (plain
     // and claiming authentication) from thousands of session ids.
@@ -478,9 +502,7 @@ fn thirty_seconds_of_flood_from_many_sessions_cost_a_keyed_receiver_nothing() {
 fn a_restarted_receiver_refuses_replays_of_what_it_accepted_before_it_stopped() {
     let rig = Rig::start(None, &[]);
     let dir = rig.dir.path();
-    let key = keygen(dir, 1);
-    let out = dir.join("keyed-out");
-    let (mut receiver, raddr) = keyed_receiver(dir, "keyed-receiver", &key, &out);
+    let (key, out, mut receiver, raddr) = keyed_setup(dir, 1);
     let mut tap = Tap::start(&raddr);
     let src = make_tree(dir, "kept", 6, 200_000, 78);
     let mut sender = keyed_sender(dir, "sender", &tap.addr, &key, &src, true);
@@ -501,19 +523,10 @@ fn a_restarted_receiver_refuses_replays_of_what_it_accepted_before_it_stopped() 
     assert!(receiver.stop().success());
     let (mut again, raddr) = keyed_receiver(dir, "keyed-receiver-2", &key, &out);
     let outcomes = |out: &Path| -> usize {
-        std::fs::read_dir(out.join(".checkvalve/manifest"))
-            .expect("manifest")
-            .flatten()
-            .flat_map(|e| {
-                std::fs::read_to_string(e.path())
-                    .unwrap_or_default()
-                    .lines()
-                    .filter(|l| {
-                        l.contains("\"status\":\"delivered\"")
-                            || l.contains("\"status\":\"repeat\"")
-                    })
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
+        manifest_records(out)
+            .iter()
+            .filter(|l| {
+                l.contains("\"status\":\"delivered\"") || l.contains("\"status\":\"repeat\"")
             })
             .count()
     };
