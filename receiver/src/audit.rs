@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::manifest::{ChainEnd, GENESIS, files, line_hash};
+use checkvalve_formats::manifest::{GENESIS, Record, Status};
+
+use crate::manifest::{ChainEnd, files, line_hash};
 
 /// The first thing wrong with a manifest.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -109,10 +111,8 @@ pub fn verify(
                 line: i + 1,
                 why: why.to_owned(),
             };
-            let v: serde_json::Value =
-                serde_json::from_slice(&line).map_err(|e| malformed(&e.to_string()))?;
-            let this = v["seq"].as_u64().ok_or_else(|| malformed("no seq"))?;
-            let prev = v["prev"].as_str().ok_or_else(|| malformed("no prev"))?;
+            let v: Record = serde_json::from_slice(&line).map_err(|e| malformed(&e.to_string()))?;
+            let (this, prev) = (v.seq, v.prev.as_str());
             if this != seq + 1 {
                 return Err(Broken::OutOfSequence {
                     file: file.clone(),
@@ -131,13 +131,12 @@ pub fn verify(
             seq = this;
             hash = line_hash(&line);
             out.records += 1;
-            let path = v["path"].as_str();
-            match (v["status"].as_str(), path, v["sha256"].as_str()) {
-                (Some("delivered"), Some(p), Some(d)) => {
-                    expected.insert(p.to_owned(), (seq, d.to_owned()));
+            match (v.status, v.path, v.sha256) {
+                (Status::Delivered, Some(p), Some(d)) => {
+                    expected.insert(p, (seq, d));
                 }
-                (Some("removed"), Some(p), _) => {
-                    expected.remove(p);
+                (Status::Removed, Some(p), _) => {
+                    expected.remove(&p);
                 }
                 _ => {}
             }
@@ -214,7 +213,12 @@ mod tests {
             };
             m.verified(Verified::Delivered, &format!("1-{i}"), &head, &digest, &ev);
         }
-        m.event("link_down", Some("1"), "no heartbeat for 3 s".into(), None);
+        m.event(
+            Status::LinkDown,
+            Some("1"),
+            "no heartbeat for 3 s".into(),
+            None,
+        );
         m
     }
 
@@ -315,7 +319,7 @@ mod tests {
             .unwrap();
         std::io::Write::write_all(&mut f, b"{\"seq\":7,\"time\":\"20").unwrap();
         let m = Manifest::open(&dir, 0).unwrap();
-        m.event("link_up", Some("1"), "heartbeats again".into(), None);
+        m.event(Status::LinkUp, Some("1"), "heartbeats again".into(), None);
         assert_eq!(m.end().seq, 8);
         let ok = verify(&dir, Some(&share), Some(&m.end())).unwrap();
         assert_eq!(ok.records, 8);

@@ -11,14 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use checkvalve_common::assembler::SessionStats;
-use serde::{Deserialize, Serialize};
+use checkvalve_formats::live::{FILE, Link, Sample, SessionView, State, Tally};
+use checkvalve_formats::manifest::{Detail, Status};
 use tracing::{error, info, warn};
 
 use crate::chores::Queue;
-use crate::manifest::{ChainEnd, Manifest, Tally};
-
-/// File name of the live state inside the state folder.
-pub const FILE: &str = "live.json";
+use crate::manifest::Manifest;
 
 /// How often the live state is written.
 const EVERY: Duration = Duration::from_secs(1);
@@ -26,99 +24,6 @@ const EVERY: Duration = Duration::from_secs(1);
 const SAMPLE: Duration = Duration::from_secs(10);
 /// History kept: one hour.
 const SAMPLES: usize = 360;
-
-/// A point of the last hour's history (cumulative counters; rates are differences).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Sample {
-    /// Seconds since the Unix epoch.
-    pub t: u64,
-    /// Datagrams received.
-    pub datagrams: u64,
-    /// Bytes of files published.
-    pub bytes: u64,
-    /// Files published.
-    pub files: u64,
-    /// Objects lost.
-    pub lost: u64,
-    /// Datagrams the sessions' senders said they sent.
-    pub sender_sent: u64,
-    /// Datagrams received of those sessions.
-    pub received: u64,
-}
-
-/// One sender session in the live state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SessionView {
-    /// Session id, hex.
-    pub session: String,
-    /// Datagrams received.
-    pub received: u64,
-    /// Datagrams its last heartbeat said it had sent.
-    pub sender_sent: Option<u64>,
-    /// `1 - received / sender_sent` since it was first heard.
-    pub loss: Option<f64>,
-}
-
-/// The live state file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct State {
-    /// Receiver process id.
-    pub pid: u32,
-    /// When it started (RFC 3339).
-    pub started: String,
-    /// When this was written (RFC 3339).
-    pub updated: String,
-    /// The same, seconds since the Unix epoch.
-    pub updated_unix: u64,
-    /// True once the receiver stopped cleanly.
-    pub stopped: bool,
-    /// Address it listens on.
-    pub bind: String,
-    /// `up`, `down` or `unknown` (nothing heard yet).
-    pub link: String,
-    /// Since when (RFC 3339).
-    pub link_since: Option<String>,
-    /// Last heartbeat (RFC 3339).
-    pub last_heartbeat: Option<String>,
-    /// Sender sessions heard (the current one last).
-    pub sessions: Vec<SessionView>,
-    /// Sender restarts seen.
-    pub sender_restarts: u64,
-    /// Times the link went down.
-    pub link_downs: u64,
-    /// Datagrams received, malformed, dropped for being behind.
-    pub datagrams: u64,
-    /// Datagrams failing CRC or format checks.
-    pub malformed: u64,
-    /// Datagrams dropped because the receive loop fell behind.
-    pub dropped_behind: u64,
-    /// Datagrams refused by authentication (forged, replayed, unauthenticated).
-    #[serde(default)]
-    pub refused_auth: u64,
-    /// What the manifest recorded since start.
-    pub tally: Tally,
-    /// The manifest's last record: `verify-manifest` checks the chain reaches it.
-    pub manifest_seq: u64,
-    /// Its hash.
-    pub manifest_hash: String,
-    /// The last hour, one sample per 10 s.
-    pub history: VecDeque<Sample>,
-}
-
-impl State {
-    /// The live state last written into `state`, if any.
-    pub fn read(state: &Path) -> Option<State> {
-        serde_json::from_slice(&std::fs::read(state.join(FILE)).ok()?).ok()
-    }
-
-    /// The manifest's end as last written.
-    pub fn chain_end(&self) -> ChainEnd {
-        ChainEnd {
-            seq: self.manifest_seq,
-            hash: self.manifest_hash.clone(),
-        }
-    }
-}
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -250,7 +155,7 @@ impl Live {
                 updated_unix: 0,
                 stopped: false,
                 bind,
-                link: "unknown".into(),
+                link: Link::Unknown,
                 link_since: None,
                 last_heartbeat: None,
                 sessions: Vec::new(),
@@ -285,7 +190,7 @@ impl Live {
             .down_since
             .take()
             .map(|t| now.saturating_duration_since(t));
-        self.state.link = "up".into();
+        self.state.link = Link::Up;
         self.state.link_since = Some(rfc3339(SystemTime::now()));
         match down_for {
             Some(d) => {
@@ -294,16 +199,18 @@ impl Live {
                     "link up: datagrams arriving again"
                 );
                 self.manifest.event(
-                    "link_up",
+                    Status::LinkUp,
                     None,
                     format!("datagrams arriving again after {} s down", d.as_secs()),
-                    Some(serde_json::json!({ "down_for_s": d.as_secs_f64() })),
+                    Some(Detail::Up {
+                        down_for_s: d.as_secs_f64(),
+                    }),
                 );
             }
             None => {
                 info!("link up: datagrams arriving");
                 self.manifest
-                    .event("link_up", None, "datagrams arriving".into(), None);
+                    .event(Status::LinkUp, None, "datagrams arriving".into(), None);
             }
         }
     }
@@ -311,7 +218,7 @@ impl Live {
     /// Nothing arrived for `silent_for`.
     pub fn link_down(&mut self, now: Instant, silent_for: Duration) {
         self.down_since = Some(now);
-        self.state.link = "down".into();
+        self.state.link = Link::Down;
         self.state.link_since = Some(rfc3339(SystemTime::now() - silent_for));
         self.state.link_downs += 1;
         error!(
@@ -319,13 +226,15 @@ impl Live {
             "link down: no datagram, not even a heartbeat (the link, the diode or the sender is down)"
         );
         self.manifest.event(
-            "link_down",
+            Status::LinkDown,
             None,
             format!(
                 "no datagram, not even a heartbeat, for {:.1} s",
                 silent_for.as_secs_f64()
             ),
-            Some(serde_json::json!({ "silent_for_s": silent_for.as_secs_f64() })),
+            Some(Detail::Down {
+                silent_for_s: silent_for.as_secs_f64(),
+            }),
         );
     }
 
@@ -337,22 +246,25 @@ impl Live {
                 self.state.sender_restarts += 1;
                 warn!(session = %id, previous = format_args!("{previous:016x}"), "sender restarted: new session");
                 self.manifest.event(
-                    "sender_restart",
+                    Status::SenderRestart,
                     Some(&id),
                     format!("new sender session after session {previous:016x}"),
-                    Some(serde_json::json!({ "previous": format!("{previous:016x}"), "after_us": after_us })),
+                    Some(Detail::Restart {
+                        previous: format!("{previous:016x}"),
+                        after_us,
+                    }),
                 );
             }
             None => {
                 self.manifest.event(
-                    "session_start",
+                    Status::SessionStart,
                     Some(&id),
                     if after_us {
                         "sender session started after this receiver".into()
                     } else {
                         "sender session heard (it may have started before this receiver)".into()
                     },
-                    Some(serde_json::json!({ "after_us": after_us })),
+                    Some(Detail::Start { after_us }),
                 );
             }
         }
@@ -434,10 +346,14 @@ impl Live {
                 info!(session = %id, sent, received, loss = format_args!("{:.3}%", loss * 100.0), "datagram loss");
             }
             self.manifest.event(
-                "loss",
+                Status::Loss,
                 Some(&id),
                 format!("{:.3}% of {sent} datagrams lost", loss * 100.0),
-                Some(serde_json::json!({ "sent": sent, "received": received, "loss": loss })),
+                Some(Detail::Loss {
+                    sent,
+                    received,
+                    loss,
+                }),
             );
         }
     }

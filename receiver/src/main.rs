@@ -249,7 +249,7 @@ fn run_command(command: &Command) -> Result<ExitCode> {
     match command {
         Command::VerifyManifest { at, files } => {
             let (out, state) = folders(at)?;
-            let end = live::State::read(&state).map(|s| s.chain_end());
+            let end = checkvalve_formats::live::State::read(&state).map(|s| s.chain_end());
             match audit::verify(
                 &state.join("manifest"),
                 files.then_some(out.as_path()),

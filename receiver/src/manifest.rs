@@ -15,14 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use checkvalve_common::meta::{DIGEST_LEN, Head};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
+use checkvalve_formats::live::{RecentFile, RecentLoss, Tally};
+pub use checkvalve_formats::manifest::{ChainEnd, line_hash};
+use checkvalve_formats::manifest::{Detail, Record, Status, hex};
 use tracing::{debug, error, warn};
 
 use crate::ratelimit::Limiter;
-
-/// `prev` of the first record ever written.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// The longest record read back at start (a record is far shorter: paths are at most 4 KiB).
 const MAX_LINE: u64 = 64 << 10;
@@ -49,40 +47,6 @@ pub struct Evidence {
     pub repaired: u64,
 }
 
-/// One line of the manifest. Field order is the order written; `prev` comes last.
-#[derive(Debug, Serialize)]
-struct Record<'a> {
-    /// Position in the chain, from 1.
-    seq: u64,
-    /// When the outcome was decided (RFC 3339, UTC).
-    time: String,
-    /// What the record says: an outcome or an event (docs/vendor.md lists them).
-    status: &'a str,
-    /// Path under the output folder, when known.
-    path: Option<&'a str>,
-    /// Content length, when known.
-    size: Option<u64>,
-    /// SHA-256 of the content, hex.
-    sha256: Option<String>,
-    /// Sender session and object number (`SESSION-OBJECT`), or the session alone.
-    object: Option<&'a str>,
-    /// Objects the record stands for (1 but for aggregate records of unnamed losses).
-    objects: u64,
-    /// Arrival of the object's first datagram.
-    first_datagram: Option<String>,
-    /// Arrival of the datagram that completed it.
-    last_datagram: Option<String>,
-    /// Data shards rebuilt from parity.
-    repaired: Option<u64>,
-    /// Why it was lost, superseded, removed, or what happened on the link.
-    reason: Option<String>,
-    /// Figures of a link event.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<serde_json::Value>,
-    /// SHA-256 (hex) of the previous record's line, without its newline.
-    prev: &'a str,
-}
-
 /// Object keys of recent records: a second outcome for one object (two threads deciding about it
 /// at once) is refused here, whatever the race.
 #[derive(Default)]
@@ -94,38 +58,8 @@ struct Recent {
 /// Objects remembered to refuse a second record.
 const RECENT_KEYS: usize = 65_536;
 
-/// The end of the chain: the last record's number and hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainEnd {
-    /// Its `seq` (0: no record yet).
-    pub seq: u64,
-    /// SHA-256 of its line, hex.
-    pub hash: String,
-}
-
 /// Recent outcomes kept for the live state.
 const RECENT_OUTCOMES: usize = 20;
-
-/// What the manifest recorded since start, for the live state and the status page.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-pub struct Tally {
-    /// Files published.
-    pub delivered: u64,
-    /// Their bytes.
-    pub delivered_bytes: u64,
-    /// Copies of files already published.
-    pub repeats: u64,
-    /// Objects lost (named or not).
-    pub lost: u64,
-    /// Data shards rebuilt from parity in published files.
-    pub repaired: u64,
-    /// Files removed by retention.
-    pub removed: u64,
-    /// The last published files: (time, path, size).
-    pub recent_files: VecDeque<(String, String, u64)>,
-    /// The last losses: (time, path or object, objects, reason).
-    pub recent_losses: VecDeque<(String, String, u64, String)>,
-}
 
 fn push_bounded<T>(q: &mut VecDeque<T>, item: T) {
     if q.len() == RECENT_OUTCOMES {
@@ -154,17 +88,8 @@ pub struct Manifest {
     dropped: AtomicU64,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// SHA-256 of a record line (without its newline), hex.
-pub fn line_hash(line: &[u8]) -> String {
-    hex(&Sha256::digest(line))
 }
 
 /// The manifest files of `dir`, oldest first.
@@ -208,19 +133,15 @@ impl Manifest {
     /// while the filesystem has less than `min_free / 2` bytes free.
     pub fn open(dir: &Path, min_free: u64) -> io::Result<Manifest> {
         fs::create_dir_all(dir)?;
-        let mut end = ChainEnd {
-            seq: 0,
-            hash: GENESIS.to_owned(),
-        };
+        let mut end = ChainEnd::genesis();
         let mut torn = 0;
         if let Some(last) = files(dir)?.pop() {
             let mut f = OpenOptions::new().read(true).write(true).open(&last)?;
             let (line, cut) = last_line(&mut f)?;
             torn = cut;
             if let Some(line) = line {
-                let seq = serde_json::from_slice::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v["seq"].as_u64())
+                let seq = Record::parse(&line)
+                    .map(|r| r.seq)
                     .ok_or_else(|| {
                         io::Error::other(format!(
                             "the last record of {} is not a manifest record: the chain cannot be continued (run verify-manifest)",
@@ -258,7 +179,7 @@ impl Manifest {
                 "the manifest's last record was cut by a crash: removed, and recorded"
             );
             m.event(
-                "torn",
+                Status::Torn,
                 None,
                 format!("a record cut by a crash ({torn} bytes) was removed at start"),
                 None,
@@ -314,13 +235,13 @@ impl Manifest {
     #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
-        status: &str,
+        status: Status,
         object: Option<&str>,
         objects: u64,
         file: (Option<&str>, Option<u64>, Option<String>),
         evidence: Option<&Evidence>,
         reason: Option<String>,
-        detail: Option<serde_json::Value>,
+        detail: Option<Detail>,
     ) {
         let mut guard = self.lock();
         let inner = &mut *guard;
@@ -355,22 +276,21 @@ impl Manifest {
                 ),
             }
         }
-        let prev = inner.end.hash.clone();
         let record = Record {
             seq: inner.end.seq + 1,
             time,
             status,
-            path: file.0,
+            path: file.0.map(str::to_owned),
             size: file.1,
             sha256: file.2,
-            object,
+            object: object.map(str::to_owned),
             objects,
             first_datagram: evidence.map(|e| rfc3339(e.first_datagram)),
             last_datagram: evidence.map(|e| rfc3339(e.last_datagram)),
             repaired: evidence.map(|e| e.repaired),
             reason,
             detail,
-            prev: &prev,
+            prev: inner.end.hash.clone(),
         };
         let mut line = match serde_json::to_vec(&record) {
             Ok(l) => l,
@@ -396,31 +316,31 @@ impl Manifest {
                 };
                 let t = &mut inner.tally;
                 match status {
-                    "delivered" => {
+                    Status::Delivered => {
                         t.delivered += 1;
                         t.delivered_bytes += record.size.unwrap_or(0);
                         t.repaired += record.repaired.unwrap_or(0);
                         push_bounded(
                             &mut t.recent_files,
-                            (
-                                record.time.clone(),
-                                record.path.unwrap_or("").to_owned(),
-                                record.size.unwrap_or(0),
-                            ),
+                            RecentFile {
+                                time: record.time.clone(),
+                                path: record.path.clone().unwrap_or_default(),
+                                size: record.size.unwrap_or(0),
+                            },
                         );
                     }
-                    "repeat" => t.repeats += 1,
-                    "removed" => t.removed += 1,
-                    "lost" => {
+                    Status::Repeat => t.repeats += 1,
+                    Status::Removed => t.removed += 1,
+                    Status::Lost => {
                         t.lost += objects;
                         push_bounded(
                             &mut t.recent_losses,
-                            (
-                                record.time.clone(),
-                                record.path.or(object).unwrap_or("").to_owned(),
+                            RecentLoss {
+                                time: record.time.clone(),
+                                what: record.path.or(record.object).unwrap_or_default(),
                                 objects,
-                                record.reason.clone().unwrap_or_default(),
-                            ),
+                                reason: record.reason.unwrap_or_default(),
+                            },
                         );
                     }
                     _ => {}
@@ -442,10 +362,10 @@ impl Manifest {
     /// Records a link or session event (`status` names it), with its figures.
     pub fn event(
         &self,
-        status: &str,
+        status: Status,
         session: Option<&str>,
         reason: String,
-        detail: Option<serde_json::Value>,
+        detail: Option<Detail>,
     ) {
         self.write(
             status,
@@ -461,7 +381,7 @@ impl Manifest {
     /// Records a published file removed from the share by retention.
     pub fn removed(&self, path: &str, size: u64, reason: String) {
         self.write(
-            "removed",
+            Status::Removed,
             None,
             0,
             (Some(path), Some(size), None),
@@ -481,13 +401,13 @@ impl Manifest {
         evidence: &Evidence,
     ) {
         let (status, reason) = match outcome {
-            Verified::Delivered => ("delivered", None),
+            Verified::Delivered => (Status::Delivered, None),
             Verified::Repeat => (
-                "repeat",
+                Status::Repeat,
                 Some("the share already holds this content under this path"),
             ),
             Verified::Superseded => (
-                "superseded",
+                Status::Superseded,
                 Some("newer content for this path was already published"),
             ),
         };
@@ -512,7 +432,7 @@ impl Manifest {
         reason: String,
     ) {
         self.write(
-            "lost",
+            Status::Lost,
             Some(object),
             objects,
             (path, size, None),

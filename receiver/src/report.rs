@@ -9,8 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use serde::Serialize;
 
+use checkvalve_formats::live;
+use checkvalve_formats::manifest::{Detail, Record, Status};
+
 use crate::audit;
-use crate::live;
 use crate::manifest::files;
 
 /// Report layout.
@@ -36,7 +38,7 @@ struct Lost {
 #[derive(Debug, Serialize)]
 struct LinkEvent {
     time: String,
-    event: String,
+    event: Status,
     reason: String,
 }
 
@@ -101,7 +103,7 @@ pub fn print(out: &Path, state: &Path, since: Option<Duration>, format: Format) 
                 )
             };
             if !l.stopped && fresh {
-                r.link = l.link.clone();
+                r.link = l.link.to_string();
                 r.link_since = l.link_since.clone();
             } else {
                 r.link = format!("unknown (receiver not running; last seen {})", l.link);
@@ -117,51 +119,54 @@ pub fn print(out: &Path, state: &Path, since: Option<Duration>, format: Format) 
     for file in files(&dir).unwrap_or_default() {
         let Ok(f) = File::open(&file) else { continue };
         for line in BufReader::new(f).lines().map_while(Result::ok) {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            let Some(v) = Record::parse(line.as_bytes()) else {
                 continue;
             };
-            let time = v["time"].as_str().unwrap_or_default().to_owned();
+            let time = v.time;
             if from_text.as_ref().is_some_and(|f| time < *f) {
                 continue;
             }
-            let text = |k: &str| v[k].as_str().map(str::to_owned);
-            let reason = text("reason").unwrap_or_default();
-            match v["status"].as_str().unwrap_or_default() {
-                "delivered" => {
+            let reason = v.reason.unwrap_or_default();
+            match v.status {
+                Status::Delivered => {
                     r.files_delivered += 1;
-                    r.bytes_delivered += v["size"].as_u64().unwrap_or(0);
-                    let repaired = v["repaired"].as_u64().unwrap_or(0);
+                    r.bytes_delivered += v.size.unwrap_or(0);
+                    let repaired = v.repaired.unwrap_or(0);
                     r.shards_repaired += repaired;
                     r.files_repaired += u64::from(repaired > 0);
                 }
-                "repeat" => r.repeats += 1,
-                "superseded" => r.superseded += 1,
-                "removed" => r.removed_by_retention += 1,
-                "lost" => {
-                    let objects = v["objects"].as_u64().unwrap_or(1);
-                    r.objects_lost += objects;
+                Status::Repeat => r.repeats += 1,
+                Status::Superseded => r.superseded += 1,
+                Status::Removed => r.removed_by_retention += 1,
+                Status::Lost => {
+                    r.objects_lost += v.objects;
                     r.lost.push(Lost {
                         time,
-                        path: text("path"),
-                        object: text("object"),
-                        objects,
+                        path: v.path,
+                        object: v.object,
+                        objects: v.objects,
                         reason,
                     });
                 }
-                "loss" => {
-                    r.datagrams_sent += v["detail"]["sent"].as_u64().unwrap_or(0);
-                    r.datagrams_received += v["detail"]["received"].as_u64().unwrap_or(0);
+                Status::Loss => {
+                    if let Some(Detail::Loss { sent, received, .. }) = v.detail {
+                        r.datagrams_sent += sent;
+                        r.datagrams_received += received;
+                    }
                 }
-                event @ ("link_down" | "link_up" | "sender_restart" | "session_start" | "torn") => {
-                    r.sender_restarts += u64::from(event == "sender_restart");
-                    r.link_downs += u64::from(event == "link_down");
+                event @ (Status::LinkDown
+                | Status::LinkUp
+                | Status::SenderRestart
+                | Status::SessionStart
+                | Status::Torn) => {
+                    r.sender_restarts += u64::from(event == Status::SenderRestart);
+                    r.link_downs += u64::from(event == Status::LinkDown);
                     r.link_events.push(LinkEvent {
                         time,
-                        event: event.to_owned(),
+                        event,
                         reason,
                     });
                 }
-                _ => {}
             }
         }
     }

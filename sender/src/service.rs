@@ -24,9 +24,9 @@ use crate::config::Config;
 use crate::kept::Kept;
 use crate::queue::Queue;
 use crate::spool::{Rules, Spools};
-use crate::status::Status;
 use crate::transmit::Shared;
 use crate::{QUEUED_BATCHES, produce, resolve, transmit};
+use checkvalve_formats::sender::Status;
 
 /// How often the spool thread looks again at files settling, and checks for news.
 const TICK: Duration = Duration::from_millis(250);
@@ -340,7 +340,7 @@ impl SpoolThread {
         self.status.datagrams = self.shared.datagrams.load(Ordering::Relaxed);
         self.status.send_errors = self.shared.errors.load(Ordering::Relaxed);
         self.status.channels = self.spools.backlog_by_channel(SystemTime::now());
-        match self.status.write(&state) {
+        match crate::status::write(&mut self.status, &state) {
             Ok(()) => self.status_failing = false,
             Err(e) if !self.status_failing => {
                 self.status_failing = true;

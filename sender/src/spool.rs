@@ -18,8 +18,8 @@ use crate::archive;
 use crate::config::{AfterSend, Channel, glob};
 use crate::kept::Kept;
 use crate::queue::Queue;
-use crate::status::{ChannelStatus, Counters};
 use crate::walk::Entry;
+use checkvalve_formats::sender::{ChannelStatus, Counters};
 
 /// Size and modification time: a file whose pair changed is a different file.
 pub type Fingerprint = (u64, SystemTime);
@@ -365,7 +365,8 @@ impl Spools {
                 self.later.push((now + self.repeat_spacing, next));
                 continue;
             }
-            self.counters.file_sent(q.fingerprint.0);
+            self.counters
+                .file_sent(&crate::archive::day(SystemTime::now()), q.fingerprint.0);
             self.queued_paths.remove(&q.path);
             let unchanged = fs::symlink_metadata(&q.path)
                 .ok()

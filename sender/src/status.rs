@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use checkvalve_formats::sender::{ChannelStatus, FILE, Problem, Status};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::Layer;
@@ -17,25 +17,11 @@ use crate::archive::day;
 use crate::config::{Config, glob};
 use crate::kept::Kept;
 
-/// File name of the status inside the state folder.
-pub const FILE: &str = "status.json";
-
 /// A status older than this, from a sender that did not say it stopped, means it died.
 const STALE: Duration = Duration::from_secs(10);
 
 /// The last warning or error logged, kept for the status file.
 static LAST_PROBLEM: Mutex<Option<Problem>> = Mutex::new(None);
-
-/// A warning or error logged by the service.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Problem {
-    /// When (RFC 3339, UTC).
-    pub time: String,
-    /// `WARN` or `ERROR`.
-    pub level: String,
-    /// The log line's message and fields.
-    pub message: String,
-}
 
 /// Keeps the last WARN or ERROR event for the status file.
 pub struct LastProblem;
@@ -78,106 +64,21 @@ impl<S: Subscriber> Layer<S> for LastProblem {
     }
 }
 
-/// Files and bytes sent (each file counted once, after its last copy), today and since the state
-/// folder was created.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Counters {
-    /// The UTC day `files_today` and `bytes_today` count.
-    pub day: String,
-    /// Files sent whole today.
-    pub files_today: u64,
-    /// Their content bytes.
-    pub bytes_today: u64,
-    /// Files sent whole in all.
-    pub files_total: u64,
-    /// Their content bytes.
-    pub bytes_total: u64,
-}
-
-impl Counters {
-    /// Counts a file of `bytes` sent whole.
-    pub fn file_sent(&mut self, bytes: u64) {
-        self.roll(SystemTime::now());
-        self.files_today += 1;
-        self.bytes_today += bytes;
-        self.files_total += 1;
-        self.bytes_total += bytes;
-    }
-
-    fn roll(&mut self, now: SystemTime) {
-        let today = day(now);
-        if self.day != today {
-            self.day = today;
-            self.files_today = 0;
-            self.bytes_today = 0;
-        }
-    }
-}
-
-/// A channel's queue in the status file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChannelStatus {
-    /// Channel name.
-    pub name: String,
-    /// Files waiting or in progress.
-    pub queued: usize,
-    /// Their bytes.
-    pub queued_bytes: u64,
-    /// The file waiting longest.
-    pub oldest: Option<PathBuf>,
-    /// How long it has waited, in seconds.
-    pub oldest_age_s: Option<u64>,
-}
-
-/// The status file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Status {
-    /// Process id of the sender that wrote it.
-    pub pid: u32,
-    /// Its session id (hex).
-    pub session: String,
-    /// When it started (RFC 3339).
-    pub started: String,
-    /// When this was written (RFC 3339).
-    pub updated: String,
-    /// The same, in seconds since the Unix epoch.
-    pub updated_unix: u64,
-    /// True once the sender stopped cleanly.
-    pub stopped: bool,
-    /// Sent counters.
-    pub sent: Counters,
-    /// Datagrams sent by this process, heartbeats included.
-    pub datagrams: u64,
-    /// Datagrams the kernel refused.
-    pub send_errors: u64,
-    /// Per channel.
-    pub channels: Vec<ChannelStatus>,
-    /// The last warning or error logged.
-    pub last_problem: Option<Problem>,
-}
-
-impl Status {
-    /// Fills the time and last problem and writes the status atomically into `state`.
-    pub fn write(&mut self, state: &Path) -> std::io::Result<()> {
-        let now = SystemTime::now();
-        self.sent.roll(now);
-        self.updated = humantime::format_rfc3339_seconds(now).to_string();
-        self.updated_unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        self.last_problem = LAST_PROBLEM
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-            .or_else(|| self.last_problem.take());
-        let tmp = state.join(format!("{FILE}.new"));
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-        fs::rename(&tmp, state.join(FILE))
-    }
-
-    /// The status last written into `state`, if any.
-    pub fn read(state: &Path) -> Option<Status> {
-        serde_json::from_slice(&fs::read(state.join(FILE)).ok()?).ok()
-    }
+/// Fills the time and last problem and writes `status` atomically into `state`.
+pub fn write(status: &mut Status, state: &Path) -> std::io::Result<()> {
+    let now = SystemTime::now();
+    status.sent.roll(&day(now));
+    status.updated = humantime::format_rfc3339_seconds(now).to_string();
+    status.updated_unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    status.last_problem = LAST_PROBLEM
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .or_else(|| status.last_problem.take());
+    let tmp = state.join(format!("{FILE}.new"));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?)?;
+    fs::rename(&tmp, state.join(FILE))
 }
 
 /// Prints the status of the sender configured by `cfg` (live queue from its spools) or of the one

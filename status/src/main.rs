@@ -5,7 +5,6 @@
 //! reads that file: nothing it receives changes anything, it serves no share contents, and it
 //! works with the receiver stopped (and says so).
 
-mod live;
 mod metrics;
 mod page;
 
@@ -46,7 +45,7 @@ struct Shared {
 /// The live state as the handlers see it: what the receiver last wrote, and whether it runs.
 pub struct View {
     /// The state, if the receiver ever wrote one.
-    pub live: Option<live::State>,
+    pub live: Option<checkvalve_formats::live::State>,
     /// The receiver wrote it within the last few seconds and did not stop.
     pub running: bool,
     /// Seconds since it was written.
@@ -54,7 +53,7 @@ pub struct View {
 }
 
 fn view(shared: &Shared) -> View {
-    let live = live::State::read(&shared.state);
+    let live = checkvalve_formats::live::State::read(&shared.state);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

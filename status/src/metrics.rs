@@ -45,7 +45,9 @@ pub fn render(view: &View) -> Result<String, std::fmt::Error> {
             &mut r,
             "link_up",
             "1 if datagrams arrive, 0 if the link is down or nothing was heard yet",
-            f64::from(u8::from(l.link == "up" && view.running)),
+            f64::from(u8::from(
+                l.link == checkvalve_formats::live::Link::Up && view.running,
+            )),
         );
         counter(
             &mut r,

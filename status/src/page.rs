@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::View;
-use crate::live::Sample;
+use checkvalve_formats::live::{Link, Sample};
 
 /// Colour of the throughput series (the page test looks for it in a screenshot).
 pub const THROUGHPUT_COLOUR: &str = "#1f6fd1";
@@ -180,11 +180,7 @@ figure{margin:.5em 0 1em}figcaption{font-weight:bold;margin-bottom:.2em}</style>
             esc(&l.updated)
         );
     }
-    let link = if view.running {
-        l.link.as_str()
-    } else {
-        "unknown"
-    };
+    let link = if view.running { l.link } else { Link::Unknown }.as_str();
     let _ = write!(
         h,
         r##"<p class="state {link}" id="link">Link: {}{}</p><p>Last heartbeat: {}</p>"##,
@@ -213,7 +209,7 @@ figure{margin:.5em 0 1em}figcaption{font-weight:bold;margin-bottom:.2em}</style>
         l.manifest_seq
     );
     // The samples of the last hour, and now.
-    let mut history = l.history.clone();
+    let mut history: Vec<Sample> = l.history.iter().cloned().collect();
     history.push(Sample {
         t: l.updated_unix,
         datagrams: l.datagrams,
@@ -231,7 +227,7 @@ figure{margin:.5em 0 1em}figcaption{font-weight:bold;margin-bottom:.2em}</style>
     let r = rates(&history);
     let end = l
         .history
-        .last()
+        .back()
         .map_or(l.updated_unix, |s| s.t.max(l.updated_unix));
     let thr: Vec<(u64, u64, f64)> = r.iter().map(|(a, b, m, _)| (*a, *b, *m)).collect();
     let loss: Vec<(u64, u64, f64)> = r.iter().map(|(a, b, _, x)| (*a, *b, *x)).collect();
@@ -252,13 +248,13 @@ figure{margin:.5em 0 1em}figcaption{font-weight:bold;margin-bottom:.2em}</style>
         end,
     ));
     h.push_str(r##"<h2>Recent files</h2><table id="files"><tr><th>time</th><th>path</th><th>size</th></tr>"##);
-    for (time, path, size) in t.recent_files.iter().rev() {
+    for f in t.recent_files.iter().rev() {
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(time),
-            esc(path),
-            bytes(*size)
+            esc(&f.time),
+            esc(&f.path),
+            bytes(f.size)
         );
     }
     h.push_str("</table>");
@@ -270,13 +266,14 @@ figure{margin:.5em 0 1em}figcaption{font-weight:bold;margin-bottom:.2em}</style>
     if t.recent_losses.is_empty() {
         h.push_str(r##"<tr><td colspan="4">none</td></tr>"##);
     }
-    for (time, what, objects, reason) in t.recent_losses.iter().rev() {
+    for l in t.recent_losses.iter().rev() {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{objects}</td><td>{}</td></tr>",
-            esc(time),
-            esc(what),
-            esc(reason)
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&l.time),
+            esc(&l.what),
+            l.objects,
+            esc(&l.reason)
         );
     }
     h.push_str("</table><p>The full record is the manifest; <code>checkvalve-receive report</code> prints it.</p></body></html>");

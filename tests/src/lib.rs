@@ -1,6 +1,7 @@
 //! End-to-end harness: builds and starts the real binaries on loopback, makes real trees of files,
 //! and stops everything it started, whatever happens to the test.
 
+pub use checkvalve_formats::manifest::{Record, Status};
 use std::fs;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -462,10 +463,10 @@ pub struct Outcome {
     /// Objects reported lost without a name (metadata not recovered, or nothing received).
     pub lost_unnamed: u64,
     /// Every outcome record, as parsed.
-    pub records: Vec<serde_json::Value>,
+    pub records: Vec<Record>,
     /// Link and session events (`link_down`, `link_up`, `session_start`, `sender_restart`,
     /// `loss`, `torn`) and retention removals, as parsed.
-    pub events: Vec<serde_json::Value>,
+    pub events: Vec<Record>,
     /// Object keys seen: a second record for one object is a bug.
     seen: std::collections::HashSet<String>,
 }
@@ -497,9 +498,9 @@ impl Outcome {
         // A record being appended right now may be seen half-written: only whole lines count.
         let whole = text.rfind('\n').map_or("", |end| &text[..end]);
         for line in whole.lines() {
-            let r: serde_json::Value = serde_json::from_str(line)
-                .unwrap_or_else(|e| panic!("manifest line {line:?} is not JSON: {e}"));
-            if let Some(object) = r["object"].as_str()
+            let r: Record = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("manifest line {line:?} is not a record: {e}"));
+            if let Some(object) = r.object.as_deref()
                 && object.contains('-')
             {
                 // Aggregate records name a session, and a session may have one per interval.
@@ -508,20 +509,13 @@ impl Outcome {
                     "two records for one object: {line}"
                 );
             }
-            let path = r["path"].as_str().map(str::to_owned);
-            match (r["status"].as_str(), path) {
-                (Some("delivered"), Some(p)) => o.delivered.push(p),
-                (Some("superseded"), Some(p)) => o.superseded.push(p),
-                (Some("repeat"), Some(p)) => o.repeats.push(p),
-                (Some("lost"), Some(p)) => o.lost_named.push(p),
-                (Some("lost"), None) => o.lost_unnamed += r["objects"].as_u64().expect("objects"),
-                (
-                    Some(
-                        "link_down" | "link_up" | "session_start" | "sender_restart" | "loss"
-                        | "torn" | "removed",
-                    ),
-                    _,
-                ) => {
+            match (r.status, r.path.clone()) {
+                (Status::Delivered, Some(p)) => o.delivered.push(p),
+                (Status::Superseded, Some(p)) => o.superseded.push(p),
+                (Status::Repeat, Some(p)) => o.repeats.push(p),
+                (Status::Lost, Some(p)) => o.lost_named.push(p),
+                (Status::Lost, None) => o.lost_unnamed += r.objects,
+                (s, _) if s.is_event() || s == Status::Removed => {
                     o.events.push(r);
                     continue;
                 }

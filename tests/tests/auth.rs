@@ -160,23 +160,19 @@ fn keyed_sender(
     checkvalve_tests::Proc::start(dir, tag, &bin("checkvalve-send"), &args)
 }
 
-/// A counter of the receiver's live state.
-fn live_count(out: &Path, name: &str) -> u64 {
-    let text = std::fs::read_to_string(out.join(".checkvalve/live.json")).unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v[name].as_u64())
-        .unwrap_or(0)
+/// The receiver's live state as last written (all zero before the first).
+fn live(out: &Path) -> checkvalve_formats::live::State {
+    checkvalve_formats::live::State::read(&out.join(".checkvalve")).unwrap_or_default()
 }
 
 fn refused(out: &Path) -> u64 {
-    live_count(out, "refused_auth")
+    live(out).refused_auth
 }
 
 /// Datagrams the receiver dropped and counted: refused by authentication, or shed unread while it
 /// was behind (parity only, spread out: counted as `dropped_behind`).
 fn dropped_and_counted(out: &Path) -> u64 {
-    refused(out) + live_count(out, "dropped_behind")
+    refused(out) + live(out).dropped_behind
 }
 
 fn wait_refused(out: &Path, at_least: u64) -> u64 {

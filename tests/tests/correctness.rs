@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use checkvalve_tests::{Proc, Rig, bin, digest_tree, make_tree, write_file};
+use checkvalve_tests::{Proc, Rig, Status, bin, digest_tree, make_tree, write_file};
 use sha2::{Digest, Sha256};
 
 fn hex(d: &[u8]) -> String {
@@ -57,9 +57,9 @@ fn a_file_appended_while_it_is_sent_is_never_published_mixed() {
     for r in outcome
         .records
         .iter()
-        .filter(|r| r["status"] == "delivered")
+        .filter(|r| r.status == Status::Delivered)
     {
-        assert_eq!(r["sha256"], hex(&final_digest));
+        assert_eq!(r.sha256, Some(hex(&final_digest)));
     }
     if status.success() {
         assert_eq!(outcome.delivered, ["growing/historian.log"], "{outcome:?}");
@@ -209,8 +209,9 @@ fn objects_in_progress_when_the_receiver_stops_are_recorded() {
     let outcome = rig.outcome();
     assert_eq!(outcome.lost_named, ["slow/big.bin"], "{outcome:?}");
     assert!(
-        outcome.records[0]["reason"]
-            .as_str()
+        outcome.records[0]
+            .reason
+            .as_deref()
             .is_some_and(|r| r.contains("receiver stopped")),
         "{outcome:?}"
     );

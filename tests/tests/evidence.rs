@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime};
 
-use checkvalve_tests::{Rig, bin, digest_tree, make_tree};
+use checkvalve_tests::{Rig, Status, bin, digest_tree, make_tree};
 
 fn receive_cmd(args: &[&str]) -> Output {
     std::process::Command::new(bin("checkvalve-receive"))
@@ -47,12 +47,12 @@ fn at_no_loss_the_manifest_lists_exactly_what_was_sent_and_any_edit_is_named() {
     assert_eq!(delivered, sent, "{outcome:?}");
     assert!(outcome.lost_named.is_empty() && outcome.lost_unnamed == 0);
     for r in &outcome.records {
-        assert!(r["sha256"].as_str().is_some_and(|d| d.len() == 64), "{r}");
+        assert!(r.sha256.as_ref().is_some_and(|d| d.len() == 64), "{r:?}");
         assert!(
-            r["first_datagram"].is_string() && r["last_datagram"].is_string(),
-            "{r}"
+            r.first_datagram.is_some() && r.last_datagram.is_some(),
+            "{r:?}"
         );
-        assert_eq!(r["repaired"], 0, "nothing lost, nothing repaired: {r}");
+        assert_eq!(r.repaired, Some(0), "nothing lost, nothing repaired: {r:?}");
     }
     assert!(rig.receiver.stop().success());
     let out = rig.out.display().to_string();
@@ -212,33 +212,29 @@ fn link_down_link_up_and_a_sender_restart_are_recorded_as_they_happen() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let down = loop {
         let o = rig.outcome();
-        if let Some(e) = o.events.iter().find(|e| e["status"] == "link_down") {
+        if let Some(e) = o.events.iter().find(|e| e.status == Status::LinkDown) {
             break e.clone();
         }
         assert!(Instant::now() < deadline, "no link_down: {:?}", o.events);
         std::thread::sleep(Duration::from_millis(100));
     };
-    let at = humantime::parse_rfc3339_weak(down["time"].as_str().expect("time")).expect("rfc3339");
+    let at = humantime::parse_rfc3339_weak(&down.time).expect("rfc3339");
     let after = at.duration_since(stopped_at).unwrap_or_default();
     // Threshold (2 s) plus one heartbeat period (1 s).
     assert!(
         after <= Duration::from_secs(3),
-        "link down after {after:?}: {down}"
+        "link down after {after:?}: {down:?}"
     );
     let mut second = start("sender-2");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let o = rig.outcome();
-        let kinds: Vec<&str> = o
-            .events
-            .iter()
-            .filter_map(|e| e["status"].as_str())
-            .collect();
-        if kinds.contains(&"sender_restart")
-            && kinds.iter().filter(|k| **k == "link_up").count() >= 2
+        let kinds: Vec<Status> = o.events.iter().map(|e| e.status).collect();
+        if kinds.contains(&Status::SenderRestart)
+            && kinds.iter().filter(|k| **k == Status::LinkUp).count() >= 2
         {
-            assert_eq!(kinds.first(), Some(&"link_up"), "{kinds:?}");
-            assert!(kinds.contains(&"session_start"), "{kinds:?}");
+            assert_eq!(kinds.first(), Some(&Status::LinkUp), "{kinds:?}");
+            assert!(kinds.contains(&Status::SessionStart), "{kinds:?}");
             break;
         }
         assert!(Instant::now() < deadline, "events: {kinds:?}");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use checkvalve_common::interleave::{InterleaveParams, Interleaver};
 use checkvalve_common::meta::{Head, ObjectKind};
 use checkvalve_common::object::{FecParams, ObjectEncoder};
-use checkvalve_tests::{Rig, digest_tree, make_tree};
+use checkvalve_tests::{Rig, Status, digest_tree, make_tree};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -201,8 +201,8 @@ fn a_full_disk_costs_only_the_files_that_do_not_fit() {
     let reasons: Vec<&str> = outcome
         .records
         .iter()
-        .filter(|r| r["status"] == "lost")
-        .filter_map(|r| r["reason"].as_str())
+        .filter(|r| r.status == Status::Lost)
+        .filter_map(|r| r.reason.as_deref())
         .collect();
     assert!(
         reasons.iter().all(|r| r.contains("not enough disk space")),

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use checkvalve_tests::{Outcome, write_file};
+use checkvalve_tests::{Outcome, Status, write_file};
 use clap::Parser;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -289,14 +289,14 @@ fn run_case(b: &Bins, work: &Path, case: &Case) -> String {
     let intact = o.delivered.len() == want.len()
         && o.records
             .iter()
-            .filter(|r| r["status"] == "delivered")
+            .filter(|r| r.status == Status::Delivered)
             .all(|r| {
-                let path = r["path"].as_str().unwrap_or_default();
+                let path = r.path.as_deref().unwrap_or_default();
                 let hex: String = want
                     .get(path)
                     .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
                     .unwrap_or_default();
-                r["sha256"].as_str() == Some(hex.as_str())
+                r.sha256.as_deref() == Some(hex.as_str())
             });
     let datagrams = last_count(&slog, " done ", "datagrams");
     let stat = |name: &str| last_count(&rlog, " stats ", name);

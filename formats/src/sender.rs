@@ -1,0 +1,109 @@
+//! The sender service's status file (`STATE/status.json`), replaced atomically every second:
+//! read by `checkvalve-send status` (no running sender needed) and by monitoring.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// File name of the status inside the sender's state folder.
+pub const FILE: &str = "status.json";
+
+/// A warning or error logged by the service.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Problem {
+    /// When (RFC 3339, UTC).
+    pub time: String,
+    /// `WARN` or `ERROR`.
+    pub level: String,
+    /// The log line's message and fields.
+    pub message: String,
+}
+
+/// Files and bytes sent (each file counted once, after its last copy), today and since the state
+/// folder was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    /// The UTC day `files_today` and `bytes_today` count.
+    pub day: String,
+    /// Files sent whole today.
+    pub files_today: u64,
+    /// Their content bytes.
+    pub bytes_today: u64,
+    /// Files sent whole in all.
+    pub files_total: u64,
+    /// Their content bytes.
+    pub bytes_total: u64,
+}
+
+impl Counters {
+    /// Counts a file of `bytes` sent whole on the UTC day `today`.
+    pub fn file_sent(&mut self, today: &str, bytes: u64) {
+        self.roll(today);
+        self.files_today += 1;
+        self.bytes_today += bytes;
+        self.files_total += 1;
+        self.bytes_total += bytes;
+    }
+
+    /// Starts a new day's counts if `today` is not the day counted.
+    pub fn roll(&mut self, today: &str) {
+        if self.day != today {
+            self.day = today.to_owned();
+            self.files_today = 0;
+            self.bytes_today = 0;
+        }
+    }
+}
+
+/// A channel's queue in the status file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChannelStatus {
+    /// Channel name.
+    pub name: String,
+    /// Files waiting or in progress.
+    pub queued: usize,
+    /// Their bytes.
+    pub queued_bytes: u64,
+    /// The file waiting longest.
+    pub oldest: Option<PathBuf>,
+    /// How long it has waited, in seconds.
+    pub oldest_age_s: Option<u64>,
+}
+
+/// The status file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Status {
+    /// Process id of the sender that wrote it.
+    pub pid: u32,
+    /// Its session id (hex).
+    pub session: String,
+    /// When it started (RFC 3339).
+    pub started: String,
+    /// When this was written (RFC 3339).
+    pub updated: String,
+    /// The same, in seconds since the Unix epoch.
+    pub updated_unix: u64,
+    /// True once the sender stopped cleanly.
+    pub stopped: bool,
+    /// Sent counters.
+    pub sent: Counters,
+    /// Datagrams sent by this process, heartbeats included.
+    pub datagrams: u64,
+    /// Datagrams the kernel refused.
+    pub send_errors: u64,
+    /// Per channel.
+    pub channels: Vec<ChannelStatus>,
+    /// The last warning or error logged.
+    pub last_problem: Option<Problem>,
+}
+
+impl Status {
+    /// The status last written into the state folder `state`, if any.
+    pub fn read(state: &Path) -> Option<Status> {
+        serde_json::from_slice(&std::fs::read(state.join(FILE)).ok()?).ok()
+    }
+}
