@@ -18,11 +18,10 @@ mod retention;
 mod share;
 mod writer;
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -152,14 +151,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    checkvalve_host::logging::init(checkvalve_host::logging::LogFormat::Human);
     let args = Args::parse();
     let result = match &args.command {
         Some(command) => run_command(command),
@@ -282,18 +274,8 @@ fn run_command(command: &Command) -> Result<ExitCode> {
     }
 }
 
-fn resolve(s: &str) -> Result<SocketAddr> {
-    if let Ok(addr) = s.parse() {
-        return Ok(addr);
-    }
-    s.to_socket_addrs()
-        .with_context(|| format!("cannot resolve {s:?}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{s:?} resolves to no address"))
-}
-
 fn run(args: Settings, no_seccomp: bool) -> Result<()> {
-    let bind = resolve(&args.bind)?;
+    let bind = checkvalve_host::resolve(&args.bind)?;
     let (share, stale) = share::Share::open(&args.out, args.state.as_deref())
         .with_context(|| format!("cannot use output folder {}", args.out.display()))?;
     let share = Arc::new(share);
@@ -342,11 +324,7 @@ fn run(args: Settings, no_seccomp: bool) -> Result<()> {
             ),
         }
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .context("cannot install signal handler")?;
-    }
+    let stop = checkvalve_host::signals::stop_flag().context("cannot install signal handler")?;
 
     let signals = Arc::new(net::Signals::new(checkvalve_common::shed::ASSUMED_LOSS));
     let chunks = (queue_bytes / net::CHUNK_BYTES).max(2);

@@ -14,13 +14,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use checkvalve_common::{shed, wire};
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, getsockopt, recvmsg, setsockopt, sockopt};
+use checkvalve_host::udp::{self, MAX_UDP};
+use nix::sys::socket::MsgFlags;
 use tracing::{info, warn};
 
 use crate::ratelimit::Limiter;
 
-/// Largest UDP payload.
-const MAX_UDP: usize = 65_535;
 /// Bytes of one chunk buffer: room for hundreds of ordinary datagrams per hand-off.
 pub const CHUNK_BYTES: usize = 512 << 10;
 
@@ -126,22 +125,13 @@ pub fn bind(addr: SocketAddr, want_rcvbuf: usize) -> Result<(UdpSocket, SocketAd
     let socket = UdpSocket::bind(addr).with_context(|| format!("cannot bind {addr}"))?;
     let local = socket.local_addr()?;
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-    // SO_RCVBUFFORCE (CAP_NET_ADMIN) may exceed net.core.rmem_max; otherwise the request is capped.
-    if setsockopt(&socket, sockopt::RcvBufForce, &want_rcvbuf).is_err() {
-        let _ = setsockopt(&socket, sockopt::RcvBuf, &want_rcvbuf);
-    }
-    // Generic receive offload: the kernel hands over runs of same-sized datagrams as one buffer,
-    // one system call for up to 64 of them. Without it, one datagram per call as before.
-    if setsockopt(&socket, sockopt::UdpGroSegment, &true).is_err() {
+    let granted = udp::buffers::grow_receive_buffer(&socket, want_rcvbuf);
+    if !udp::gro::enable_receive_offload(&socket) {
         info!("UDP receive offload unavailable: one datagram per system call");
     }
-    // The kernel then tells, with every datagram, how many times it dropped at this socket so
-    // far (a coalesced run of datagrams counts once, as in `RcvbufErrors`).
-    if setsockopt(&socket, sockopt::RxqOvfl, &1).is_err() {
+    if !udp::gro::enable_drop_counter(&socket) {
         info!("socket drop counter unavailable: the kernel's drops are not reported");
     }
-    // Linux reports twice the usable size it granted.
-    let granted = getsockopt(&socket, sockopt::RcvBuf).unwrap_or(0) / 2;
     if granted < want_rcvbuf {
         warn!(
             granted,
@@ -153,31 +143,6 @@ pub fn bind(addr: SocketAddr, want_rcvbuf: usize) -> Result<(UdpSocket, SocketAd
         info!(bytes = granted, "receive buffer");
     }
     Ok((socket, local))
-}
-
-/// Receives one datagram, or one coalesced run of them, into `buf`; returns its length, the
-/// segment size when the kernel coalesced several, and the socket's drop count when it said.
-fn receive(
-    fd: std::os::fd::RawFd,
-    buf: &mut [u8],
-    flags: MsgFlags,
-    cmsg: &mut [u8],
-) -> nix::Result<(usize, Option<usize>, Option<u32>)> {
-    let mut iov = [std::io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(fd, &mut iov, Some(cmsg), flags)?;
-    let (mut segment, mut drops) = (None, None);
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            match c {
-                ControlMessageOwned::UdpGroSegments(size) => {
-                    segment = usize::try_from(size).ok().filter(|s| *s > 0);
-                }
-                ControlMessageOwned::RxqOvfl(n) => drops = Some(n),
-                _ => {}
-            }
-        }
-    }
-    Ok((msg.bytes, segment, drops))
 }
 
 /// What the net thread and the receive loop tell each other besides the chunks.
@@ -233,7 +198,7 @@ pub fn drain(
     let fd = socket.as_raw_fd();
     let mut behind = Limiter::new(Duration::from_secs(10), 1);
     let mut spare = None;
-    let mut cmsg = nix::cmsg_space!(i32, u32);
+    let mut cmsg = udp::gro::control_buffer();
     while !stop.load(Ordering::Relaxed) {
         let next = match spare.take() {
             Some(c) => Ok(c),
@@ -263,21 +228,19 @@ pub fn drain(
             } else {
                 MsgFlags::MSG_DONTWAIT
             };
-            match receive(fd, &mut chunk.buf[chunk.len..], flags, &mut cmsg) {
-                Ok((n, segment, drops)) => {
-                    if let Some(d) = drops {
+            match udp::gro::receive(fd, &mut chunk.buf[chunk.len..], flags, &mut cmsg) {
+                Ok(got) => {
+                    if let Some(d) = got.drops {
                         signals
                             .kernel_overflows
                             .store(u64::from(d), Ordering::Relaxed);
                     }
                     let start = chunk.len;
-                    chunk.len += n;
-                    // A coalesced buffer holds datagrams of `segment` bytes, the last shorter.
+                    chunk.len += got.len;
                     let in_use = queued.load(Ordering::Acquire);
                     let loss_ppm = signals.link_loss_ppm.load(Ordering::Relaxed);
-                    let mut at = start;
-                    while at < chunk.len {
-                        let end = (at + segment.unwrap_or(n).max(1)).min(chunk.len);
+                    for (at, end) in got.datagrams() {
+                        let (at, end) = (start + at, start + end);
                         if early.drop(&chunk.buf[at..end], in_use, total, loss_ppm) {
                             let all = signals.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                             if let Some(suppressed) = behind.allow() {
@@ -292,7 +255,6 @@ pub fn drain(
                         } else {
                             chunk.ranges.push((at, end));
                         }
-                        at = end;
                     }
                 }
                 Err(nix::errno::Errno::EINTR) => continue,

@@ -13,7 +13,7 @@ mod status;
 mod transmit;
 mod walk;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -25,11 +25,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use checkvalve_common::interleave::InterleaveParams;
 use checkvalve_common::object::FecParams;
 use checkvalve_common::units::{parse_duration, parse_rate};
+use checkvalve_host::logging::LogFormat;
 use clap::Parser;
 use tracing::{error, info, warn};
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// Datagram bytes an interleaving group holds by default.
 const GROUP_BYTES: usize = 8 << 20;
@@ -152,30 +150,9 @@ impl FromStr for FecSpec {
     }
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    /// One line of text per event.
-    Human,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let fmt = match args.log_format {
-        LogFormat::Human => fmt
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .boxed(),
-        LogFormat::Json => fmt.json().boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
-        .with(status::LastProblem)
-        .init();
+    checkvalve_host::logging::init_with(args.log_format, status::LastProblem);
     match run(args) {
         Ok(code) => code,
         Err(e) => {
@@ -216,15 +193,9 @@ pub(crate) fn confine_files(writable: &[PathBuf], readable: &[PathBuf]) {
     }
 }
 
-/// Resolves `--to` once, at start: an IP literal needs no name lookup at all.
+/// Resolves `--to` once, at start.
 pub(crate) fn resolve(to: &str) -> Result<SocketAddr> {
-    if let Ok(addr) = to.parse() {
-        return Ok(addr);
-    }
-    to.to_socket_addrs()
-        .with_context(|| format!("cannot resolve {to:?}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{to:?} resolves to no address"))
+    Ok(checkvalve_host::resolve(to)?)
 }
 
 fn parse_span(s: &str) -> Result<u64, String> {
@@ -349,7 +320,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let readable: Vec<PathBuf> = args.paths.iter().filter(|p| p.exists()).cloned().collect();
     confine_files(&[], &readable);
     let session = who.session;
-    let stop = transmit::stop_flag()?;
+    let stop = checkvalve_host::signals::stop_flag().context("cannot install signal handler")?;
     info!(
         session = format_args!("{session:016x}"),
         %to,

@@ -51,7 +51,7 @@ pub fn run(
     }
     let who = crate::keys::identity(cfg.state.as_deref(), key.as_ref(), cfg.encrypt);
     let session = who.session;
-    let stop = transmit::stop_flag()?;
+    let stop = checkvalve_host::signals::stop_flag().context("cannot install signal handler")?;
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
         .context("cannot install the SIGHUP handler")?;

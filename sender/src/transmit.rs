@@ -6,16 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use std::io::IoSlice;
-use std::os::fd::AsRawFd;
-
 use anyhow::{Context, Result};
 use checkvalve_common::auth::Sealer;
 use checkvalve_common::interleave::{Batch, Spares};
 use checkvalve_common::pacer::Pacer;
 use checkvalve_common::wire::Heartbeat;
-use nix::errno::Errno;
-use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
+use checkvalve_host::udp;
 use tracing::{debug, info, warn};
 
 use crate::keys::Identity;
@@ -212,7 +208,7 @@ impl Transmitter {
         self.wait_for_pacer();
         if count > 1 && self.gso {
             let now = Instant::now();
-            match self.gso_send(bytes, seg) {
+            match udp::gso::send_segments(&self.socket, self.to, bytes, seg) {
                 Ok(()) => {
                     for d in bytes.chunks(seg) {
                         self.pacer.on_send(now, d.len());
@@ -220,7 +216,7 @@ impl Transmitter {
                     self.count(count as u64, bytes.len() as u64);
                     return;
                 }
-                Err(e @ (Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP)) => {
+                Err(e) if udp::gso::unsupported(e) => {
                     warn!(
                         "UDP segmentation offload unavailable ({e}): sending datagrams one by one"
                     );
@@ -235,21 +231,6 @@ impl Transmitter {
         for d in bytes.chunks(seg) {
             self.raw_send(d);
         }
-    }
-
-    fn gso_send(&self, bytes: &[u8], seg: usize) -> nix::Result<()> {
-        let seg = u16::try_from(seg).map_err(|_| Errno::EINVAL)?;
-        let iov = [IoSlice::new(bytes)];
-        let cmsg = [ControlMessage::UdpGsoSegments(&seg)];
-        let to = SockaddrStorage::from(self.to);
-        sendmsg(
-            self.socket.as_raw_fd(),
-            &iov,
-            &cmsg,
-            MsgFlags::empty(),
-            Some(&to),
-        )
-        .map(|_| ())
     }
 
     fn wait_for_pacer(&mut self) {
@@ -309,14 +290,4 @@ impl Transmitter {
             self.warned = true;
         }
     }
-}
-
-/// Keeps `stop` shared with signal handlers.
-pub fn stop_flag() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .context("cannot install signal handler")?;
-    }
-    Ok(stop)
 }

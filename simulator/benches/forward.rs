@@ -36,7 +36,7 @@ fn main() {
     sink.set_read_timeout(Some(Duration::from_millis(500)))
         .expect("timeout");
     // The sink is the instrument: it must not be the one dropping.
-    checkvalve_sim::socket::grow_receive_buffer(&sink, 256 << 20);
+    checkvalve_host::udp::buffers::grow_receive_buffer(&sink, 256 << 20);
     let sim_port = UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("port")

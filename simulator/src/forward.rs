@@ -1,6 +1,7 @@
 //! The forwarding loop: the only I/O around the link model. The listening socket only receives;
 //! the forwarding socket only sends.
 
+use checkvalve_host::udp;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -51,8 +52,9 @@ impl Forwarder {
     pub fn bind(options: Options) -> Result<Forwarder> {
         let inbound = UdpSocket::bind(options.bind)
             .with_context(|| format!("cannot bind {}", options.bind))?;
-        crate::socket::grow_receive_buffer(&inbound, 64 << 20);
-        crate::socket::enable_receive_offload(&inbound);
+        // A large buffer, so the simulator adds no loss that the model did not decide.
+        udp::buffers::grow_receive_buffer(&inbound, 64 << 20);
+        udp::gro::enable_receive_offload(&inbound);
         let local: SocketAddr = if options.to.is_ipv4() {
             "0.0.0.0:0".parse()?
         } else {
@@ -95,8 +97,8 @@ impl Forwarder {
         };
         let fd = self.inbound.as_raw_fd();
         let mut buf = vec![0u8; 65_535];
-        let mut cmsg = nix::cmsg_space!(i32);
-        let mut out = crate::socket::Outgoing::default();
+        let mut cmsg = udp::gro::control_buffer();
+        let mut out = udp::gso::Run::default();
         let mut pool: Vec<Vec<u8>> = Vec::new();
         let mut timeout = Duration::ZERO;
         let mut send_errors = 0u64;
@@ -116,15 +118,14 @@ impl Forwarder {
             // The first read waits; the rest take only what is already queued.
             let mut flags = MsgFlags::empty();
             for _ in 0..BATCH {
-                match crate::socket::receive(fd, &mut buf, flags, &mut cmsg) {
-                    Ok((n, segment)) => {
-                        // A coalesced buffer holds datagrams of `segment` bytes, the last shorter:
-                        // the link model sees each datagram on its own.
+                match udp::gro::receive(fd, &mut buf, flags, &mut cmsg) {
+                    Ok(got) => {
+                        // The link model sees each datagram of a coalesced run on its own.
                         let now = Instant::now();
-                        for part in buf[..n].chunks(segment.unwrap_or(n).max(1)) {
+                        for (start, end) in got.datagrams() {
                             let mut d = pool.pop().unwrap_or_default();
                             d.clear();
-                            d.extend_from_slice(part);
+                            d.extend_from_slice(&buf[start..end]);
                             link.push(now, d);
                         }
                     }

@@ -7,7 +7,6 @@ pub mod pcap;
 pub mod plot;
 pub mod report;
 pub mod scenario;
-pub mod socket;
 pub mod sweep;
 
 /// The quantity parsers shared with the sender and receiver.

@@ -1,11 +1,9 @@
 //! `checkvalve-sim`: forwards datagrams one way through a seeded model of a lossy link, and runs
 //! sweeps of the real sender and receiver through it.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -165,14 +163,7 @@ fn outage(s: &str) -> Result<(Duration, Duration), String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    checkvalve_host::logging::init(checkvalve_host::logging::LogFormat::Human);
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Sweep(args)) => run_sweep(args),
@@ -188,10 +179,7 @@ fn main() -> ExitCode {
 }
 
 fn resolve(s: &str) -> Result<SocketAddr> {
-    s.to_socket_addrs()
-        .with_context(|| format!("cannot resolve {s:?}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{s:?} resolves to no address"))
+    Ok(checkvalve_host::resolve(s)?)
 }
 
 fn schedule(a: &LinkArgs) -> Result<(Schedule, Option<u64>)> {
@@ -248,11 +236,7 @@ fn run_link(a: LinkArgs) -> Result<()> {
         stats_every: (!a.stats_interval.is_zero()).then_some(a.stats_interval),
         stats_json: a.stats_json,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .context("cannot install signal handler")?;
-    }
+    let stop = checkvalve_host::signals::stop_flag().context("cannot install signal handler")?;
     let phases: Vec<String> = options
         .schedule
         .phases
