@@ -58,6 +58,12 @@ impl LinkMonitor {
         }
     }
 
+    /// When the link will be declared silent if nothing arrives meanwhile (`None` while it is not
+    /// up).
+    pub fn silent_at(&self) -> Option<Instant> {
+        self.last_rx.filter(|_| self.up).map(|t| t + self.silence)
+    }
+
     /// True while datagrams arrive.
     pub fn is_up(&self) -> bool {
         self.up

@@ -6,7 +6,7 @@
 
 use std::mem::size_of;
 
-use super::Object;
+use super::object::Object;
 use super::block::Pending;
 
 /// Bytes of one entry of a `RangeMap`, its share of a B-tree node included.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::ranges::RangeMap;
 use crate::wire::Heartbeat;
 
-use super::Object;
+use super::object::Object;
 
 /// Most disjoint ranges of finished objects remembered per session; beyond it the lowest ones are
 /// folded into a floor below which every object counts as finished.

@@ -1,0 +1,63 @@
+//! Losses: an object given up and every gap in a session's numbering are reported, so that
+//! everything heard gets an outcome.
+
+use super::engine::Shared;
+use super::session::Session;
+use super::types::{Abandon, Event, ObjectKey};
+
+impl Shared<'_> {
+    pub(crate) fn missing(&mut self, session: u64, gaps: Vec<(u64, u64)>) {
+        for (first, end) in gaps {
+            self.counters.objects_lost = self.counters.objects_lost.saturating_add(end - first);
+            self.events.push_back(Event::Missing {
+                session,
+                first,
+                last: end - 1,
+            });
+        }
+    }
+    /// Reports every object of session `sid` still in progress lost for `reason`, and every gap
+    /// in its numbering missing.
+    pub(crate) fn close_all(&mut self, sid: u64, s: &mut Session, reason: Abandon) {
+        let mut open: Vec<u64> = s.objects.keys().copied().collect();
+        open.sort_unstable();
+        for object in open {
+            let key = ObjectKey {
+                session: sid,
+                object,
+            };
+            self.lose(s, key, Some(reason.clone()));
+        }
+        let gaps: Vec<(u64, u64)> = s
+            .gaps
+            .drain_where(|_| true)
+            .into_iter()
+            .map(|(first, end, _)| (first, end))
+            .collect();
+        for &(first, end) in &gaps {
+            s.finished.insert(first, end);
+        }
+        self.missing(sid, gaps);
+    }
+    /// Drops an object's state and reports it lost.
+    pub(crate) fn lose(&mut self, s: &mut Session, key: ObjectKey, reason: Option<Abandon>) {
+        let Some(obj) = s.objects.remove(&key.object) else {
+            return;
+        };
+        s.finished.insert(key.object, key.object.saturating_add(1));
+        let total = obj.geometry.block_count();
+        let reason = reason.unwrap_or(Abandon::Timeout {
+            blocks_missing: total.saturating_sub(obj.done_count),
+            blocks_total: total,
+        });
+        let path = obj.head.as_ref().map(|h| h.path.clone());
+        self.free_object(s, obj);
+        self.counters.objects_lost = self.counters.objects_lost.saturating_add(1);
+        self.events.push_back(Event::Abandoned {
+            key,
+            path,
+            reason,
+            sender_heard: s.heartbeat.is_some(),
+        });
+    }
+}
