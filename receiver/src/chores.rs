@@ -1,25 +1,24 @@
 //! The receive loop's chores that wait on the disk (the live state file, the replay state of
-//! authentication, the manifest's sync), run on a thread of their own.
+//! authentication, the manifest's sync), done on a thread of their own ([`crate::pipeline`]).
 //!
 //! Replacing a file by a rename makes ext4 flush the new one first (`auto_da_alloc`): 1.5 ms
 //! (median) here, up to 43 ms while the share was being written; a sync waits longer. The receive
 //! loop, which must drain the socket before the kernel drops what it cannot hold, only queues them.
 
-use std::sync::mpsc::{SyncSender, TrySendError};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
-use tracing::{error, warn};
+use tracing::error;
 
-type Chore = Box<dyn FnOnce() + Send>;
+/// A chore: a closure that waits on the disk.
+pub type Chore = Box<dyn FnOnce() + Send>;
 
 /// Chores queued at most: each is done about once a second, so more would only pile up stale
 /// ones behind a stalled disk.
-const QUEUED: usize = 4;
+pub const QUEUED: usize = 4;
 
-/// The chores' thread.
-pub struct Chores {
-    queue: Queue,
-    thread: Option<JoinHandle<()>>,
+/// Does chores until every [`Queue`] is dropped.
+pub fn run(rx: Receiver<Chore>) {
+    rx.into_iter().for_each(|chore| chore());
 }
 
 /// Where chores are queued from.
@@ -29,45 +28,13 @@ pub struct Queue {
     tx: Option<SyncSender<Chore>>,
 }
 
-impl Chores {
-    /// Starts the thread; if it cannot start, chores are done by whoever queues them.
-    pub fn start() -> Chores {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Chore>(QUEUED);
-        match std::thread::Builder::new()
-            .name("chores".into())
-            .spawn(move || rx.into_iter().for_each(|chore| chore()))
-        {
-            Ok(thread) => Chores {
-                queue: Queue { tx: Some(tx) },
-                thread: Some(thread),
-            },
-            Err(e) => {
-                warn!(
-                    "cannot start the thread for state files (the receive loop writes them): {e}"
-                );
-                Chores {
-                    queue: Queue { tx: None },
-                    thread: None,
-                }
-            }
-        }
-    }
-
-    /// A queue for the thread.
-    pub fn queue(&self) -> Queue {
-        self.queue.clone()
-    }
-
-    /// Waits for every chore queued (by every [`Queue`], which must all be dropped by now).
-    pub fn finish(self) {
-        drop(self.queue);
-        if let Some(t) = self.thread {
-            let _ = t.join();
-        }
-    }
-}
-
 impl Queue {
+    /// A queue into the chores' thread; `None` if it could not start (chores are then done by
+    /// whoever queues them).
+    pub fn new(tx: Option<SyncSender<Chore>>) -> Queue {
+        Queue { tx }
+    }
+
     /// Queues `chore`; false, and nothing done, if the thread is still busy with earlier ones.
     pub fn try_run(&self, chore: impl FnOnce() + Send + 'static) -> bool {
         let Some(tx) = &self.tx else {
@@ -105,8 +72,9 @@ mod tests {
 
     #[test]
     fn chores_are_done_in_order_and_a_busy_thread_refuses_more_instead_of_blocking() {
-        let chores = Chores::start();
-        let q = chores.queue();
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUED);
+        let chores = std::thread::spawn(move || run(rx));
+        let q = Queue::new(Some(tx));
         let done = Arc::new(Mutex::new(Vec::new()));
         let (hold, held) = std::sync::mpsc::channel::<()>();
         // The first chore waits until released; the queue then fills.
@@ -128,7 +96,7 @@ mod tests {
         let d = Arc::clone(&done);
         q.run(move || d.lock().unwrap().push(99));
         drop(q);
-        chores.finish();
+        chores.join().unwrap();
         let done = done.lock().unwrap().clone();
         assert_eq!(done.last(), Some(&99), "the waiting chore runs last");
         assert_eq!(done.len(), accepted + 1);

@@ -9,6 +9,8 @@ mod keys;
 mod live;
 mod manifest;
 mod net;
+mod outcome;
+mod pipeline;
 mod publish;
 mod ratelimit;
 mod rebuild;
@@ -20,21 +22,14 @@ mod writer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
-use checkvalve_common::assembler::{Assembler, AssemblerConfig};
+use anyhow::{Result, anyhow};
 use checkvalve_common::units::{parse_duration, parse_percent, parse_size};
 use clap::Parser;
 use tracing::{error, info};
 
 use crate::config::{Retention, Settings, defaults};
-
-/// A block of decoded content at the default shape (64 x 1,400 bytes, rounded up): the unit in
-/// which the writer's queue is sized.
-pub(crate) const WRITE_UNIT: usize = 128 << 10;
 
 /// Receive files from a one-way link into an output folder (the share), with a hash-chained
 /// manifest of everything that crossed or did not.
@@ -161,7 +156,7 @@ fn main() -> ExitCode {
                 info!("configuration is usable");
                 Ok(ExitCode::SUCCESS)
             }
-            Some(s) => run(s, args.no_seccomp).map(|()| ExitCode::SUCCESS),
+            Some(s) => pipeline::run(s, args.no_seccomp).map(|()| ExitCode::SUCCESS),
         }),
     };
     match result {
@@ -271,194 +266,5 @@ fn run_command(command: &Command) -> Result<ExitCode> {
             report::print(&out, &state, *since, *format)?;
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-fn run(args: Settings, no_seccomp: bool) -> Result<()> {
-    let bind = checkvalve_host::resolve(&args.bind)?;
-    let (share, stale) = share::Share::open(&args.out, args.state.as_deref())
-        .with_context(|| format!("cannot use output folder {}", args.out.display()))?;
-    let share = Arc::new(share);
-    if stale > 0 {
-        info!(
-            count = stale,
-            "removed unfinished temporary files from a previous run"
-        );
-    }
-    let manifest_path = share.state().join("manifest");
-    let manifest = Arc::new(
-        manifest::Manifest::open(&manifest_path, args.min_free)
-            .with_context(|| format!("cannot open manifest {}", manifest_path.display()))?,
-    );
-    raise_fd_limit();
-    let writable = [share.root().to_path_buf(), share.state().to_path_buf()];
-    match checkvalve_confine::filesystem(&writable, None) {
-        Ok(checkvalve_confine::Enforced::Not) => {
-            tracing::warn!(
-                "landlock: not supported by this kernel: writes are not confined (systemd's ReadWritePaths still are)"
-            )
-        }
-        Ok(level) => {
-            info!(?level, share = %writable[0].display(), state = %writable[1].display(), "landlock: writing confined to the share and the state folder")
-        }
-        Err(e) => tracing::warn!("landlock: cannot confine writes: {e}"),
-    }
-    let budget = usize::try_from(args.max_pending).unwrap_or(usize::MAX);
-    // A quarter queues datagrams (the kernel's buffer absorbs more), an eighth holds decoded
-    // content on its way to disk, the rest blocks in progress.
-    let queue_bytes = budget / 4;
-    let writer_bytes = budget / 8;
-    // Of the rest, a sixteenth of the whole holds blocks repairable but not yet handed to the
-    // writer, to be read back with their neighbours (receive.rs, `queue_repair`).
-    let repair_hold = budget / 16;
-    let (socket, local) = net::bind(bind, usize::try_from(args.rcvbuf).unwrap_or(usize::MAX))?;
-    if no_seccomp {
-        tracing::warn!("--no-seccomp: sending and connecting are NOT forbidden (debugging only)");
-    } else {
-        match checkvalve_confine::one_direction(checkvalve_confine::Role::Receiver) {
-            Ok(()) => info!(
-                "seccomp: sending and connecting are forbidden (sendto, sendmsg, sendmmsg, connect, accept, listen, io_uring)"
-            ),
-            Err(e) => tracing::warn!(
-                "cannot install the seccomp filter (the code still never sends): {e}"
-            ),
-        }
-    }
-    let stop = checkvalve_host::signals::stop_flag().context("cannot install signal handler")?;
-
-    let signals = Arc::new(net::Signals::new(checkvalve_common::shed::ASSUMED_LOSS));
-    let chunks = (queue_bytes / net::CHUNK_BYTES).max(2);
-    let (free_tx, free_rx) = net::chunk_pool(chunks);
-    let (full_tx, full_rx) = std::sync::mpsc::channel();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let net_thread = {
-        let (stop, signals, queued) =
-            (Arc::clone(&stop), Arc::clone(&signals), Arc::clone(&queued));
-        std::thread::Builder::new()
-            .name("net".into())
-            .spawn(move || net::drain(socket, full_tx, free_rx, chunks, queued, stop, signals))?
-    };
-    let retention_thread = if args.retention.max_age.is_some() || args.retention.max_bytes.is_some()
-    {
-        let (share, manifest, limits, stop) = (
-            Arc::clone(&share),
-            Arc::clone(&manifest),
-            args.retention.clone(),
-            Arc::clone(&stop),
-        );
-        Some(
-            std::thread::Builder::new()
-                .name("retention".into())
-                .spawn(move || retention::run(share, manifest, limits, stop))?,
-        )
-    } else {
-        None
-    };
-    let reserved = Arc::new(AtomicU64::new(0));
-    let publisher = publish::Publisher::start(
-        Arc::clone(&share),
-        Arc::clone(&manifest),
-        Arc::clone(&reserved),
-    )?;
-    // Of the writer's share, a quarter queues blocks to write, a quarter blocks written and not yet
-    // hashed, and half keeps blocks to hash in order.
-    let queue = (writer_bytes / 4 / WRITE_UNIT).max(1);
-    let (writer_tx, writer_rx) = std::sync::mpsc::sync_channel(queue);
-    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel();
-    let (failed_tx, failed_rx) = std::sync::mpsc::channel();
-    let writer = writer::Writer::new(
-        Arc::clone(&share),
-        Arc::clone(&manifest),
-        publisher,
-        Arc::clone(&reserved),
-        recycle_tx,
-        failed_tx,
-        writer_bytes / 2,
-        queue,
-    );
-    let writer_thread = std::thread::Builder::new()
-        .name("write".into())
-        .spawn(move || writer.run(writer_rx))?;
-    let defaults = AssemblerConfig::default();
-    let config = AssemblerConfig {
-        object_timeout: args.object_timeout,
-        max_pending_bytes: budget - queue_bytes - writer_bytes - repair_hold,
-        max_content_len: args.max_object_size,
-        silence: args.link_down_after.unwrap_or(defaults.silence),
-        fixed_silence: args.link_down_after.is_some(),
-        ..defaults
-    };
-    let psks = args
-        .keys
-        .iter()
-        .map(|k| keys::load(k))
-        .collect::<Result<Vec<_>>>()?;
-    let auth_state = share.state().join(keys::STATE_FILE);
-    let auth = if psks.is_empty() {
-        tracing::warn!(
-            "no key configured: datagrams are not authenticated (anything that reaches this port is trusted as far as its CRC)"
-        );
-        None
-    } else {
-        let require = args.require_auth.unwrap_or(true);
-        info!(
-            keys = ?psks.iter().map(|k| k.id).collect::<Vec<_>>(),
-            require_auth = require,
-            "datagrams are authenticated"
-        );
-        Some(checkvalve_common::auth::Opener::new(
-            psks,
-            require,
-            &keys::load_state(&auth_state),
-        ))
-    };
-    let chores = chores::Chores::start();
-    let live = live::Live::new(
-        share.state(),
-        local.to_string(),
-        Arc::clone(&manifest),
-        args.loss_warn,
-        args.loss_interval,
-        chores.queue(),
-    );
-    info!(bind = %local, out = %share.root().display(), state = %share.state().display(), manifest = %manifest_path.display(), "receiving");
-    let rx = receive::Receive::new(
-        Assembler::new(config, Instant::now()),
-        receive::Outputs {
-            share,
-            manifest,
-            writer: writer_tx,
-            recycled: recycle_rx,
-            failed: failed_rx,
-            reserved,
-            live,
-            auth,
-            auth_state,
-            chores: chores.queue(),
-            repair_hold,
-        },
-        args.min_free,
-        args.stats_interval,
-        args.aggregate_interval,
-    );
-    let live = rx.run(&full_rx, &free_tx, &queued, &stop, &signals);
-    if let Some(t) = retention_thread {
-        let _ = t.join();
-    }
-    let _ = net_thread.join();
-    let _ = writer_thread.join();
-    live.finish();
-    chores.finish();
-    info!("stopped");
-    Ok(())
-}
-
-/// Every object in progress holds its temporary file open: allow as many as the hard limit permits.
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }

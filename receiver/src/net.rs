@@ -145,9 +145,10 @@ pub fn bind(addr: SocketAddr, want_rcvbuf: usize) -> Result<(UdpSocket, SocketAd
     Ok((socket, local))
 }
 
-/// What the net thread and the receive loop tell each other besides the chunks.
+/// What the net thread and the receive loop tell each other besides the chunks: counters and the
+/// link's measured loss, as atomics.
 #[derive(Debug, Default)]
-pub struct Signals {
+pub struct NetState {
     /// Datagrams the net thread dropped early.
     pub dropped: AtomicU64,
     /// Drops at the socket (its buffer full), as the kernel last counted them: one per datagram,
@@ -158,10 +159,10 @@ pub struct Signals {
     pub link_loss_ppm: AtomicU32,
 }
 
-impl Signals {
-    /// Signals before anything was measured: the link is assumed to lose `assumed_loss`.
+impl NetState {
+    /// NetState before anything was measured: the link is assumed to lose `assumed_loss`.
     pub fn new(assumed_loss: f64) -> Self {
-        let s = Signals::default();
+        let s = NetState::default();
         s.set_link_loss(assumed_loss);
         s
     }
@@ -192,7 +193,7 @@ pub fn drain(
     total: usize,
     queued: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-    signals: Arc<Signals>,
+    signals: Arc<NetState>,
 ) {
     let mut early = EarlyDrop::default();
     let fd = socket.as_raw_fd();

@@ -1,4 +1,5 @@
-//! Publisher threads: verify complete objects and move them into the share, off the receive path.
+//! The publishing stage: verified objects are moved into the share, off the receive path, in
+//! lanes whose threads and bounded queues [`crate::pipeline`] makes.
 //!
 //! Small files and large ones take separate lanes, so that small files are never held up behind
 //! the syncing of a huge one. Small files take several lanes: publishing one waits for two
@@ -7,102 +8,46 @@
 //! lane, whatever the case of its letters, so that two versions of it are published in the order
 //! they completed; the share checks precedence and case clashes under its own lock at the rename.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, SyncSender};
 
-use anyhow::{Context, Result};
-use checkvalve_common::assembler::{ObjectKey, Precedence};
-use checkvalve_common::meta::{DIGEST_LEN, Head};
-use tracing::{error, info, warn};
+use tracing::error;
 
-use crate::manifest::{Evidence, Manifest, Verified};
-use crate::share::{PublishError, Published, Share, Temp};
+use crate::manifest::Verified;
+use crate::outcome::{LossReason, Outcome, Recorder};
+use crate::pipeline::messages::PublishJob;
+use crate::share::{PublishError, Published, Share};
 
 /// Files at least this large go to the large-file lane.
 const LARGE: u64 = 16 << 20;
 /// Lanes for small files.
-const SMALL_LANES: usize = 4;
+pub const SMALL_LANES: usize = 4;
+/// Jobs queued per lane at most. A job holds its temporary file open: the lanes' bounds cap the
+/// files open for publication (with the objects in progress, well under the descriptor limit);
+/// a full lane holds up the hasher, and so, in turn, the writer and the receive loop.
+pub const LANE_QUEUE: usize = 256;
 
-/// A complete object on its way to verification and publication.
-pub struct Job {
-    /// The object.
-    pub key: ObjectKey,
-    /// Its metadata.
-    pub head: Head,
-    /// SHA-256 the sender computed.
-    pub digest: [u8; DIGEST_LEN],
-    /// Its place in the senders' order.
-    pub precedence: Precedence,
-    /// How it crossed, for its record.
-    pub evidence: Evidence,
-    /// The temporary file holding its content.
-    pub temp: Temp,
-}
-
-/// The publisher lanes.
+/// Where verified objects are queued: one queue per lane.
 pub struct Publisher {
-    small: Vec<Sender<Job>>,
-    large: Sender<Job>,
-    threads: Vec<JoinHandle<()>>,
+    small: Vec<SyncSender<PublishJob>>,
+    large: SyncSender<PublishJob>,
 }
 
 impl Publisher {
-    /// Starts the lanes. `reserved` counts bytes of objects not yet published; each lane
-    /// releases a job's size once it is done with it.
-    pub fn start(
-        share: Arc<Share>,
-        manifest: Arc<Manifest>,
-        reserved: Arc<AtomicU64>,
-    ) -> Result<Self> {
-        let mut threads = Vec::new();
-        let mut lane = |name: &str| -> Result<Sender<Job>> {
-            // Unbounded on purpose: a job is a few hundred bytes and an open file already on disk
-            // (bounded by the objects in progress), and the receive loop must never wait here.
-            let (tx, rx) = std::sync::mpsc::channel();
-            let (share, manifest, reserved) = (
-                Arc::clone(&share),
-                Arc::clone(&manifest),
-                Arc::clone(&reserved),
-            );
-            threads.push(
-                std::thread::Builder::new()
-                    .name(name.into())
-                    .spawn(move || run(&share, &manifest, &reserved, rx))
-                    .context("cannot start a publisher thread")?,
-            );
-            Ok(tx)
-        };
-        let small = (0..SMALL_LANES)
-            .map(|i| lane(&format!("publish-small-{i}")))
-            .collect::<Result<Vec<_>>>()?;
-        let large = lane("publish-large")?;
-        Ok(Publisher {
-            small,
-            large,
-            threads,
-        })
+    /// Queues into the lanes `small` (at least one) and `large`.
+    pub fn new(small: Vec<SyncSender<PublishJob>>, large: SyncSender<PublishJob>) -> Self {
+        Publisher { small, large }
     }
 
     /// Queues a job on its lane.
-    pub fn send(&self, job: Job) {
-        let lane = if job.head.size >= LARGE {
+    pub fn send(&self, job: PublishJob) {
+        let head = &job.object.head;
+        let lane = if head.size >= LARGE || self.small.is_empty() {
             &self.large
         } else {
-            &self.small[path_lane(&job.head.path, self.small.len())]
+            &self.small[path_lane(&head.path, self.small.len())]
         };
         if let Err(e) = lane.send(job) {
-            error!(object = %e.0.key, "publisher stopped");
-        }
-    }
-
-    /// Publishes what is queued and stops.
-    pub fn finish(self) {
-        drop(self.small);
-        drop(self.large);
-        for t in self.threads {
-            let _ = t.join();
+            error!(object = %e.0.object.key, "publisher stopped");
         }
     }
 }
@@ -114,35 +59,28 @@ fn path_lane(path: &str, lanes: usize) -> usize {
     (std::hash::Hasher::finish(&h) % lanes.max(1) as u64) as usize
 }
 
-fn run(share: &Share, manifest: &Manifest, reserved: &AtomicU64, jobs: Receiver<Job>) {
-    for job in jobs {
-        let object = job.key.to_string();
-        let (head, digest) = (&job.head, &job.digest);
-        match share.publish(job.temp, head, digest, job.precedence) {
-            Ok(Published::New(_)) => {
-                info!(path = %head.path, size = head.size, object, "delivered");
-                manifest.verified(Verified::Delivered, &object, head, digest, &job.evidence);
-            }
-            Ok(Published::Repeat) => {
-                info!(path = %head.path, size = head.size, object, "repeat: the share already holds this content");
-                manifest.verified(Verified::Repeat, &object, head, digest, &job.evidence);
-            }
-            Err(PublishError::Superseded) => {
-                warn!(path = %head.path, object, "not published: newer content for this path was already published");
-                manifest.verified(Verified::Superseded, &object, head, digest, &job.evidence);
-            }
+/// Publishes the jobs of one lane until its queue closes.
+pub fn run(share: &Share, recorder: &Recorder, jobs: Receiver<PublishJob>) {
+    for PublishJob { object, temp } in jobs {
+        let how = match share.publish(temp, &object.head, &object.digest, object.precedence) {
+            Ok(Published::New(_)) => Verified::Delivered,
+            Ok(Published::Repeat) => Verified::Repeat,
+            Err(PublishError::Superseded) => Verified::Superseded,
             Err(e) => {
-                error!(path = %head.path, object, "lost: not published: {e}");
-                manifest.lost(
-                    &object,
-                    1,
-                    Some(&head.path),
-                    Some(head.size),
-                    format!("not published: {e}"),
-                );
+                recorder.record(Outcome::Lost {
+                    key: object.key,
+                    path: &object.head.path,
+                    size: Some(object.head.size),
+                    reason: &LossReason::NotPublished(e),
+                });
+                continue;
             }
-        }
-        reserved.fetch_sub(head.size, Ordering::Relaxed);
+        };
+        recorder.record(Outcome::Verified {
+            how,
+            object: &object,
+        });
+        // The object, and with it its reservation, is dropped here, after its record.
     }
 }
 

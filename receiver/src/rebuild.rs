@@ -1,4 +1,4 @@
-//! The rebuilding thread: striped blocks' missing data shards are read back, decoded and written
+//! The rebuilding stage: striped blocks' missing data shards are read back, decoded and written
 //! here, beside the writer, so that a lossy link does not slow the writing of what arrived.
 //!
 //! The writer hands a batch over only once it has written everything before it (so the shards
@@ -6,36 +6,17 @@
 //! (so its digest covers the rebuilt shards). Rebuilt shards go straight to the hasher, which
 //! takes content in any order.
 
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
-use checkvalve_common::assembler::ObjectKey;
 use checkvalve_common::fec::Fec;
-use checkvalve_common::repair::{Repair, Rows};
+use checkvalve_common::repair::Rows;
 
-use crate::writer::ToHash;
-
-/// Repairs of one object, with a handle on its temporary file.
-pub struct Job {
-    /// The object.
-    pub key: ObjectKey,
-    /// Its temporary file.
-    pub file: File,
-    /// The blocks, in the order they became repairable.
-    pub repairs: Vec<Repair>,
-}
-
-/// A job finished: `error` says why its object cannot be completed.
-pub struct Done {
-    /// The object.
-    pub key: ObjectKey,
-    /// Why the rebuild failed, if it did.
-    pub error: Option<String>,
-}
+use crate::outcome::LossReason;
+use crate::pipeline::messages::{RebuildDone, RebuildJob, ToHash};
 
 /// Runs jobs until the channel closes.
-pub fn run(jobs: Receiver<Job>, done: Sender<Done>, hash: SyncSender<ToHash>) {
+pub fn run(jobs: Receiver<RebuildJob>, done: Sender<RebuildDone>, hash: SyncSender<ToHash>) {
     let mut rebuilder = Rebuilder::default();
     for job in jobs {
         let _ = done.send(rebuilder.job(&hash, &job));
@@ -51,8 +32,8 @@ pub struct Rebuilder {
 
 impl Rebuilder {
     /// Rebuilds one job's blocks, sending the rebuilt shards to the hasher.
-    pub fn job(&mut self, hash: &SyncSender<ToHash>, job: &Job) -> Done {
-        Done {
+    pub fn job(&mut self, hash: &SyncSender<ToHash>, job: &RebuildJob) -> RebuildDone {
+        RebuildDone {
             key: job.key,
             error: rebuild(&mut self.fec, &mut self.buf, hash, job).err(),
         }
@@ -64,18 +45,15 @@ fn rebuild(
     fec: &mut Fec,
     buf: &mut Vec<u8>,
     hash: &SyncSender<ToHash>,
-    job: &Job,
-) -> Result<(), String> {
+    job: &RebuildJob,
+) -> Result<(), LossReason> {
     let file = &job.file;
     let mut rest = job.repairs.as_slice();
     while !rest.is_empty() {
         let (batch, after) = rest.split_at(Rows::batch_len(rest).max(1));
         rest = after;
         let rows = if batch.len() > 1 {
-            Some(
-                Rows::read(batch, |buf, at| file.read_at(buf, at))
-                    .map_err(|e| format!("cannot read back data shards: {e}"))?,
-            )
+            Some(Rows::read(batch, |buf, at| file.read_at(buf, at)).map_err(LossReason::ReadBack)?)
         } else {
             None
         };
@@ -89,10 +67,10 @@ fn rebuild(
                         file.read_exact_at(buf, at)
                     }
                 })
-                .map_err(|e| format!("cannot rebuild a block: {e}"))?;
+                .map_err(LossReason::Rebuild)?;
             for (at, bytes) in rebuilt.shards() {
                 file.write_all_at(bytes, at)
-                    .map_err(|e| format!("cannot write temporary file: {e}"))?;
+                    .map_err(LossReason::WriteTemp)?;
                 shards.push((at, bytes.to_vec()));
             }
             *buf = rebuilt.into_buffer();

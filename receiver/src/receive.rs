@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,10 +15,18 @@ use tracing::{debug, error, info, warn};
 
 use crate::live::{Counts, Live};
 use crate::manifest::{Evidence, Manifest};
-use crate::net::{Chunk, Signals};
+use crate::net::{Chunk, NetState};
+use crate::outcome::{LossReason, Outcome, Recorder};
+use crate::pipeline::messages::{Completed, ToWriter};
+use crate::pipeline::reservation::{Reservation, Reserved};
 use crate::ratelimit::Limiter;
 use crate::share::Share;
-use crate::writer::Msg;
+
+/// How often the loop's own chores run while datagrams arrive (repairs held, loss measured,
+/// statistics, the live state).
+const TICK: Duration = Duration::from_millis(100);
+/// How often they run on an idle link (the live state is written every second).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Sessions with unnamed losses aggregated separately per interval; the rest share one record.
 const AGGREGATED_SESSIONS: usize = 64;
@@ -76,24 +84,26 @@ impl Overload {
 /// Rate limits of the loop's repeated log lines.
 struct Limits {
     sessions: Limiter,
-    named: Limiter,
     unnamed: Limiter,
 }
 
-/// What the loop needs besides the assembler.
-pub struct Outputs {
+/// What the loop is connected to besides the assembler: the stages it feeds, what comes back
+/// from them, and the state it keeps.
+pub struct Wiring {
     /// The share (for its free space).
     pub share: Arc<Share>,
-    /// The manifest.
+    /// The manifest (aggregate records, and its counters for the statistics).
     pub manifest: Arc<Manifest>,
-    /// The writer thread.
-    pub writer: SyncSender<Msg>,
-    /// Block buffers coming back from the writer.
+    /// Where outcomes are logged and recorded.
+    pub recorder: Arc<Recorder>,
+    /// The writer's queue.
+    pub writer: SyncSender<ToWriter>,
+    /// Block buffers coming back from the writer and the hasher.
     pub recycled: Receiver<Vec<u8>>,
     /// Objects whose temporary file could not be written, with why.
-    pub failed: Receiver<(ObjectKey, String)>,
+    pub failed: Receiver<(ObjectKey, LossReason)>,
     /// Bytes of objects in progress or queued for publication (their announced sizes).
-    pub reserved: Arc<AtomicU64>,
+    pub reserved: Reserved,
     /// Link state, its records, and the live state file.
     pub live: Live,
     /// Authentication of datagrams, when keys are configured, and where its state is kept.
@@ -109,9 +119,10 @@ pub struct Outputs {
 /// State of the receive loop.
 pub struct Receive {
     asm: Assembler,
-    out: Outputs,
-    /// Path and size of objects whose head arrived, for naming them if they fail.
-    names: HashMap<ObjectKey, (String, u64)>,
+    out: Wiring,
+    /// Path, size and disk reservation of objects whose head arrived (the name for a loss, the
+    /// reservation for the object's way on).
+    names: HashMap<ObjectKey, (String, u64, Reservation)>,
     /// Free space kept on the output filesystem beyond everything in progress.
     min_free: u64,
     stats_every: Duration,
@@ -141,7 +152,7 @@ impl Receive {
     /// Creates the loop state.
     pub fn new(
         asm: Assembler,
-        out: Outputs,
+        out: Wiring,
         min_free: u64,
         stats_every: Duration,
         aggregate_every: Duration,
@@ -159,7 +170,6 @@ impl Receive {
             unnamed: BTreeMap::new(),
             limits: Limits {
                 sessions: Limiter::new(window, 10),
-                named: Limiter::new(window, 100),
                 unnamed: Limiter::new(window, 10),
             },
             overload: Overload::default(),
@@ -183,13 +193,26 @@ impl Receive {
         free: &Sender<Chunk>,
         queued: &AtomicUsize,
         stop: &AtomicBool,
-        signals: &Signals,
+        signals: &NetState,
     ) -> Live {
         let net_dropped = &signals.dropped;
         let mut last_tick = Instant::now();
+        let mut busy = false;
         while !stop.load(Ordering::Relaxed) {
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            // Wait for a datagram, the assembler's next timer, or the loop's own chores: every
+            // 100 ms while datagrams arrive or repairs are held, every second when idle.
+            let now = Instant::now();
+            let chores = last_tick
+                + if busy || !self.repairs.is_empty() {
+                    TICK
+                } else {
+                    IDLE_TICK
+                };
+            let due = self.asm.poll_timeout().map_or(chores, |t| t.min(chores));
+            let wait = due.saturating_duration_since(now).min(IDLE_TICK);
+            match rx.recv_timeout(wait) {
                 Ok(mut chunk) => {
+                    busy = true;
                     queued.fetch_sub(1, Ordering::AcqRel);
                     let now = Instant::now();
                     for d in chunk.iter_mut() {
@@ -215,10 +238,15 @@ impl Receive {
             }
             self.take_back();
             let now = Instant::now();
-            if now - last_tick >= Duration::from_millis(100) {
-                last_tick = now;
+            if self.asm.poll_timeout().is_some_and(|t| t <= now) {
                 self.asm.handle_timeout(now);
                 self.drain_events();
+            }
+            if now - last_tick >= TICK
+                && (busy || !self.repairs.is_empty() || now - last_tick >= IDLE_TICK)
+            {
+                last_tick = now;
+                busy = false;
                 self.flush_repairs();
                 let c = self.asm.counters();
                 self.loss
@@ -317,14 +345,14 @@ impl Receive {
 
     /// Hands `msg` to the writer; anything but content goes after the repairs held, so that
     /// the writer settles an object's repairs before it completes or discards it.
-    fn hand_to_writer(&mut self, msg: Msg) {
-        if !matches!(msg, Msg::Data { .. }) {
+    fn hand_to_writer(&mut self, msg: ToWriter) {
+        if !matches!(msg, ToWriter::Data { .. }) {
             self.flush_repairs();
         }
         self.send_to_writer(msg);
     }
 
-    fn send_to_writer(&mut self, msg: Msg) {
+    fn send_to_writer(&mut self, msg: ToWriter) {
         if self.out.writer.send(msg).is_err() {
             error!("writer thread stopped");
         }
@@ -348,11 +376,11 @@ impl Receive {
     fn flush_repairs(&mut self) {
         self.repair_bytes = 0;
         for (key, repairs) in repair_batches(std::mem::take(&mut self.repairs)) {
-            self.send_to_writer(Msg::Repair { key, repairs });
+            self.send_to_writer(ToWriter::Repair { key, repairs });
         }
     }
 
-    fn log_stats(&mut self, signals: &Signals, always: bool) {
+    fn log_stats(&mut self, signals: &NetState, always: bool) {
         let net_dropped = signals.dropped.load(Ordering::Relaxed);
         let c = self.asm.counters();
         if !always && self.reported_datagrams == Some(c.datagrams) {
@@ -416,39 +444,33 @@ impl Receive {
         }
     }
 
-    /// Forgets an object's name and releases its space reservation.
+    /// Forgets an object's name; its space reservation is released.
     fn unname(&mut self, key: ObjectKey) -> Option<(String, u64)> {
-        let named = self.names.remove(&key);
-        if let Some((_, size)) = &named {
-            self.out.reserved.fetch_sub(*size, Ordering::Relaxed);
-        }
-        named
+        self.names.remove(&key).map(|(path, size, _)| (path, size))
     }
 
     /// Gives up an object for a local reason (disk), and records it.
-    fn fail(&mut self, key: ObjectKey, what: String) {
+    fn fail(&mut self, key: ObjectKey, reason: LossReason) {
         let named = self.unname(key).map(|(p, s)| (p, Some(s)));
         self.asm.abandon(key);
-        self.hand_to_writer(Msg::Discard { key });
-        self.record_loss(key, named, what);
+        self.hand_to_writer(ToWriter::Discard { key });
+        self.record_loss(key, named, reason);
     }
 
     fn record_loss(
         &mut self,
         key: ObjectKey,
         named: Option<(String, Option<u64>)>,
-        reason: String,
+        reason: LossReason,
     ) {
         match named {
-            Some((path, size)) => {
-                if let Some(suppressed) = self.limits.named.allow() {
-                    error!(path = %path, object = %key, suppressed, "lost: {reason}");
-                }
-                self.out
-                    .manifest
-                    .lost(&key.to_string(), 1, Some(&path), size, reason);
-            }
-            None => self.add_unnamed(key.session, key.object, key.object, reason),
+            Some((path, size)) => self.out.recorder.record(Outcome::Lost {
+                key,
+                path: &path,
+                size,
+                reason: &reason,
+            }),
+            None => self.add_unnamed(key.session, key.object, key.object, reason.to_string()),
         }
     }
 
@@ -527,25 +549,26 @@ impl Receive {
             Event::Link(LinkChange::Silent(d)) => self.out.live.link_down(Instant::now(), d),
             Event::Head { key, head } => {
                 debug!(path = %head.path, size = head.size, object = %key, "incoming");
-                let reserved = self.out.reserved.fetch_add(head.size, Ordering::Relaxed);
-                self.names.insert(key, (head.path.clone(), head.size));
+                let (reservation, reserved) = self.out.reserved.take(head.size);
+                self.names
+                    .insert(key, (head.path.clone(), head.size, reservation));
                 if let Some(free) = self.out.share.free_bytes() {
                     let needed = reserved
                         .saturating_add(head.size)
                         .saturating_add(self.min_free);
                     if free < needed {
-                        self.fail(
-                            key,
-                            format!(
-                                "not enough disk space ({free} bytes free; {} needed with {reserved} in progress and --min-free {})",
-                                head.size, self.min_free
-                            ),
-                        );
+                        let reason = LossReason::DiskSpace {
+                            free,
+                            size: head.size,
+                            reserved,
+                            min_free: self.min_free,
+                        };
+                        self.fail(key, reason);
                     }
                 }
             }
             Event::Content { key, offset, data } => {
-                self.hand_to_writer(Msg::Data { key, offset, data });
+                self.hand_to_writer(ToWriter::Data { key, offset, data });
             }
             Event::Repair { key, repair } => self.queue_repair(key, repair),
             Event::Complete {
@@ -555,11 +578,11 @@ impl Receive {
                 precedence,
                 crossing,
             } => {
-                // The reservation passes to the writer and the publisher, which release it.
-                self.names.remove(&key);
+                // The reservation goes on with the object, to its outcome.
+                let reservation = self.names.remove(&key).map(|(_, _, r)| r);
                 let (now, wall) = (Instant::now(), SystemTime::now());
                 let at = |t: Instant| wall - now.saturating_duration_since(t);
-                self.hand_to_writer(Msg::Complete {
+                self.hand_to_writer(ToWriter::Complete(Completed {
                     key,
                     head,
                     digest,
@@ -569,7 +592,8 @@ impl Receive {
                         last_datagram: at(crossing.last_datagram),
                         repaired: crossing.repaired,
                     },
-                });
+                    reservation,
+                }));
             }
             Event::Abandoned {
                 key,
@@ -578,31 +602,29 @@ impl Receive {
                 sender_heard,
             } => {
                 let named = self.unname(key);
-                self.hand_to_writer(Msg::Discard { key });
+                self.hand_to_writer(ToWriter::Discard { key });
                 let named = match (named, path) {
                     (Some((p, s)), _) => Some((p, Some(s))),
                     (None, p) => p.map(|p| (p, None)),
                 };
                 match named {
                     Some(named) if sender_heard => {
-                        self.record_loss(key, Some(named), reason.to_string());
+                        self.record_loss(key, Some(named), LossReason::Abandoned(reason));
                     }
                     // Never a heartbeat from this session: anyone can forge shards in numbers,
                     // so its losses are counted in aggregate, name or not.
-                    Some((path, _)) => self.add_unnamed(
-                        key.session,
-                        key.object,
-                        key.object,
-                        format!("{reason} (from a session never heard by heartbeat; first name {path:?})"),
-                    ),
-                    None => self.record_loss(key, None, reason.to_string()),
+                    Some((first_name, _)) => {
+                        let reason = LossReason::NeverHeard { reason, first_name };
+                        self.add_unnamed(key.session, key.object, key.object, reason.to_string())
+                    }
+                    None => self.record_loss(key, None, LossReason::Abandoned(reason)),
                 }
             }
             Event::Missing {
                 session,
                 first,
                 last,
-            } => self.add_unnamed(session, first, last, "not one datagram arrived".into()),
+            } => self.add_unnamed(session, first, last, LossReason::NothingArrived.to_string()),
         }
     }
 }
@@ -618,7 +640,9 @@ fn repair_batches(mut held: Vec<(ObjectKey, Repair)>) -> Vec<(ObjectKey, Vec<Rep
         let n = repair.parity.capacity();
         match batches.last_mut() {
             Some((k, b))
-                if *k == key && b.len() < Rows::MAX_BLOCKS && bytes + n <= crate::WRITE_UNIT =>
+                if *k == key
+                    && b.len() < Rows::MAX_BLOCKS
+                    && bytes + n <= crate::pipeline::WRITE_UNIT =>
             {
                 b.push(repair);
                 bytes += n;
@@ -680,7 +704,9 @@ mod tests {
             ]
         );
         for (_, r) in &batches {
-            assert!(r.iter().map(|r| r.parity.capacity()).sum::<usize>() <= crate::WRITE_UNIT);
+            assert!(
+                r.iter().map(|r| r.parity.capacity()).sum::<usize>() <= crate::pipeline::WRITE_UNIT
+            );
         }
     }
 

@@ -1,65 +1,27 @@
-//! The writer and hashing threads: the writer puts decoded content into each object's temporary
+//! The writer and hashing stages: the writer puts decoded content into each object's temporary
 //! file and hands each written block to the hasher, which hashes content in order as it is
 //! written, so that verification never reads a file back (except for content that arrived too far
-//! out of order to keep), and neither disk writes nor SHA-256 hold up the receive loop.
+//! out of order to keep), and neither disk writes nor SHA-256 hold up the receive loop. Their
+//! threads and queues are made by [`crate::pipeline`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
-use checkvalve_common::assembler::{ObjectKey, Precedence};
+use checkvalve_common::assembler::ObjectKey;
 use checkvalve_common::meta::{DIGEST_LEN, Head};
 use checkvalve_common::ranges::RangeMap;
 use checkvalve_common::repair::Repair;
 use nix::fcntl::{FallocateFlags, fallocate};
 use sha2::{Digest, Sha256};
-use tracing::{error, warn};
 
-use crate::manifest::{Evidence, Manifest};
-use crate::publish::{Job, Publisher};
+use crate::outcome::{LossReason, Outcome, Recorder};
+use crate::pipeline::messages::{Completed, PublishJob, RebuildDone, RebuildJob, ToHash, ToWriter};
+use crate::publish::Publisher;
 use crate::rebuild;
 use crate::share::{Share, Temp};
-
-/// What the receive loop hands to the writer.
-pub enum Msg {
-    /// Decoded content of an object at `offset`; the buffer goes back to the assembler after.
-    Data {
-        /// The object.
-        key: ObjectKey,
-        /// Offset within the content.
-        offset: u64,
-        /// The bytes (a block buffer).
-        data: Vec<u8>,
-    },
-    /// Striped blocks lost data shards: rebuild them from those written and their parity.
-    Repair {
-        /// The object.
-        key: ObjectKey,
-        /// The blocks, in the order they became repairable.
-        repairs: Vec<Repair>,
-    },
-    /// Every block of the object arrived: verify and publish.
-    Complete {
-        /// The object.
-        key: ObjectKey,
-        /// Its metadata.
-        head: Head,
-        /// The digest the sender computed.
-        digest: [u8; DIGEST_LEN],
-        /// Its place in the senders' order.
-        precedence: Precedence,
-        /// How it crossed.
-        evidence: Evidence,
-    },
-    /// The object was given up (and recorded) by the receive loop: forget it.
-    Discard {
-        /// The object.
-        key: ObjectKey,
-    },
-}
 
 /// One object being written.
 struct Open {
@@ -116,158 +78,79 @@ impl Open {
     }
 }
 
-/// What the hasher is handed, in the order it was written.
-pub(crate) enum ToHash {
-    /// The receive loop's message, once the writer acted on it: with the temporary file once the
-    /// object is complete (the hasher verifies and publishes it), and with an object's first
-    /// data the hasher's own handle on its file.
-    Written {
-        msg: Msg,
-        temp: Option<Temp>,
-        file: Option<File>,
-    },
-    /// Shards the rebuilding thread decoded and wrote, with their offsets: one message per batch.
-    Rebuilt {
-        key: ObjectKey,
-        shards: Vec<(u64, Vec<u8>)>,
-    },
-}
-
-impl ToHash {
-    fn forget(key: ObjectKey) -> Self {
-        ToHash::Written {
-            msg: Msg::Discard { key },
-            temp: None,
-            file: None,
-        }
-    }
-}
-
 /// State of the writer thread.
 pub struct Writer {
     share: Arc<Share>,
-    reserved: Arc<AtomicU64>,
     /// Block buffers going back to the assembler.
     recycle: Sender<Vec<u8>>,
     /// Objects whose write failed, with why: the receive loop records them and stops assembling.
-    failed: Sender<(ObjectKey, String)>,
+    failed: Sender<(ObjectKey, LossReason)>,
     objects: HashMap<ObjectKey, Open>,
-    /// The hasher, until `run` starts it.
-    hasher: Option<Hasher>,
-    hash_queue: usize,
-    /// The rebuilding thread's queue, while it runs.
-    jobs: Option<SyncSender<rebuild::Job>>,
+    /// The hasher.
+    hash: SyncSender<ToHash>,
+    /// The rebuilding thread's queue, while it runs (`None`: blocks are rebuilt here).
+    jobs: Option<SyncSender<RebuildJob>>,
+    /// Its finished jobs.
+    done: Receiver<RebuildDone>,
     /// Batches handed to the rebuilding thread and not yet done, per object.
     outstanding: HashMap<ObjectKey, usize>,
 }
 
 impl Writer {
-    /// A writer publishing through `publisher`; `stash_limit` bounds the bytes kept to hash
-    /// out-of-order blocks in order, `hash_queue` the blocks written and not yet hashed.
-    #[allow(clippy::too_many_arguments)]
+    /// A writer handing written content to `hash` and striped repairs to `jobs` (rebuilt here
+    /// when `None`), whose results come back on `done`.
     pub fn new(
         share: Arc<Share>,
-        manifest: Arc<Manifest>,
-        publisher: Publisher,
-        reserved: Arc<AtomicU64>,
         recycle: Sender<Vec<u8>>,
-        failed: Sender<(ObjectKey, String)>,
-        stash_limit: usize,
-        hash_queue: usize,
+        failed: Sender<(ObjectKey, LossReason)>,
+        hash: SyncSender<ToHash>,
+        jobs: Option<SyncSender<RebuildJob>>,
+        done: Receiver<RebuildDone>,
     ) -> Self {
-        let hasher = Hasher {
-            share: Arc::clone(&share),
-            manifest,
-            publisher,
-            reserved: Arc::clone(&reserved),
-            recycle: recycle.clone(),
-            objects: HashMap::new(),
-            stash_bytes: 0,
-            stash_limit,
-            scratch: Vec::new(),
-        };
         Writer {
             share,
-            reserved,
             recycle,
             failed,
             objects: HashMap::new(),
-            hasher: Some(hasher),
-            hash_queue,
-            jobs: None,
+            hash,
+            jobs,
+            done,
             outstanding: HashMap::new(),
         }
     }
 
-    /// Handles messages until the channel closes, then lets the hasher and publishers finish.
-    /// Hashing runs on a thread of its own: SHA-256 costs about as much as the write itself,
-    /// and the two overlap.
-    pub fn run(mut self, rx: Receiver<Msg>) {
-        let (tx, hash_rx) = std::sync::mpsc::sync_channel(self.hash_queue.max(1));
-        let hasher = self.hasher.take().map(|h| {
-            std::thread::Builder::new()
-                .name("hash".into())
-                .spawn(move || h.run(hash_rx))
-        });
-        let hasher = match hasher {
-            Some(Ok(t)) => t,
-            _ => {
-                error!("cannot start the hashing thread: nothing can be published");
-                return;
-            }
-        };
-        let (jobs, jobs_rx) = std::sync::mpsc::sync_channel(self.hash_queue.max(1));
-        let (done_tx, done) = std::sync::mpsc::channel();
-        let rebuilder = {
-            let tx = tx.clone();
-            std::thread::Builder::new()
-                .name("rebuild".into())
-                .spawn(move || rebuild::run(jobs_rx, done_tx, tx))
-        };
-        let rebuilder = match rebuilder {
-            Ok(t) => {
-                self.jobs = Some(jobs);
-                Some(t)
-            }
-            Err(e) => {
-                warn!("cannot start the rebuilding thread: blocks are rebuilt by the writer: {e}");
-                None
-            }
-        };
+    /// Handles messages until the channel closes; then waits for the rebuilding thread's last
+    /// jobs and forgets what is left (the hasher stops once every sender of its queue is gone).
+    pub fn run(mut self, rx: Receiver<ToWriter>) {
         for msg in rx {
-            while let Ok(d) = done.try_recv() {
-                self.on_done(&tx, d);
+            while let Ok(d) = self.done.try_recv() {
+                self.on_done(d);
             }
             match msg {
-                Msg::Data { key, offset, data } => self.data(&tx, key, offset, data),
-                Msg::Repair { key, repairs } => self.repair(&tx, key, repairs),
-                Msg::Complete { key, ref head, .. } => {
-                    self.settle(&tx, &done, key);
-                    let size = head.size;
-                    self.complete(&tx, key, size, msg)
+                ToWriter::Data { key, offset, data } => self.data(key, offset, data),
+                ToWriter::Repair { key, repairs } => self.repair(key, repairs),
+                ToWriter::Complete(object) => {
+                    self.settle(object.key);
+                    self.complete(object)
                 }
-                Msg::Discard { key } => {
-                    self.settle(&tx, &done, key);
+                ToWriter::Discard { key } => {
+                    self.settle(key);
                     if let Some(open) = self.objects.remove(&key) {
                         self.share.discard(open.temp);
-                        let _ = tx.send(ToHash::forget(key));
+                        let _ = self.hash.send(ToHash::Forget { key });
                     }
                 }
             }
         }
+        // The rebuilding thread stops once its queue closes, and its results end with it.
         self.jobs = None;
-        if let Some(t) = rebuilder {
-            let _ = t.join();
-        }
-        while let Ok(d) = done.try_recv() {
-            self.on_done(&tx, d);
+        while let Ok(d) = self.done.recv() {
+            self.on_done(d);
         }
         for (key, open) in std::mem::take(&mut self.objects) {
             self.share.discard(open.temp);
-            let _ = tx.send(ToHash::forget(key));
+            let _ = self.hash.send(ToHash::Forget { key });
         }
-        drop(tx);
-        let _ = hasher.join();
     }
 
     fn give_back(&self, buf: Vec<u8>) {
@@ -275,7 +158,7 @@ impl Writer {
     }
 
     /// The object's temporary file, created on first use; `None` once it failed.
-    fn open(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey) -> Option<&mut Open> {
+    fn open(&mut self, key: ObjectKey) -> Option<&mut Open> {
         if !self.objects.contains_key(&key) {
             match self.share.create_temp(key) {
                 Ok(temp) => {
@@ -290,7 +173,7 @@ impl Writer {
                     );
                 }
                 Err(e) => {
-                    self.fail(hash, key, format!("cannot create temporary file: {e}"));
+                    self.fail(key, LossReason::CreateTemp(e));
                     return None;
                 }
             }
@@ -300,72 +183,61 @@ impl Writer {
 
     /// Hands striped blocks to the rebuilding thread, now that everything before them is
     /// written; rebuilds them here if that thread could not start.
-    fn repair(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, repairs: Vec<Repair>) {
-        let Some(open) = self.open(hash, key) else {
+    fn repair(&mut self, key: ObjectKey, repairs: Vec<Repair>) {
+        let Some(open) = self.open(key) else {
             return;
         };
         // The hasher gets its handle on the file before any rebuilt shard (an object whose
         // first data shards were all lost has no content written before its first repair).
-        if let Some(file) = open.hand() {
-            let _ = hash.send(ToHash::Written {
-                msg: Msg::Repair {
-                    key,
-                    repairs: Vec::new(),
-                },
-                temp: None,
-                file: Some(file),
-            });
+        let (handed, file) = (open.hand(), open.temp.file.try_clone());
+        if let Some(file) = handed {
+            let _ = self.hash.send(ToHash::File { key, file });
         }
-        let file = match open.temp.file.try_clone() {
+        let file = match file {
             Ok(f) => f,
-            Err(e) => return self.fail(hash, key, format!("cannot rebuild a block: {e}")),
+            Err(e) => return self.fail(key, LossReason::ReadBack(e)),
         };
-        let job = rebuild::Job { key, file, repairs };
+        let job = RebuildJob { key, file, repairs };
         match &self.jobs {
             Some(jobs) => {
                 *self.outstanding.entry(key).or_insert(0) += 1;
                 if let Err(std::sync::mpsc::SendError(job)) = jobs.send(job) {
                     self.jobs = None;
                     self.outstanding.remove(&key);
-                    self.rebuild_here(hash, job);
+                    self.rebuild_here(job);
                 }
             }
-            None => self.rebuild_here(hash, job),
+            None => self.rebuild_here(job),
         }
     }
 
     /// Rebuilds on this thread: the rebuilding thread could not start or stopped.
-    fn rebuild_here(&mut self, hash: &SyncSender<ToHash>, job: rebuild::Job) {
-        let done = rebuild::Rebuilder::default().job(hash, &job);
-        self.on_done(hash, done);
+    fn rebuild_here(&mut self, job: RebuildJob) {
+        let done = rebuild::Rebuilder::default().job(&self.hash, &job);
+        self.on_done(done);
     }
 
     /// A batch of rebuilds finished.
-    fn on_done(&mut self, hash: &SyncSender<ToHash>, d: rebuild::Done) {
+    fn on_done(&mut self, d: RebuildDone) {
         if let Some(n) = self.outstanding.get_mut(&d.key) {
             *n -= 1;
             if *n == 0 {
                 self.outstanding.remove(&d.key);
                 if self.objects.get(&d.key).is_some_and(|o| o.failed) {
-                    let _ = hash.send(ToHash::forget(d.key));
+                    let _ = self.hash.send(ToHash::Forget { key: d.key });
                 }
             }
         }
         if let Some(reason) = d.error {
-            self.fail(hash, d.key, reason);
+            self.fail(d.key, reason);
         }
     }
 
     /// Waits until every batch of `key` handed to the rebuilding thread is done.
-    fn settle(
-        &mut self,
-        hash: &SyncSender<ToHash>,
-        done: &Receiver<rebuild::Done>,
-        key: ObjectKey,
-    ) {
+    fn settle(&mut self, key: ObjectKey) {
         while self.outstanding.contains_key(&key) {
-            match done.recv() {
-                Ok(d) => self.on_done(hash, d),
+            match self.done.recv() {
+                Ok(d) => self.on_done(d),
                 Err(_) => {
                     self.outstanding.clear();
                     return;
@@ -374,31 +246,29 @@ impl Writer {
         }
     }
 
-    fn data(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, offset: u64, data: Vec<u8>) {
-        let Some(open) = self.open(hash, key) else {
+    fn data(&mut self, key: ObjectKey, offset: u64, data: Vec<u8>) {
+        let Some(open) = self.open(key) else {
             return self.give_back(data);
         };
         open.allocate_ahead(offset + data.len() as u64);
         if let Err(e) = open.temp.file.write_all_at(&data, offset) {
             self.give_back(data);
-            return self.fail(hash, key, format!("cannot write temporary file: {e}"));
+            return self.fail(key, LossReason::WriteTemp(e));
         }
-        let file = open.hand();
-        let _ = hash.send(ToHash::Written {
-            msg: Msg::Data { key, offset, data },
-            temp: None,
-            file,
-        });
+        if let Some(file) = open.hand() {
+            let _ = self.hash.send(ToHash::File { key, file });
+        }
+        let _ = self.hash.send(ToHash::Data { key, offset, data });
     }
 
-    /// `complete` is the receive loop's message for object `key` of `size` bytes.
-    fn complete(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, size: u64, complete: Msg) {
+    /// Every block of `object` is written (or it is empty): its file goes to the hasher.
+    fn complete(&mut self, object: Completed) {
+        let (key, size) = (object.key, object.head.size);
         let temp = match self.objects.remove(&key) {
             Some(o) if o.failed => {
-                // Recorded by the receive loop; the space reservation passed to us.
-                self.reserved.fetch_sub(size, Ordering::Relaxed);
+                // Recorded by the receive loop; dropping the object releases its reservation.
                 self.share.discard(o.temp);
-                let _ = hash.send(ToHash::forget(key));
+                let _ = self.hash.send(ToHash::Forget { key });
                 return;
             }
             Some(o) => {
@@ -407,39 +277,24 @@ impl Writer {
                     // when the size does not change).
                     let _ = o.temp.file.set_len(size);
                 }
-                o.temp
+                Ok(o.temp)
             }
             // An empty file never had content written.
-            None => match self.share.create_temp(key) {
-                Ok(temp) => temp,
-                Err(e) => {
-                    // The hasher records it: it owns the verdicts on complete objects.
-                    let _ = hash.send(ToHash::Written {
-                        msg: complete,
-                        temp: None,
-                        file: None,
-                    });
-                    return error!(object = %key, "cannot create temporary file: {e}");
-                }
-            },
+            None => self.share.create_temp(key),
         };
-        let _ = hash.send(ToHash::Written {
-            msg: complete,
-            temp: Some(temp),
-            file: None,
-        });
+        let _ = self.hash.send(ToHash::Complete { object, temp });
     }
 
     /// A write failed: the object's remaining data is ignored, and the receive loop (which knows
     /// its name) records the loss and stops assembling it.
-    fn fail(&mut self, hash: &SyncSender<ToHash>, key: ObjectKey, reason: String) {
+    fn fail(&mut self, key: ObjectKey, reason: LossReason) {
         if let Some(open) = self.objects.get_mut(&key) {
             open.failed = true;
         }
         // Rebuilt shards still on their way would bring the object back to the hasher: it
         // forgets the object once they are all in.
         if !self.outstanding.contains_key(&key) {
-            let _ = hash.send(ToHash::forget(key));
+            let _ = self.hash.send(ToHash::Forget { key });
         }
         let _ = self.failed.send((key, reason));
     }
@@ -475,11 +330,10 @@ impl Digesting {
 }
 
 /// State of the hashing thread: hashes content in order, then publishes or refuses.
-struct Hasher {
+pub struct Hasher {
     share: Arc<Share>,
-    manifest: Arc<Manifest>,
+    recorder: Arc<Recorder>,
     publisher: Publisher,
-    reserved: Arc<AtomicU64>,
     recycle: Sender<Vec<u8>>,
     objects: HashMap<ObjectKey, Digesting>,
     stash_bytes: usize,
@@ -489,43 +343,50 @@ struct Hasher {
 }
 
 impl Hasher {
-    fn run(mut self, rx: Receiver<ToHash>) {
+    /// A hasher publishing through `publisher`; `stash_limit` bounds the bytes kept to hash
+    /// out-of-order blocks in order.
+    pub fn new(
+        share: Arc<Share>,
+        recorder: Arc<Recorder>,
+        publisher: Publisher,
+        recycle: Sender<Vec<u8>>,
+        stash_limit: usize,
+    ) -> Self {
+        Hasher {
+            share,
+            recorder,
+            publisher,
+            recycle,
+            objects: HashMap::new(),
+            stash_bytes: 0,
+            stash_limit,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Hashes until every sender of `rx` is gone; the publishers' queues close with it.
+    pub fn run(mut self, rx: Receiver<ToHash>) {
         for handed in rx {
-            let (msg, temp, file) = match handed {
-                ToHash::Written { msg, temp, file } => (msg, temp, file),
+            match handed {
+                ToHash::Data { key, offset, data } => self.data(key, offset, data),
+                ToHash::File { key, file } => {
+                    self.objects.entry(key).or_insert_with(Digesting::new).file = Some(file);
+                }
                 ToHash::Rebuilt { key, shards } => {
                     for (offset, data) in shards {
-                        self.data(key, offset, data, None);
-                    }
-                    continue;
-                }
-            };
-            match msg {
-                Msg::Data { key, offset, data } => self.data(key, offset, data, file),
-                // Only ever sent to hand over the object's file.
-                Msg::Repair { key, .. } => {
-                    if file.is_some() {
-                        self.objects.entry(key).or_insert_with(Digesting::new).file = file;
+                        self.data(key, offset, data);
                     }
                 }
-                Msg::Complete {
-                    key,
-                    head,
-                    digest,
-                    precedence,
-                    evidence,
-                } => {
-                    let Some(temp) = temp else {
-                        self.reserved.fetch_sub(head.size, Ordering::Relaxed);
-                        if let Some(d) = self.objects.remove(&key) {
+                ToHash::Complete { object, temp } => match temp {
+                    Ok(temp) => self.complete(object, temp),
+                    Err(e) => {
+                        if let Some(d) = self.objects.remove(&object.key) {
                             self.drop_stash(d);
                         }
-                        self.record(key, &head, "cannot create temporary file".into());
-                        continue;
-                    };
-                    self.complete(key, head, digest, precedence, evidence, temp)
-                }
-                Msg::Discard { key } => {
+                        self.lost(&object, LossReason::CreateTemp(e));
+                    }
+                },
+                ToHash::Forget { key } => {
                     if let Some(d) = self.objects.remove(&key) {
                         self.drop_stash(d);
                     }
@@ -535,7 +396,6 @@ impl Hasher {
         for (_, d) in std::mem::take(&mut self.objects) {
             self.drop_stash(d);
         }
-        self.publisher.finish();
     }
 
     fn drop_stash(&mut self, d: Digesting) {
@@ -545,11 +405,8 @@ impl Hasher {
         }
     }
 
-    fn data(&mut self, key: ObjectKey, offset: u64, data: Vec<u8>, file: Option<File>) {
+    fn data(&mut self, key: ObjectKey, offset: u64, data: Vec<u8>) {
         let d = self.objects.entry(key).or_insert_with(Digesting::new);
-        if file.is_some() {
-            d.file = file;
-        }
         if offset < d.hashed {
             let _ = self.recycle.send(data);
             return;
@@ -618,38 +475,22 @@ impl Hasher {
         }
     }
 
-    fn complete(
-        &mut self,
-        key: ObjectKey,
-        head: Head,
-        digest: [u8; DIGEST_LEN],
-        precedence: Precedence,
-        evidence: Evidence,
-        temp: Temp,
-    ) {
-        let d = self.objects.remove(&key).unwrap_or_else(Digesting::new);
-        match self.finish_hash(d, &temp, &head) {
-            Ok(actual) if actual == digest => self.publisher.send(Job {
-                key,
-                head,
-                digest,
-                precedence,
-                evidence,
-                temp,
-            }),
+    fn complete(&mut self, object: Completed, temp: Temp) {
+        let d = self
+            .objects
+            .remove(&object.key)
+            .unwrap_or_else(Digesting::new);
+        match self.finish_hash(d, &temp, &object.head) {
+            Ok(actual) if actual == object.digest => {
+                self.publisher.send(PublishJob { object, temp })
+            }
             Ok(_) => {
                 self.share.discard(temp);
-                self.reserved.fetch_sub(head.size, Ordering::Relaxed);
-                self.record(
-                    key,
-                    &head,
-                    "not published: SHA-256 mismatch: content is not what was sent".into(),
-                );
+                self.lost(&object, LossReason::DigestMismatch);
             }
             Err(e) => {
                 self.share.discard(temp);
-                self.reserved.fetch_sub(head.size, Ordering::Relaxed);
-                self.record(key, &head, format!("not published: cannot verify: {e}"));
+                self.lost(&object, LossReason::Unverifiable(e));
             }
         }
     }
@@ -693,22 +534,24 @@ impl Hasher {
         Ok(d.hasher.finalize().into())
     }
 
-    /// Logs and records a complete object that cannot be published.
-    fn record(&self, key: ObjectKey, head: &Head, reason: String) {
-        error!(path = %head.path, object = %key, "lost: {reason}");
-        self.manifest.lost(
-            &key.to_string(),
-            1,
-            Some(&head.path),
-            Some(head.size),
-            reason,
-        );
+    /// Records a complete object that cannot be published; dropping it releases its reservation.
+    fn lost(&self, object: &Completed, reason: LossReason) {
+        self.recorder.record(Outcome::Lost {
+            key: object.key,
+            path: &object.head.path,
+            size: Some(object.head.size),
+            reason: &reason,
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Manifest;
+    use crate::pipeline::Stages;
+    use crate::pipeline::reservation::Reserved;
+    use checkvalve_common::assembler::Precedence;
     use checkvalve_common::meta::ObjectKind;
 
     fn head(path: &str, size: usize) -> Head {
@@ -731,33 +574,16 @@ mod tests {
         let (share, _) = Share::open(&dir.path().join("out"), None).unwrap();
         let share = Arc::new(share);
         let manifest = Arc::new(Manifest::open(&dir.path().join("m.jsonl"), 0).unwrap());
-        let reserved = Arc::new(AtomicU64::new(0));
-        let publisher = Publisher::start(
-            Arc::clone(&share),
-            Arc::clone(&manifest),
-            Arc::clone(&reserved),
-        )
-        .unwrap();
-        let (recycle, recycled) = std::sync::mpsc::channel();
-        let (failed, _failures) = std::sync::mpsc::channel();
-        let w = Writer::new(
-            share,
-            manifest,
-            publisher,
-            reserved.clone(),
-            recycle,
-            failed,
-            stash_limit,
-            4,
-        );
-        let (tx, rx) = std::sync::mpsc::channel();
-        let t = std::thread::spawn(move || w.run(rx));
+        let recorder = Arc::new(Recorder::new(manifest));
+        let reserved = Reserved::default();
+        // The stages' memory: half of it keeps blocks to hash in order.
+        let (stages, queues) = Stages::start(&share, &recorder, stash_limit * 2).unwrap();
         for (i, (path, content, digest)) in objects.iter().enumerate() {
             let key = ObjectKey {
                 session: 1,
                 object: i as u64,
             };
-            reserved.fetch_add(content.len() as u64, Ordering::Relaxed);
+            let (reservation, _) = reserved.take(content.len() as u64);
             let blocks: Vec<(u64, Vec<u8>)> = content
                 .chunks(10)
                 .enumerate()
@@ -770,32 +596,34 @@ mod tests {
             }
             for b in order {
                 let (offset, data) = blocks[b].clone();
-                tx.send(Msg::Data { key, offset, data }).unwrap();
+                queues
+                    .writer
+                    .send(ToWriter::Data { key, offset, data })
+                    .unwrap();
             }
-            tx.send(Msg::Complete {
-                key,
-                head: head(path, content.len()),
-                digest: *digest,
-                precedence: Precedence {
-                    session_ordinal: 0,
-                    object: i as u64,
-                },
-                evidence: crate::manifest::Evidence {
-                    first_datagram: std::time::SystemTime::now(),
-                    last_datagram: std::time::SystemTime::now(),
-                    repaired: 0,
-                },
-            })
-            .unwrap();
+            queues
+                .writer
+                .send(ToWriter::Complete(Completed {
+                    key,
+                    head: head(path, content.len()),
+                    digest: *digest,
+                    precedence: Precedence {
+                        session_ordinal: 0,
+                        object: i as u64,
+                    },
+                    evidence: crate::manifest::Evidence {
+                        first_datagram: std::time::SystemTime::now(),
+                        last_datagram: std::time::SystemTime::now(),
+                        repaired: 0,
+                    },
+                    reservation: Some(reservation),
+                }))
+                .unwrap();
         }
-        drop(tx);
-        t.join().unwrap();
-        assert_eq!(
-            reserved.load(Ordering::Relaxed),
-            0,
-            "reservations not released"
-        );
-        assert!(recycled.try_iter().count() > 0);
+        drop(queues.writer);
+        stages.join();
+        assert_eq!(reserved.bytes(), 0, "reservations not released");
+        assert!(queues.recycled.try_iter().count() > 0);
         let text = crate::manifest::files(&dir.path().join("m.jsonl"))
             .unwrap()
             .iter()

@@ -6,8 +6,8 @@
 
 use std::mem::size_of;
 
-use super::object::Object;
 use super::block::Pending;
+use super::object::Object;
 
 /// Bytes of one entry of a `RangeMap`, its share of a B-tree node included.
 pub(crate) const RANGE_COST: usize = 64;

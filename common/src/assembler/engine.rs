@@ -14,8 +14,8 @@ use crate::wire::{self, Datagram, WireError};
 
 use super::budget::Budget;
 use super::session::Session;
-use super::types::{AssemblerConfig, Counters, Event, ObjectKey, SessionStats};
 use super::types::Abandon;
+use super::types::{AssemblerConfig, Counters, Event, ObjectKey, SessionStats};
 
 /// Rebuilds objects from shard datagrams.
 #[derive(Debug)]

@@ -2,11 +2,11 @@
 //! circulate through a pool (the caller hands written content back with `recycle`) so that steady
 //! reception allocates nothing per block.
 
+use super::block::Pending;
 use super::budget::{BLOCK_COST, RANGE_COST};
 use super::engine::Shared;
 use super::object::{Object, Run};
 use super::session::Session;
-use super::block::Pending;
 use super::types::{Event, ObjectKey, RUN_BYTES};
 
 /// Block buffers kept for reuse (and counted in the budget), so that steady reception allocates
@@ -129,7 +129,12 @@ impl Shared<'_> {
     }
     /// A buffer for a new block of `need` bytes, or `None` when the budget or the session's fair
     /// share of it does not allow one.
-    pub(crate) fn block_buffer(&mut self, s: &mut Session, need: usize, active: usize) -> Option<Vec<u8>> {
+    pub(crate) fn block_buffer(
+        &mut self,
+        s: &mut Session,
+        need: usize,
+        active: usize,
+    ) -> Option<Vec<u8>> {
         // A block may also add one range of decoded blocks to its object.
         let cost = need + BLOCK_COST + RANGE_COST;
         if s.used + cost > self.budget.fair_share(active) {
