@@ -176,7 +176,7 @@ impl Interleaver {
         self.spares = spares;
     }
 
-    /// Where its batches come from, for a [`crate::stripe::Sink`] to take them from too.
+    /// Where its batches come from, for a stripe sink to take them from too.
     pub fn spares(&self) -> Spares {
         self.spares.clone()
     }
@@ -191,7 +191,7 @@ impl Interleaver {
     pub fn stripe_for(&self, content_len: u64, stride: u64) -> Option<u8> {
         let blocks = content_len.div_ceil(stride.max(1));
         (self.params.stripe_bytes > 0 && blocks > self.params.depth as u64)
-            .then(|| crate::stripe::stripe_for(self.params.stripe_bytes, stride))
+            .then(|| crate::layout::stripe_for(self.params.stripe_bytes, stride))
     }
 
     /// Shortest group before parity is raised.

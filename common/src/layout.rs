@@ -169,9 +169,27 @@ impl Geometry {
     }
 }
 
+/// The stripe (as a power of two) whose groups hold at most `span` bytes of content, for blocks
+/// of `stride` bytes: at least 1, at most the wire's limit.
+pub fn stripe_for(span: u64, stride: u64) -> u8 {
+    let mut stripe = 1;
+    while stripe < crate::wire::MAX_STRIPE_LOG2 && (stride << (stripe + 1)) <= span {
+        stripe += 1;
+    }
+    stripe
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stripe_for_fits_the_span() {
+        assert_eq!(stripe_for(96 << 20, 64 * 1400), 10);
+        assert_eq!(stripe_for(96 << 20, 64 * 8900), 7);
+        assert_eq!(stripe_for(1, 64 * 1400), 1);
+        assert_eq!(stripe_for(u64::MAX, 1), crate::wire::MAX_STRIPE_LOG2);
+    }
 
     #[test]
     fn blocks_cover_the_object() {

@@ -25,16 +25,6 @@ use crate::wire::{MAX_SHARDS_PER_BLOCK, ShardHeader};
 /// Rows of a stripe group pushed at a time (see [`StripedEncoder::read_size`]).
 const ROWS: usize = 4;
 
-/// The stripe (as a power of two) whose groups hold at most `span` bytes of content, for blocks
-/// of `stride` bytes: at least 1, at most the wire's limit.
-pub fn stripe_for(span: u64, stride: u64) -> u8 {
-    let mut stripe = 1;
-    while stripe < crate::wire::MAX_STRIPE_LOG2 && (stride << (stripe + 1)) <= span {
-        stripe += 1;
-    }
-    stripe
-}
-
 /// Parity for a block of `k` data shards in a group of `span` datagrams: `m`, raised for a group
 /// shorter than `min_span` so that a burst at the tail is no more dangerous than one elsewhere.
 fn boosted(m: usize, k: usize, span: usize, min_span: usize) -> usize {
@@ -493,18 +483,5 @@ impl StripedEncoder {
         self.emit_parity(sealer, out, lone);
         out.check()?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stripe_for_fits_the_span() {
-        assert_eq!(stripe_for(96 << 20, 64 * 1400), 10);
-        assert_eq!(stripe_for(96 << 20, 64 * 8900), 7);
-        assert_eq!(stripe_for(1, 64 * 1400), 1);
-        assert_eq!(stripe_for(u64::MAX, 1), crate::wire::MAX_STRIPE_LOG2);
     }
 }

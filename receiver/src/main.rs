@@ -7,6 +7,7 @@ mod config;
 mod folded;
 mod keys;
 mod live;
+mod loss;
 mod manifest;
 mod net;
 mod outcome;

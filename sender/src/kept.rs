@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::spool::Fingerprint;
-
+/// Size and modification time: a file whose pair changed is a different file.
+pub type Fingerprint = (u64, SystemTime);
 /// File name of the record inside the state folder.
 pub const FILE: &str = "kept.jsonl";
 

@@ -21,8 +21,7 @@ use crate::queue::Queue;
 use crate::walk::Entry;
 use checkvalve_formats::sender::{ChannelStatus, Counters};
 
-/// Size and modification time: a file whose pair changed is a different file.
-pub type Fingerprint = (u64, SystemTime);
+pub use crate::kept::Fingerprint;
 
 /// A file handed to the producer.
 #[derive(Debug, Clone)]

@@ -5,8 +5,6 @@ use std::path::Path;
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
-use crate::sweep::Point;
-
 const COLORS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
@@ -16,6 +14,32 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(23, 190, 207),
 ];
 
+/// One measured point.
+#[derive(Debug, Clone)]
+pub struct Point {
+    /// Configured loss rate (fraction).
+    pub loss: f64,
+    /// Configured mean burst (1 = independent).
+    pub burst: f64,
+    /// Files sent.
+    pub files: usize,
+    /// Files that arrived byte-identical.
+    pub delivered: usize,
+    /// Content bytes sent.
+    pub bytes: u64,
+    /// Content bytes that arrived byte-identical.
+    pub bytes_delivered: u64,
+    /// Seconds the sender ran.
+    pub seconds: f64,
+    /// Delivered content bits per second of sender time.
+    pub goodput_mbps: f64,
+    /// Datagrams the link received.
+    pub datagrams: u64,
+    /// Loss the link actually applied (fraction).
+    pub measured_loss: f64,
+    /// Longest run of dropped datagrams.
+    pub longest_burst: u64,
+}
 /// Draws `points` into an SVG file at `path`.
 pub fn draw(points: &[Point], title: &str, path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (960, 720)).into_drawing_area();

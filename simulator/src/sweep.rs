@@ -1,6 +1,7 @@
 //! The sweep: runs the real sender and receiver through the link model at a range of loss rates
 //! and burst lengths, and writes a CSV and an SVG chart of delivery and goodput.
 
+pub use crate::plot::Point;
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{SocketAddr, UdpSocket};
@@ -43,33 +44,6 @@ pub struct SweepOptions {
     pub object_timeout: Duration,
     /// Folder holding `checkvalve-send` and `checkvalve-receive`.
     pub bin_dir: PathBuf,
-}
-
-/// One measured point.
-#[derive(Debug, Clone)]
-pub struct Point {
-    /// Configured loss rate (fraction).
-    pub loss: f64,
-    /// Configured mean burst (1 = independent).
-    pub burst: f64,
-    /// Files sent.
-    pub files: usize,
-    /// Files that arrived byte-identical.
-    pub delivered: usize,
-    /// Content bytes sent.
-    pub bytes: u64,
-    /// Content bytes that arrived byte-identical.
-    pub bytes_delivered: u64,
-    /// Seconds the sender ran.
-    pub seconds: f64,
-    /// Delivered content bits per second of sender time.
-    pub goodput_mbps: f64,
-    /// Datagrams the link received.
-    pub datagrams: u64,
-    /// Loss the link actually applied (fraction).
-    pub measured_loss: f64,
-    /// Longest run of dropped datagrams.
-    pub longest_burst: u64,
 }
 
 impl Point {

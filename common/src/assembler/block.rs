@@ -6,6 +6,9 @@
 use crate::fec::{Fec, FecError};
 use crate::wire::MAX_SHARDS_PER_BLOCK;
 
+/// Bookkeeping of one block in progress beyond its buffer: the struct and its hash-map slot.
+pub(crate) const BLOCK_COST: usize = std::mem::size_of::<(u32, Pending)>() + 32;
+
 /// Shards of one block received so far.
 #[derive(Debug)]
 pub(crate) struct Pending {
@@ -112,7 +115,7 @@ impl Pending {
 
     /// Bytes charged to the budget for this block.
     pub(crate) fn cost(&self) -> usize {
-        self.buf.capacity() + super::budget::BLOCK_COST
+        self.buf.capacity() + BLOCK_COST
     }
 
     /// Stores shard `i` (`payload` is exactly `L` bytes); `k` is the block's data shard count.

@@ -6,13 +6,11 @@
 
 use std::mem::size_of;
 
-use super::block::Pending;
+pub(crate) use super::block::BLOCK_COST;
 use super::object::Object;
 
 /// Bytes of one entry of a `RangeMap`, its share of a B-tree node included.
 pub(crate) const RANGE_COST: usize = 64;
-/// Bookkeeping of one block in progress beyond its buffer: the struct and its hash-map slot.
-pub(crate) const BLOCK_COST: usize = size_of::<(u32, Pending)>() + 32;
 /// Bookkeeping of one object in progress, beyond its blocks and its ranges of decoded blocks.
 pub(crate) const OBJECT_COST: usize = size_of::<(u64, Object)>() + 32 + 256;
 

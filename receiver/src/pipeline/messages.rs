@@ -108,7 +108,7 @@ pub struct RebuildDone {
     /// The object.
     pub key: ObjectKey,
     /// Why the rebuild failed, if it did.
-    pub error: Option<crate::outcome::LossReason>,
+    pub error: Option<crate::loss::LossReason>,
 }
 
 /// A verified object on its way into the share.
