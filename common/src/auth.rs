@@ -324,8 +324,25 @@ impl Window {
     }
 }
 
-/// One key's replay state: key id, newest epoch, and (session, highest counter) per session.
-pub type KeyReplayState = (u32, u32, Vec<(u64, u64)>);
+/// One key's replay state.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KeyReplayState {
+    /// The key's id.
+    pub key_id: u32,
+    /// The newest session's epoch: older sessions are refused.
+    pub newest_epoch: u32,
+    /// The highest counter accepted per session, by session.
+    pub sessions: Vec<SessionFloor>,
+}
+
+/// The highest counter accepted of one session: nothing at or below it is accepted again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SessionFloor {
+    /// The session.
+    pub session: u64,
+    /// Its highest counter accepted.
+    pub counter: u64,
+}
 
 /// What a receiver must keep across restarts, per key id: the newest session's epoch and the
 /// highest counter accepted per session.
@@ -368,6 +385,24 @@ pub struct Refused {
     pub old_session: u64,
 }
 
+impl std::fmt::Display for Refused {
+    /// `unauthenticated=N bad_tag=N ...`, as a log line's fields read.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Refused {
+            unauthenticated,
+            malformed,
+            unknown_key,
+            bad_tag,
+            replayed,
+            old_session,
+        } = self;
+        write!(
+            f,
+            "unauthenticated={unauthenticated} bad_tag={bad_tag} unknown_key={unknown_key} replayed={replayed} old_session={old_session} malformed={malformed}"
+        )
+    }
+}
+
 impl Refused {
     /// Counts `e`.
     pub fn count(&mut self, e: AuthError) {
@@ -408,12 +443,13 @@ impl Opener {
                 )
             })
             .collect();
-        for (id, epoch, sessions) in &persisted.keys {
-            if let Some(k) = map.get_mut(id) {
-                k.newest_epoch = Some(*epoch);
-                for (s, top) in sessions {
-                    let key = Arc::new(session_key(&k.psk, *s));
-                    k.sessions.insert(*s, (key, Window::new(Some(*top))));
+        for p in &persisted.keys {
+            if let Some(k) = map.get_mut(&p.key_id) {
+                k.newest_epoch = Some(p.newest_epoch);
+                for f in &p.sessions {
+                    let key = Arc::new(session_key(&k.psk, f.session));
+                    k.sessions
+                        .insert(f.session, (key, Window::new(Some(f.counter))));
                 }
             }
         }
@@ -532,13 +568,22 @@ impl Opener {
             .iter()
             .filter_map(|(id, k)| {
                 let epoch = k.newest_epoch?;
-                let mut sessions: Vec<(u64, u64)> = k
+                let mut sessions: Vec<SessionFloor> = k
                     .sessions
                     .iter()
-                    .filter_map(|(s, (_, w))| Some((*s, w.top.or(w.floor)?)))
+                    .filter_map(|(s, (_, w))| {
+                        Some(SessionFloor {
+                            session: *s,
+                            counter: w.top.or(w.floor)?,
+                        })
+                    })
                     .collect();
                 sessions.sort_unstable();
-                Some((*id, epoch, sessions))
+                Some(KeyReplayState {
+                    key_id: *id,
+                    newest_epoch: epoch,
+                    sessions,
+                })
             })
             .collect();
         keys.sort_unstable();
@@ -635,7 +680,17 @@ mod tests {
             Err(AuthError::OldSession)
         );
         let persisted = o.take_persisted().unwrap();
-        assert_eq!(persisted.keys, vec![(1, 200, vec![(new, 0)])]);
+        assert_eq!(
+            persisted.keys,
+            vec![KeyReplayState {
+                key_id: 1,
+                newest_epoch: 200,
+                sessions: vec![SessionFloor {
+                    session: new,
+                    counter: 0
+                }],
+            }]
+        );
         assert!(o.take_persisted().is_none(), "nothing changed since");
         // After a restart: the first datagram is a replay, the next one is fresh.
         let mut o = Opener::new(vec![psk(1)], true, &persisted);

@@ -183,6 +183,11 @@ pub fn stripe_for(span: u64, stride: u64) -> u8 {
 mod tests {
     use super::*;
 
+    /// The content section at `offset`, shards `step` bytes apart.
+    fn content(offset: u64, step: u64) -> Section {
+        Section::Content { offset, step }
+    }
+
     #[test]
     fn stripe_for_fits_the_span() {
         assert_eq!(stripe_for(96 << 20, 64 * 1400), 10);
@@ -205,13 +210,7 @@ mod tests {
         let b0 = g.block(0).unwrap();
         assert_eq!((b0.section, b0.len, b0.data_shards), (Section::Head, 25, 3));
         let b3 = g.block(3).unwrap();
-        assert_eq!(
-            b3.section,
-            Section::Content {
-                offset: 80,
-                step: 10
-            }
-        );
+        assert_eq!(b3.section, content(80, 10));
         assert_eq!((b3.len, b3.data_shards), (15, 2));
         let b4 = g.block(4).unwrap();
         assert_eq!((b4.section, b4.data_shards), (Section::Digest, 4));
@@ -232,22 +231,10 @@ mod tests {
         };
         assert_eq!(g.content_blocks(), 10);
         let b1 = g.block(1).unwrap();
-        assert_eq!(
-            b1.section,
-            Section::Content {
-                offset: 0,
-                step: 40
-            }
-        );
+        assert_eq!(b1.section, content(0, 40));
         assert_eq!((b1.len, b1.data_shards), (40, 4));
         let b10 = g.block(10).unwrap();
-        assert_eq!(
-            b10.section,
-            Section::Content {
-                offset: 330,
-                step: 20
-            }
-        );
+        assert_eq!(b10.section, content(330, 20));
         assert_eq!((b10.len, b10.data_shards), (35, 4));
         let mut owner = vec![0u32; 395];
         for b in 1..=10 {

@@ -10,7 +10,7 @@ pub mod fec;
 pub mod fuzz;
 pub mod interleave;
 pub mod layout;
-pub mod link;
+pub mod link_state;
 pub mod meta;
 pub mod object;
 pub mod pacer;

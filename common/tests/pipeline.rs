@@ -730,7 +730,7 @@ fn no_session_takes_the_budget_from_another() {
 
 #[test]
 fn a_huge_heartbeat_interval_cannot_silence_the_alarm() {
-    use checkvalve_common::link::LinkChange;
+    use checkvalve_common::link_state::LinkChange;
     let t0 = Instant::now();
     let mut asm = Assembler::new(AssemblerConfig::default(), t0);
     let hb = wire::Heartbeat {

@@ -100,27 +100,54 @@ struct RawRetention {
     max_bytes: Option<Spanned<String>>,
 }
 
-/// Defaults shared by the flags and the file.
+/// Defaults, defined once, as the text an operator would write: the flags show them in `--help`,
+/// and the flags and the file parse them with the same parsers.
 pub mod defaults {
-    use std::time::Duration;
     /// `object_timeout`.
-    pub const OBJECT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const OBJECT_TIMEOUT: &str = "10s";
     /// `max_object_size`.
-    pub const MAX_OBJECT_SIZE: u64 = 1 << 40;
+    pub const MAX_OBJECT_SIZE: &str = "1T";
     /// `max_pending`.
-    pub const MAX_PENDING: u64 = 48 << 20;
+    pub const MAX_PENDING: &str = "48M";
     /// `min_free`.
-    pub const MIN_FREE: u64 = 256 << 20;
+    pub const MIN_FREE: &str = "256M";
     /// `rcvbuf`.
-    pub const RCVBUF: u64 = 64 << 20;
+    pub const RCVBUF: &str = "64M";
     /// `stats_interval`.
-    pub const STATS_INTERVAL: Duration = Duration::from_secs(10);
+    pub const STATS_INTERVAL: &str = "10s";
     /// `aggregate_interval`.
-    pub const AGGREGATE_INTERVAL: Duration = Duration::from_secs(10);
-    /// `loss_warn`.
-    pub const LOSS_WARN: f64 = 0.01;
-    /// `loss_interval`.
-    pub const LOSS_INTERVAL: Duration = Duration::from_secs(60);
+    pub const AGGREGATE_INTERVAL: &str = "10s";
+    /// `link.loss_warn`.
+    pub const LOSS_WARN: &str = "1%";
+    /// `link.loss_interval`.
+    pub const LOSS_INTERVAL: &str = "60s";
+}
+
+impl Settings {
+    /// Settings for `bind` and `out` with every other value at its default.
+    pub fn defaults(bind: String, out: PathBuf) -> Settings {
+        // The defaults are constants, parsed by a test too: they cannot fail.
+        let duration = |t: &str| parse_duration(t).expect("default duration");
+        let size = |t: &str| parse_size(t).expect("default size");
+        Settings {
+            bind,
+            out,
+            state: None,
+            object_timeout: duration(defaults::OBJECT_TIMEOUT),
+            max_object_size: size(defaults::MAX_OBJECT_SIZE),
+            max_pending: size(defaults::MAX_PENDING),
+            min_free: size(defaults::MIN_FREE),
+            rcvbuf: size(defaults::RCVBUF),
+            stats_interval: duration(defaults::STATS_INTERVAL),
+            aggregate_interval: duration(defaults::AGGREGATE_INTERVAL),
+            link_down_after: None,
+            loss_warn: parse_percent(defaults::LOSS_WARN).expect("default percentage"),
+            loss_interval: duration(defaults::LOSS_INTERVAL),
+            retention: Retention::default(),
+            keys: Vec::new(),
+            require_auth: None,
+        }
+    }
 }
 
 impl Settings {
@@ -140,20 +167,16 @@ impl Settings {
             let offset = e.span().map_or(0, |s| s.start);
             at(offset, e.message().to_owned())
         })?;
-        let duration = |v: &Option<Spanned<String>>, default: Duration| match v {
-            Some(d) => {
-                let parsed =
-                    parse_duration(d.get_ref()).map_err(|e| at(d.span().start, e.to_string()))?;
-                if parsed.is_zero() {
-                    return Err(at(d.span().start, "must be positive".into()));
-                }
-                Ok(parsed)
+        let duration = |d: &Spanned<String>| {
+            let parsed =
+                parse_duration(d.get_ref()).map_err(|e| at(d.span().start, e.to_string()))?;
+            if parsed.is_zero() {
+                return Err(at(d.span().start, "must be positive".into()));
             }
-            None => Ok(default),
+            Ok(parsed)
         };
-        let size = |v: &Option<Spanned<String>>, default: u64| match v {
-            Some(s) => parse_size(s.get_ref()).map_err(|e| at(s.span().start, e.to_string())),
-            None => Ok(default),
+        let size = |s: &Spanned<String>| {
+            parse_size(s.get_ref()).map_err(|e| at(s.span().start, e.to_string()))
         };
         let absolute = |p: &Spanned<PathBuf>, what: &str| {
             if p.get_ref().is_absolute() {
@@ -165,58 +188,72 @@ impl Settings {
                 ))
             }
         };
-        let out = absolute(&raw.out, "out")?;
-        let state = raw
+        let mut s = Settings::defaults(raw.bind.get_ref().clone(), absolute(&raw.out, "out")?);
+        s.state = raw
             .state
             .as_ref()
-            .map(|s| absolute(s, "state"))
+            .map(|p| absolute(p, "state"))
             .transpose()?;
-        let link = raw.link.as_ref();
-        let retention = raw.retention.as_ref();
-        let optional = |v: Option<&Spanned<String>>| -> Result<Option<Duration>, ConfigError> {
-            v.map(|d| duration(&Some(d.clone()), Duration::ZERO))
-                .transpose()
-        };
-        let loss_warn = match link.and_then(|l| l.loss_warn.as_ref()) {
-            Some(p) => parse_percent(p.get_ref()).map_err(|e| at(p.span().start, e.to_string()))?,
-            None => defaults::LOSS_WARN,
-        };
-        let keys = raw
+        s.keys = raw
             .keys
             .iter()
             .map(|k| absolute(k, "a key file"))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Settings {
-            keys,
-            require_auth: raw.require_auth,
-            bind: raw.bind.get_ref().clone(),
-            out,
-            state,
-            object_timeout: duration(&raw.object_timeout, defaults::OBJECT_TIMEOUT)?,
-            max_object_size: size(&raw.max_object_size, defaults::MAX_OBJECT_SIZE)?,
-            max_pending: size(&raw.max_pending, defaults::MAX_PENDING)?,
-            min_free: size(&raw.min_free, defaults::MIN_FREE)?,
-            rcvbuf: size(&raw.rcvbuf, defaults::RCVBUF)?,
-            stats_interval: duration(&raw.stats_interval, defaults::STATS_INTERVAL)?,
-            aggregate_interval: duration(&raw.aggregate_interval, defaults::AGGREGATE_INTERVAL)?,
-            link_down_after: optional(link.and_then(|l| l.down_after.as_ref()))?,
-            loss_warn,
-            loss_interval: optional(link.and_then(|l| l.loss_interval.as_ref()))?
-                .unwrap_or(defaults::LOSS_INTERVAL),
-            retention: Retention {
-                max_age: optional(retention.and_then(|r| r.max_age.as_ref()))?,
-                max_bytes: retention
-                    .and_then(|r| r.max_bytes.as_ref())
-                    .map(|b| size(&Some(b.clone()), 0))
-                    .transpose()?,
-            },
-        })
+        s.require_auth = raw.require_auth;
+        let durations = [
+            (&raw.object_timeout, &mut s.object_timeout),
+            (&raw.stats_interval, &mut s.stats_interval),
+            (&raw.aggregate_interval, &mut s.aggregate_interval),
+        ];
+        for (given, value) in durations {
+            if let Some(d) = given {
+                *value = duration(d)?;
+            }
+        }
+        let sizes = [
+            (&raw.max_object_size, &mut s.max_object_size),
+            (&raw.max_pending, &mut s.max_pending),
+            (&raw.min_free, &mut s.min_free),
+            (&raw.rcvbuf, &mut s.rcvbuf),
+        ];
+        for (given, value) in sizes {
+            if let Some(v) = given {
+                *value = size(v)?;
+            }
+        }
+        if let Some(link) = &raw.link {
+            s.link_down_after = link.down_after.as_ref().map(duration).transpose()?;
+            if let Some(d) = &link.loss_interval {
+                s.loss_interval = duration(d)?;
+            }
+            if let Some(p) = &link.loss_warn {
+                s.loss_warn =
+                    parse_percent(p.get_ref()).map_err(|e| at(p.span().start, e.to_string()))?;
+            }
+        }
+        if let Some(r) = &raw.retention {
+            s.retention = Retention {
+                max_age: r.max_age.as_ref().map(duration).transpose()?,
+                max_bytes: r.max_bytes.as_ref().map(size).transpose()?,
+            };
+        }
+        Ok(s)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_parse_and_a_file_with_only_the_folders_takes_them() {
+        let text = "bind = \"0.0.0.0:5000\"\nout = \"/srv/share\"\n";
+        let s = Settings::parse(Path::new("r.toml"), text).unwrap();
+        assert_eq!(s.object_timeout, Duration::from_secs(10));
+        assert_eq!(s.max_pending, 48 << 20);
+        assert_eq!(s.loss_interval, Duration::from_secs(60));
+        assert!((s.loss_warn - 0.01).abs() < 1e-12);
+    }
 
     #[test]
     fn the_shipped_example_loads() {

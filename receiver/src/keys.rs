@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use checkvalve_common::auth::{self, Persisted, Psk};
+use checkvalve_common::auth::{self, KeyReplayState, Persisted, Psk, SessionFloor};
 use serde::{Deserialize, Serialize};
 
 /// File name of the authentication state inside the state folder.
@@ -35,13 +35,19 @@ pub fn load_state(file: &Path) -> Persisted {
     Persisted {
         keys: entries
             .into_iter()
-            .map(|e| {
-                let sessions = e
+            .map(|e| KeyReplayState {
+                key_id: e.id,
+                newest_epoch: e.newest_epoch,
+                sessions: e
                     .sessions
                     .iter()
-                    .filter_map(|(s, c)| Some((u64::from_str_radix(s, 16).ok()?, *c)))
-                    .collect();
-                (e.id, e.newest_epoch, sessions)
+                    .filter_map(|(s, c)| {
+                        Some(SessionFloor {
+                            session: u64::from_str_radix(s, 16).ok()?,
+                            counter: *c,
+                        })
+                    })
+                    .collect(),
             })
             .collect(),
     }
@@ -52,12 +58,13 @@ pub fn save_state(file: &Path, p: &Persisted) -> std::io::Result<()> {
     let entries: Vec<KeyEntry> = p
         .keys
         .iter()
-        .map(|(id, epoch, sessions)| KeyEntry {
-            id: *id,
-            newest_epoch: *epoch,
-            sessions: sessions
+        .map(|k| KeyEntry {
+            id: k.key_id,
+            newest_epoch: k.newest_epoch,
+            sessions: k
+                .sessions
                 .iter()
-                .map(|(s, c)| (format!("{s:016x}"), *c))
+                .map(|f| (format!("{:016x}", f.session), f.counter))
                 .collect(),
         })
         .collect();
@@ -80,7 +87,14 @@ mod tests {
         let f = dir.path().join(STATE_FILE);
         assert_eq!(load_state(&f), Persisted::default());
         let p = Persisted {
-            keys: vec![(1, 100, vec![(0xabc, 7)])],
+            keys: vec![KeyReplayState {
+                key_id: 1,
+                newest_epoch: 100,
+                sessions: vec![SessionFloor {
+                    session: 0xabc,
+                    counter: 7,
+                }],
+            }],
         };
         save_state(&f, &p).unwrap();
         assert_eq!(load_state(&f), p);

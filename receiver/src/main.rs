@@ -35,12 +35,7 @@ use crate::config::{Retention, Settings, defaults};
 /// Receive files from a one-way link into an output folder (the share), with a hash-chained
 /// manifest of everything that crossed or did not.
 #[derive(Debug, Parser)]
-#[command(
-    name = "checkvalve-receive",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -60,36 +55,36 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
     /// Give up on an object after this long without a new datagram for it.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = defaults::OBJECT_TIMEOUT, value_parser = parse_duration)]
     object_timeout: Duration,
     /// Largest file accepted.
-    #[arg(long, default_value = "1T", value_parser = parse_size)]
+    #[arg(long, default_value = defaults::MAX_OBJECT_SIZE, value_parser = parse_size)]
     max_object_size: u64,
     /// Memory for datagrams queued (a quarter), content on its way to disk (an eighth), blocks
     /// held back to be rebuilt with their neighbours (a sixteenth) and blocks in progress (the
     /// rest); the receiver's resident memory stays below this plus about 16 MiB.
-    #[arg(long, default_value = "48M", value_parser = parse_size)]
+    #[arg(long, default_value = defaults::MAX_PENDING, value_parser = parse_size)]
     max_pending: u64,
     /// Free space always left on the output filesystem (half of it is kept for the manifest).
-    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    #[arg(long, default_value = defaults::MIN_FREE, value_parser = parse_size)]
     min_free: u64,
     /// Kernel receive buffer to ask for.
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    #[arg(long, default_value = defaults::RCVBUF, value_parser = parse_size)]
     rcvbuf: u64,
     /// Interval between statistics lines.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = defaults::STATS_INTERVAL, value_parser = parse_duration)]
     stats_interval: Duration,
     /// Objects lost without a name are recorded as one manifest record per session per interval.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = defaults::AGGREGATE_INTERVAL, value_parser = parse_duration)]
     aggregate_interval: Duration,
     /// Link down after this long without a datagram [default: three heartbeat periods, at least 3 s].
     #[arg(long, value_parser = parse_duration)]
     link_down_after: Option<Duration>,
     /// Measured datagram loss above this is a WARN.
-    #[arg(long, default_value = "1%", value_parser = parse_percent)]
+    #[arg(long, default_value = defaults::LOSS_WARN, value_parser = parse_percent)]
     loss_warn: f64,
     /// Interval of the measured-loss manifest records.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = defaults::LOSS_INTERVAL, value_parser = parse_duration)]
     loss_interval: Duration,
     /// Remove published files older than this (oldest first; each removal recorded).
     #[arg(long, value_parser = parse_duration)]
@@ -211,22 +206,8 @@ fn folders(at: &Where) -> Result<(PathBuf, PathBuf)> {
     let s = match (&at.config, &at.out) {
         (Some(file), _) => Settings::load(file).map_err(|e| anyhow!("{e}"))?,
         (None, Some(out)) => Settings {
-            bind: String::new(),
-            out: out.clone(),
             state: at.state.clone(),
-            object_timeout: defaults::OBJECT_TIMEOUT,
-            max_object_size: defaults::MAX_OBJECT_SIZE,
-            max_pending: defaults::MAX_PENDING,
-            min_free: defaults::MIN_FREE,
-            rcvbuf: defaults::RCVBUF,
-            stats_interval: defaults::STATS_INTERVAL,
-            aggregate_interval: defaults::AGGREGATE_INTERVAL,
-            link_down_after: None,
-            loss_warn: defaults::LOSS_WARN,
-            loss_interval: defaults::LOSS_INTERVAL,
-            retention: Retention::default(),
-            keys: Vec::new(),
-            require_auth: None,
+            ..Settings::defaults(String::new(), out.clone())
         },
         (None, None) => return Err(anyhow!("give --config FILE or --out DIR")),
     };

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use checkvalve_common::assembler::{Assembler, Event, ObjectKey};
 use checkvalve_common::auth::{Opener, Persisted, Refused};
-use checkvalve_common::link::LinkChange;
+use checkvalve_common::link_state::LinkChange;
 use checkvalve_common::repair::{Repair, Rows};
 use checkvalve_common::shed::{self, LossMeter};
 use tracing::{debug, error, info, warn};
@@ -391,13 +391,7 @@ impl Receive {
             let r = self.refused;
             warn!(
                 count = r.total() - self.reported_refused,
-                unauthenticated = r.unauthenticated,
-                bad_tag = r.bad_tag,
-                unknown_key = r.unknown_key,
-                replayed = r.replayed,
-                old_session = r.old_session,
-                malformed = r.malformed,
-                "datagrams refused by authentication (forged, replayed, or a sender without the key)"
+                "datagrams refused by authentication (forged, replayed, or a sender without the key): {r}"
             );
             self.reported_refused = r.total();
         }

@@ -38,12 +38,7 @@ pub(crate) const QUEUED_BATCHES: usize = 2;
 /// Push files and folder trees across a one-way link: once (PATH...), or as a service watching
 /// spool folders (--watch DIR, or --config FILE with channels).
 #[derive(Debug, Parser)]
-#[command(
-    name = "checkvalve-send",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,

@@ -189,14 +189,14 @@ fn live_stats(
         info!(
             t = format_args!("{t:.1}"),
             phase = %phase,
-            received = c.received,
-            forwarded = c.forwarded,
-            dropped = c.dropped,
-            loss = c.dropped_loss,
-            outage = c.dropped_outage,
-            queue = c.dropped_queue,
             mbps = format_args!("{mbps:.1}"),
-            "stats"
+            "stats: received={} forwarded={} dropped={} (loss={} outage={} queue={})",
+            c.received,
+            c.forwarded,
+            c.dropped,
+            c.dropped_loss,
+            c.dropped_outage,
+            c.dropped_queue
         );
     }
     *last = (now, c);

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::fec::Fec;
 use crate::layout::Geometry;
-use crate::link::LinkMonitor;
+use crate::link_state::LinkMonitor;
 use crate::wire::{self, Datagram, WireError};
 
 use super::budget::Budget;

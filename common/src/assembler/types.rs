@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::link::LinkChange;
+use crate::link_state::LinkChange;
 use crate::meta::{DIGEST_LEN, Head, MetaError};
 use crate::repair::Repair;
 use crate::wire::Heartbeat;
