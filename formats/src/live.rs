@@ -140,6 +140,9 @@ pub struct State {
     pub stopped: bool,
     /// Address it listens on.
     pub bind: String,
+    /// Datagrams are authenticated by a key (false: the operator ran it with
+    /// `--allow-unauthenticated` and no key).
+    pub authenticated: bool,
     /// The link.
     pub link: Link,
     /// Since when (RFC 3339).

@@ -54,7 +54,13 @@ pub struct Settings {
     pub keys: Vec<PathBuf>,
     /// Refuse unauthenticated datagrams [default: yes once a key is configured].
     pub require_auth: Option<bool>,
+    /// The operator accepts unauthenticated datagrams: without a key, the receiver runs
+    /// unauthenticated (and says so); with one, it accepts both (a migration).
+    pub allow_unauthenticated: bool,
 }
+
+/// Why a receiver without a key does not start.
+pub const NO_KEY: &str = "no key: give a key file (--key FILE or keys = [\"/path\"], made by `checkvalve-send keygen`), or accept unauthenticated datagrams with --allow-unauthenticated (allow_unauthenticated = true)";
 
 impl Settings {
     /// The state folder: `state`, or `OUT/.checkvalve`.
@@ -83,6 +89,7 @@ struct Raw {
     #[serde(default)]
     keys: Vec<Spanned<PathBuf>>,
     require_auth: Option<bool>,
+    allow_unauthenticated: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -146,7 +153,25 @@ impl Settings {
             retention: Retention::default(),
             keys: Vec::new(),
             require_auth: None,
+            allow_unauthenticated: false,
         }
+    }
+
+    /// Checks that the settings say how datagrams are authenticated: a key, or the operator's
+    /// explicit leave to run without one; `require_auth` needs a key.
+    pub fn check_auth(&self) -> Result<(), &'static str> {
+        if !self.keys.is_empty() {
+            return Ok(());
+        }
+        if self.require_auth == Some(true) {
+            return Err(
+                "require_auth = true needs a key (keys = [\"/path\"]): without one nothing could be authenticated",
+            );
+        }
+        if !self.allow_unauthenticated {
+            return Err(NO_KEY);
+        }
+        Ok(())
     }
 }
 
@@ -199,7 +224,12 @@ impl Settings {
             .iter()
             .map(|k| absolute(k, "a key file"))
             .collect::<Result<Vec<_>, _>>()?;
+        s.allow_unauthenticated = raw.allow_unauthenticated.unwrap_or(false);
         s.require_auth = raw.require_auth;
+        // With keys, leave to accept unauthenticated datagrams is a migration's: both are taken.
+        if s.allow_unauthenticated && !s.keys.is_empty() && s.require_auth.is_none() {
+            s.require_auth = Some(false);
+        }
         let durations = [
             (&raw.object_timeout, &mut s.object_timeout),
             (&raw.stats_interval, &mut s.stats_interval),
@@ -237,6 +267,7 @@ impl Settings {
                 max_bytes: r.max_bytes.as_ref().map(size).transpose()?,
             };
         }
+        s.check_auth().map_err(|e| at(0, e.into()))?;
         Ok(s)
     }
 }
@@ -247,12 +278,34 @@ mod tests {
 
     #[test]
     fn the_defaults_parse_and_a_file_with_only_the_folders_takes_them() {
-        let text = "bind = \"0.0.0.0:5000\"\nout = \"/srv/share\"\n";
+        let text = "bind = \"0.0.0.0:5000\"\nout = \"/srv/share\"\nallow_unauthenticated = true\n";
         let s = Settings::parse(Path::new("r.toml"), text).unwrap();
         assert_eq!(s.object_timeout, Duration::from_secs(10));
         assert_eq!(s.max_pending, 48 << 20);
         assert_eq!(s.loss_interval, Duration::from_secs(60));
         assert!((s.loss_warn - 0.01).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_key_or_the_operators_leave_to_run_without_one_is_required() {
+        let folders = "bind = \"0.0.0.0:5000\"\nout = \"/srv/share\"\n";
+        for extra in [
+            "",
+            "require_auth = true\n",
+            "allow_unauthenticated = true\nrequire_auth = true\n",
+        ] {
+            match Settings::parse(Path::new("r.toml"), &format!("{folders}{extra}")) {
+                Err(ConfigError::At { reason, .. }) => assert!(reason.contains("key"), "{reason}"),
+                other => panic!("{extra:?}: {other:?}"),
+            }
+        }
+        let keyed = format!("{folders}keys = [\"/k\"]\nallow_unauthenticated = true\n");
+        let s = Settings::parse(Path::new("r.toml"), &keyed).unwrap();
+        assert_eq!(
+            s.require_auth,
+            Some(false),
+            "with a key, leave to accept both"
+        );
     }
 
     #[test]

@@ -137,6 +137,7 @@ impl Live {
         manifest: Arc<Manifest>,
         loss_warn: f64,
         loss_every: Duration,
+        authenticated: bool,
         chores: Queue,
     ) -> Live {
         let now = SystemTime::now();
@@ -155,6 +156,7 @@ impl Live {
                 updated_unix: 0,
                 stopped: false,
                 bind,
+                authenticated,
                 link: Link::Unknown,
                 link_since: None,
                 last_heartbeat: None,

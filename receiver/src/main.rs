@@ -98,8 +98,9 @@ struct Args {
     /// Do not install the seccomp filter that forbids sending and connecting (debugging only).
     #[arg(long)]
     no_seccomp: bool,
-    /// With --key: also accept unauthenticated datagrams (during a migration only).
-    #[arg(long, requires = "keys")]
+    /// Accept unauthenticated datagrams: without --key, run unauthenticated (said at start and in
+    /// every statistics line); with --key, accept both (during a migration only).
+    #[arg(long)]
     allow_unauthenticated: bool,
 }
 
@@ -198,6 +199,14 @@ fn settings(args: &Args) -> Result<Option<Settings>> {
         },
         keys: args.keys.clone(),
         require_auth: args.allow_unauthenticated.then_some(false),
+        allow_unauthenticated: args.allow_unauthenticated,
+    })
+    .filter(|s| match s.check_auth() {
+        Ok(()) => true,
+        Err(e) => {
+            error!("{e}");
+            false
+        }
     }))
 }
 

@@ -387,6 +387,9 @@ impl Receive {
             return;
         }
         self.reported_datagrams = Some(c.datagrams);
+        if self.out.auth.is_none() {
+            warn!("{}", crate::pipeline::UNAUTHENTICATED);
+        }
         if self.refused.total() > self.reported_refused {
             let r = self.refused;
             warn!(

@@ -73,6 +73,8 @@ pub struct Config {
     pub key: Option<PathBuf>,
     /// With a key: payloads are encrypted too.
     pub encrypt: bool,
+    /// Without a key: the operator accepts sending unauthenticated datagrams.
+    pub allow_unauthenticated: bool,
     /// The watched channels.
     pub channels: Vec<Channel>,
 }
@@ -92,6 +94,7 @@ struct Raw {
     state: Option<Spanned<PathBuf>>,
     key: Option<Spanned<PathBuf>>,
     encrypt: Option<Spanned<bool>>,
+    allow_unauthenticated: Option<bool>,
     #[serde(default, rename = "channel")]
     channels: Vec<Spanned<RawChannel>>,
 }
@@ -352,9 +355,14 @@ impl Config {
                 "shard_size too large for authenticated datagrams".into(),
             ));
         }
+        let allow_unauthenticated = raw.allow_unauthenticated.unwrap_or(false);
+        if key.is_none() && !allow_unauthenticated {
+            return Err(at(0, crate::keys::NO_KEY.into()));
+        }
         Ok(Config {
             key,
             encrypt,
+            allow_unauthenticated,
             to: raw.to.get_ref().clone(),
             rate,
             fec,
@@ -391,7 +399,7 @@ pub fn glob(pattern: &str, name: &str) -> bool {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    const GOOD: &str = r#"key = "/etc/checkvalve/keys/link-1.key"
 to = "192.0.2.10:5000"
 rate = "800M"
 settle = "2s"

@@ -58,6 +58,12 @@ pub fn identity(state: Option<&Path>, key: Option<&Psk>, encrypt: bool) -> Ident
     }
 }
 
+/// Why a sender without a key does not start.
+pub const NO_KEY: &str = "no key: give a key file (--key FILE or key = \"/path\", made by `checkvalve-send keygen`), or accept unauthenticated datagrams with --allow-unauthenticated (allow_unauthenticated = true)";
+
+/// Logged at the start of a sender that runs without a key.
+pub const UNAUTHENTICATED: &str = "--allow-unauthenticated: datagrams are NOT authenticated; anyone on the DMZ side can forge what the receiver accepts";
+
 /// Reads a key file, refusing one that others than its owner can read.
 pub fn load(path: &Path) -> Result<Psk> {
     let text = checkvalve_confine::read_private(path)

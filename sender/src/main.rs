@@ -102,6 +102,9 @@ struct Args {
     /// With --key: also encrypt payloads.
     #[arg(long, requires = "key")]
     encrypt: bool,
+    /// Run without a key: datagrams are sent unauthenticated (the receiver must allow it too).
+    #[arg(long, conflicts_with = "key")]
+    allow_unauthenticated: bool,
     /// Files or folders to send once; each lands under its name relative to its parent folder.
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
@@ -260,6 +263,9 @@ fn run(args: Args) -> Result<ExitCode> {
     let Some(to) = args.to.clone() else {
         bail!("--to is required (or --config FILE)");
     };
+    if args.key.is_none() && !args.allow_unauthenticated {
+        bail!(keys::NO_KEY);
+    }
     let fec = FecParams {
         data_shards: args.fec.0,
         parity_shards: args.fec.1,
@@ -294,6 +300,7 @@ fn run(args: Args) -> Result<ExitCode> {
             }],
             key: args.key.clone(),
             encrypt: args.encrypt,
+            allow_unauthenticated: args.allow_unauthenticated,
             state: match &args.state {
                 Some(s) => Some(
                     std::path::absolute(s)
@@ -310,6 +317,9 @@ fn run(args: Args) -> Result<ExitCode> {
     let to = resolve(&to)?;
     let walked = walk::walk(&args.paths)?;
     let key = args.key.as_deref().map(keys::load).transpose()?;
+    if key.is_none() {
+        warn!("{}", keys::UNAUTHENTICATED);
+    }
     let who = keys::identity(None, key.as_ref(), args.encrypt);
     // Keys read: from here on only the paths to send can be read.
     let readable: Vec<PathBuf> = args.paths.iter().filter(|p| p.exists()).cloned().collect();

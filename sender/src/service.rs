@@ -45,6 +45,12 @@ pub fn run(
 ) -> Result<ExitCode> {
     let to = resolve(&cfg.to)?;
     let key = cfg.key.as_deref().map(crate::keys::load).transpose()?;
+    if key.is_none() {
+        if !cfg.allow_unauthenticated {
+            anyhow::bail!(crate::keys::NO_KEY);
+        }
+        tracing::warn!("{}", crate::keys::UNAUTHENTICATED);
+    }
     if let Some(state) = &cfg.state {
         std::fs::create_dir_all(state)
             .with_context(|| format!("cannot create the state folder {}", state.display()))?;

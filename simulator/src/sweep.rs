@@ -151,9 +151,27 @@ fn run_point(
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
     let recv_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    // Authenticated, as a plant link is: a key of the point's own, held by both ends.
+    let key = work.join("link.key");
+    let made = Command::new(o.bin_dir.join("checkvalve-send"))
+        .args(["keygen", "--id", "1", "--out"])
+        .arg(&key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(work.join("keygen.log"))?)
+        .status()
+        .context("cannot run checkvalve-send keygen")?;
+    if !made.success() {
+        bail!(
+            "checkvalve-send keygen failed (see {})",
+            work.join("keygen.log").display()
+        );
+    }
     let receiver = Command::new(o.bin_dir.join("checkvalve-receive"))
         .args(["--bind", &recv_addr.to_string(), "--out"])
         .arg(work.join("out"))
+        .arg("--key")
+        .arg(&key)
         .args([
             "--object-timeout",
             &format!("{}ms", o.object_timeout.as_millis()),
@@ -201,6 +219,8 @@ fn run_point(
             "--fec",
             &o.fec,
         ])
+        .arg("--key")
+        .arg(&key)
         .arg(src.join("tree"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

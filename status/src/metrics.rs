@@ -43,6 +43,12 @@ pub fn render(view: &View) -> Result<String, std::fmt::Error> {
     if let Some(l) = &view.live {
         gauge(
             &mut r,
+            "authenticated",
+            "1 if datagrams are authenticated by a key, 0 if the receiver runs with --allow-unauthenticated",
+            f64::from(u8::from(l.authenticated)),
+        );
+        gauge(
+            &mut r,
             "link_up",
             "1 if datagrams arrive, 0 if the link is down or nothing was heard yet",
             f64::from(u8::from(

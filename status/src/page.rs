@@ -192,6 +192,9 @@ figure{margin:.5em 0 1em}figcaption{font-weight:bold;margin-bottom:.2em}</style>
             .unwrap_or_default(),
         esc(l.last_heartbeat.as_deref().unwrap_or("none heard"))
     );
+    if !l.authenticated {
+        h.push_str(r##"<p class="state down" id="auth">Authentication: NONE: the receiver runs with --allow-unauthenticated and no key, so anyone on the DMZ side can forge what it publishes</p>"##);
+    }
     let t = &l.tally;
     let _ = write!(
         h,

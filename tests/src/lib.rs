@@ -322,7 +322,37 @@ pub struct Rig {
     pub send_to: String,
     /// Where the receiver listens.
     pub receiver_addr: String,
+    /// The key the rig's receiver holds and its senders get, unless the test chose its own
+    /// (`--key`) or opted out (`--allow-unauthenticated`).
+    pub key: Option<PathBuf>,
     _serial: MutexGuard<'static, ()>,
+}
+
+/// Arguments by which a test says how a program authenticates: the rig then adds nothing.
+const AUTH_ARGS: [&str; 3] = ["--key", "--allow-unauthenticated", "--config"];
+
+/// The file name of a rig's key in its folder.
+pub const RIG_KEY: &str = "rig.key";
+
+/// A new key numbered `id` in `dir` (`checkvalve-send keygen`).
+pub fn keygen(dir: &Path, id: u32) -> PathBuf {
+    keygen_at(&dir.join(format!("key-{id}")), id)
+}
+
+/// A new key numbered `id` written to `key`.
+pub fn keygen_at(key: &Path, id: u32) -> PathBuf {
+    let key = key.to_path_buf();
+    let out = Command::new(bin("checkvalve-send"))
+        .args(["keygen", "--id", &id.to_string(), "--out"])
+        .arg(&key)
+        .output()
+        .expect("keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    key
 }
 
 impl Rig {
@@ -352,6 +382,12 @@ impl Rig {
             "1s".into(),
         ];
         rargs.extend(receiver_args.iter().map(|s| s.to_string()));
+        // Secure by default, as the programs are: a key unless the test says otherwise.
+        let key = (!receiver_args.iter().any(|a| AUTH_ARGS.contains(a)))
+            .then(|| keygen_at(&dir.path().join(RIG_KEY), 1));
+        if let Some(k) = &key {
+            rargs.extend(["--key".to_string(), k.display().to_string()]);
+        }
         let receiver = Proc::start(dir.path(), "receiver", &bin("checkvalve-receive"), &rargs);
         let receiver_addr = bound_addr(&receiver, " receiving", Duration::from_secs(20));
         let (sim, send_to) = match sim_args {
@@ -376,6 +412,7 @@ impl Rig {
             sim,
             send_to,
             receiver_addr,
+            key,
             _serial: serial,
         }
     }
@@ -388,8 +425,26 @@ impl Rig {
             args.extend(["--rate".to_string(), "200M".to_string()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
+        if !extra.iter().any(|a| AUTH_ARGS.contains(a)) {
+            args.extend(self.sender_auth());
+        }
         args.extend(paths.iter().map(|p| p.display().to_string()));
         Proc::start(self.dir.path(), tag, &bin("checkvalve-send"), &args)
+    }
+
+    /// `args` for a sender of this rig's, with how it authenticates added.
+    pub fn sender_args(&self, args: &[String]) -> Vec<String> {
+        let mut all = args.to_vec();
+        all.extend(self.sender_auth());
+        all
+    }
+
+    /// How a sender authenticates to this rig's receiver: its key, or the receiver's opt-out.
+    pub fn sender_auth(&self) -> Vec<String> {
+        match &self.key {
+            Some(k) => vec!["--key".into(), k.display().to_string()],
+            None => vec!["--allow-unauthenticated".into()],
+        }
     }
 
     /// Runs the sender on `paths` and returns its exit status (bounded by `limit`).

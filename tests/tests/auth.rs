@@ -9,27 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use checkvalve_common::wire::{Heartbeat, ShardHeader};
-use checkvalve_tests::{Rig, bin, digest_tree, make_tree, write_file};
-
-fn keygen(dir: &Path, id: u32) -> std::path::PathBuf {
-    let key = dir.join(format!("key-{id}"));
-    let out = std::process::Command::new(bin("checkvalve-send"))
-        .args([
-            "keygen",
-            "--id",
-            &id.to_string(),
-            "--out",
-            &key.display().to_string(),
-        ])
-        .output()
-        .expect("keygen");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    key
-}
+use checkvalve_tests::{Rig, bin, digest_tree, keygen, make_tree, write_file};
 
 /// A receiver holding `key`, writing to `out`: the process and the address it listens on.
 fn keyed_receiver(
@@ -236,7 +216,7 @@ fn forged_authenticated(i: u64) -> Vec<u8> {
 #[test]
 fn with_a_key_forged_unauthenticated_and_replayed_datagrams_are_all_refused_during_a_transfer() {
     let rig = Rig::start(None, &[]);
-    // The rig's receiver has no key: a second receiver with one, on its own folder.
+    // A receiver of the test's own, with its own key, on its own folder.
     let dir = rig.dir.path();
     let (key, out, receiver, raddr) = keyed_setup(dir, 1);
     let mut tap = Tap::start(&raddr);

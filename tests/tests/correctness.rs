@@ -168,6 +168,11 @@ fn a_second_receiver_on_the_same_folder_refuses_to_start() {
         .iter()
         .map(|s| s.to_string())
         .chain([rig.out.display().to_string()])
+        .chain(
+            rig.key
+                .iter()
+                .flat_map(|k| ["--key".to_string(), k.display().to_string()]),
+        )
         .collect();
     // Something in progress for the first receiver.
     let tmp = rig.out.join(".checkvalve/tmp");
@@ -224,7 +229,8 @@ fn a_sender_whose_datagrams_are_refused_exits_non_zero() {
     let src = dir.path().join("a.csv");
     write_file(&src, 10_000, 61);
     // Sending to the broadcast address without SO_BROADCAST: the kernel refuses every datagram.
-    let args: Vec<String> = ["--to", "255.255.255.255:9"]
+    // No receiver: the kernel's refusals are the subject, so no key is needed.
+    let args: Vec<String> = ["--to", "255.255.255.255:9", "--allow-unauthenticated"]
         .iter()
         .map(|s| s.to_string())
         .chain([src.display().to_string()])

@@ -26,6 +26,7 @@ fn the_sender_never_receives_and_both_ends_install_their_filter() {
         .arg(&trace)
         .arg(bin("checkvalve-send"))
         .args(["--to", &rig.send_to, "--rate", "100M"])
+        .args(rig.sender_auth())
         .arg(&src)
         .stderr(std::fs::File::create(&log).expect("log"))
         .status();

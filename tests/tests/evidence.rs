@@ -193,14 +193,14 @@ fn link_down_link_up_and_a_sender_restart_are_recorded_as_they_happen() {
             root,
             tag,
             &bin("checkvalve-send"),
-            &[
+            &rig.sender_args(&[
                 "--to".into(),
                 rig.send_to.clone(),
                 "--watch".into(),
                 spool.display().to_string(),
                 "--heartbeat".into(),
                 "1s".into(),
-            ],
+            ]),
         );
         checkvalve_tests::wait_for_log(&p, " watching", Duration::from_secs(20));
         p

@@ -23,7 +23,8 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 
 #[test]
 fn random_datagrams_neither_crash_nor_bloat_the_receiver_and_a_transfer_still_succeeds() {
-    let rig = Rig::start(None, &[]);
+    // Unauthenticated on purpose: the garbage must reach the wire checks (a key refuses it first).
+    let rig = Rig::start(None, &["--allow-unauthenticated"]);
     let pid = rig.receiver.pid().expect("running");
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let mut rng = ChaCha8Rng::seed_from_u64(99);
@@ -101,7 +102,8 @@ fn forged_object(session: u64, safe: &str, forged: &str) -> Vec<Vec<u8>> {
 
 #[test]
 fn unsafe_names_are_refused_and_logged() {
-    let rig = Rig::start(None, &[]);
+    // Unauthenticated on purpose: the forged objects must reach the name checks.
+    let rig = Rig::start(None, &["--allow-unauthenticated"]);
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let cases = [
         ("aaaaaaaaaaa", "../../escap"),
@@ -233,7 +235,17 @@ fn a_flood_of_large_forged_shards_stays_within_the_memory_bound() {
     const MAX_PENDING_MIB: u64 = 64;
     // The stated constant: binary, thread stacks, buffers of fixed size, allocator slack.
     const OVERHEAD_MIB: u64 = 32;
-    let rig = Rig::start(None, &["--max-pending", "64M", "--object-timeout", "2s"]);
+    // Unauthenticated on purpose: the forged shards must reach the assembler.
+    let rig = Rig::start(
+        None,
+        &[
+            "--max-pending",
+            "64M",
+            "--object-timeout",
+            "2s",
+            "--allow-unauthenticated",
+        ],
+    );
     let pid = rig.receiver.pid().expect("running");
     let senders: Vec<_> = (0..2u64)
         .map(|t| {
@@ -308,7 +320,8 @@ fn a_flood_of_large_forged_shards_stays_within_the_memory_bound() {
 
 #[test]
 fn a_flood_of_forged_sessions_does_not_flood_the_log_or_the_manifest() {
-    let rig = Rig::start(None, &["--object-timeout", "1s"]);
+    // Unauthenticated on purpose: the forged sessions must reach the assembler.
+    let rig = Rig::start(None, &["--object-timeout", "1s", "--allow-unauthenticated"]);
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     // One forged object per fresh session (a whole, decodable head and content), and a forged
@@ -364,7 +377,8 @@ fn a_flood_of_forged_sessions_does_not_flood_the_log_or_the_manifest() {
 
 #[test]
 fn datagrams_the_kernel_drops_while_the_receiver_is_stopped_are_counted() {
-    let rig = Rig::start(None, &["--rcvbuf", "256K"]);
+    // Unauthenticated on purpose: the datagrams are the test's own, unkeyed.
+    let rig = Rig::start(None, &["--rcvbuf", "256K", "--allow-unauthenticated"]);
     let pid = nix::unistd::Pid::from_raw(rig.receiver.pid().expect("running") as i32);
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let datagram = [0x5Au8; 1000];

@@ -40,6 +40,8 @@ fn thirty_seconds_at_100_mbit_hold_the_rate_with_no_burst() {
             link.local_addr().expect("addr").to_string(),
             "--rate".into(),
             "100M".into(),
+            // The pacing is the subject, and no receiver checks anything.
+            "--allow-unauthenticated".into(),
             file.display().to_string(),
         ],
     );

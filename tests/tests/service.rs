@@ -7,11 +7,19 @@ use std::time::{Duration, Instant};
 use checkvalve_tests::{Proc, Rig, bin, count_files, digest_tree, write_file};
 use sha2::Digest;
 
+/// A sender configuration sending to `to`, keyed with the rig's key when `dir` is a rig's folder
+/// (a configuration test without a receiver allows unauthenticated datagrams instead).
 fn config(dir: &Path, to: &str, body: &str) -> std::path::PathBuf {
     let path = dir.join("send.toml");
+    let key = dir.join(checkvalve_tests::RIG_KEY);
+    let auth = if key.exists() {
+        format!("key = \"{}\"", key.display())
+    } else {
+        "allow_unauthenticated = true".into()
+    };
     std::fs::write(
         &path,
-        format!("to = \"{to}\"\nrate = \"200M\"\nsettle = \"1s\"\n{body}"),
+        format!("to = \"{to}\"\nrate = \"200M\"\nsettle = \"1s\"\n{auth}\n{body}"),
     )
     .expect("config");
     path
@@ -117,7 +125,7 @@ fn a_config_with_an_error_is_refused_with_its_line() {
     assert_eq!(status.code(), Some(2));
     let log = check.log_text();
     assert!(
-        log.contains("send.toml:7:") && log.contains("shred"),
+        log.contains("send.toml:8:") && log.contains("shred"),
         "{log}"
     );
     std::fs::write(
@@ -303,14 +311,14 @@ fn a_file_appended_slowly_is_sent_once_it_stops_changing_and_arrives_whole() {
         rig.dir.path(),
         "sender",
         &bin("checkvalve-send"),
-        &[
+        &rig.sender_args(&[
             "--to".into(),
             rig.send_to.clone(),
             "--watch".into(),
             spool.display().to_string(),
             "--settle".into(),
             "2s".into(),
-        ],
+        ]),
     );
     checkvalve_tests::wait_for_log(&sender, " watching", Duration::from_secs(20));
     // Written in place, 40 kB every 400 ms for 6 s: never still for the 2 s settle time.

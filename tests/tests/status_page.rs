@@ -138,14 +138,14 @@ fn metrics_parse_the_page_renders_with_its_chart_and_the_receiver_sends_nothing(
         rig.dir.path(),
         "sender",
         &bin("checkvalve-send"),
-        &[
+        &rig.sender_args(&[
             "--to".into(),
             rig.send_to.clone(),
             "--watch".into(),
             spool.display().to_string(),
             "--rate".into(),
             "100M".into(),
-        ],
+        ]),
     );
     checkvalve_tests::wait_for_log(&sender, " watching", Duration::from_secs(20));
     let staging = rig.dir.path().join("staging");

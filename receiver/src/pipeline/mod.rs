@@ -70,6 +70,9 @@ use reservation::Reserved;
 /// which the writer's and hasher's queues are sized.
 pub const WRITE_UNIT: usize = 128 << 10;
 
+/// Said at start, and in every statistics line, by a receiver running without a key.
+pub const UNAUTHENTICATED: &str = "--allow-unauthenticated: datagrams are NOT authenticated: anything that reaches this port is trusted as far as its CRC (anyone on the DMZ side can forge files, or fill the session table)";
+
 /// Starts a thread named `name`.
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -179,9 +182,7 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let auth_state = share.state().join(keys::STATE_FILE);
     let auth = if psks.is_empty() {
-        tracing::warn!(
-            "no key configured: datagrams are not authenticated (anything that reaches this port is trusted as far as its CRC)"
-        );
+        warn!("{UNAUTHENTICATED}");
         None
     } else {
         let require = args.require_auth.unwrap_or(true);
@@ -210,6 +211,7 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
         Arc::clone(&manifest),
         args.loss_warn,
         args.loss_interval,
+        auth.is_some(),
         chores.clone(),
     );
     info!(bind = %local, out = %share.root().display(), state = %share.state().display(), manifest = %manifest_path.display(), "receiving");
