@@ -27,6 +27,27 @@ pub const HEARTBEAT_LEN: usize = 52;
 pub const MAX_DATAGRAM_LEN: usize = 65_507;
 /// Largest shard length that still fits in one UDP datagram.
 pub const MAX_SHARD_LEN: usize = MAX_DATAGRAM_LEN - SHARD_OVERHEAD;
+/// IPv6 and UDP headers: shards sized from a link's MTU leave room for the larger IP header, so
+/// that they fit whichever family the link uses.
+pub const IP_UDP_HEADERS: usize = 48;
+/// A link's MTU unless the operator says otherwise (Ethernet).
+pub const DEFAULT_MTU: u16 = 1500;
+
+/// Bytes at the IP layer of a shard datagram of `shard_len` bytes carrying a `trailer` (the
+/// authentication trailer, or nothing), with the larger (IPv6) header.
+pub fn packet_len(shard_len: usize, trailer: usize) -> usize {
+    IP_UDP_HEADERS + SHARD_OVERHEAD + shard_len + trailer
+}
+
+/// The longest shard, a multiple of 8 bytes, whose datagrams carrying `trailer` fit a link of
+/// `mtu` bytes: 1,400 at 1,500 without authentication, 1,376 with it; `None` below the shortest
+/// shard a sender produces.
+pub fn shard_len_for_mtu(mtu: u16, trailer: usize) -> Option<u16> {
+    let room = usize::from(mtu).checked_sub(packet_len(0, trailer))?;
+    let len = room / 8 * 8;
+    (len >= MIN_SHARD_LEN).then(|| u16::try_from(len).unwrap_or(u16::MAX))
+}
+
 /// Shortest shard length a sender produces (every object's head is longer, see the spec §3):
 /// anything shorter only multiplies a receiver's per-shard bookkeeping.
 pub const MIN_SHARD_LEN: usize = 32;
@@ -309,6 +330,22 @@ pub fn parse(bytes: &[u8]) -> Result<Datagram<'_>, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_sized_from_the_mtu_fit_it_keyed_or_not() {
+        let trailer = crate::auth::TRAILER_LEN;
+        assert_eq!(shard_len_for_mtu(1500, 0), Some(1400));
+        assert_eq!(shard_len_for_mtu(1500, trailer), Some(1376));
+        assert_eq!(shard_len_for_mtu(9000, 0), Some(8904));
+        for mtu in [576, 1280, 1500, 9000, u16::MAX] {
+            for t in [0, trailer] {
+                let s = shard_len_for_mtu(mtu, t).expect("fits");
+                assert!(packet_len(usize::from(s), t) <= usize::from(mtu));
+                assert!(packet_len(usize::from(s) + 8, t) > usize::from(mtu));
+            }
+        }
+        assert_eq!(shard_len_for_mtu(100, 0), None);
+    }
 
     fn header() -> ShardHeader {
         ShardHeader {

@@ -149,7 +149,11 @@ fn main() -> ExitCode {
         Some(command) => run_command(command),
         None => settings(&args).and_then(|s| match s {
             None => Ok(ExitCode::from(2)),
-            Some(_) if args.check => {
+            Some(s) if args.check => {
+                // A preflight: the key files must be there, private and well formed.
+                for k in &s.keys {
+                    keys::load(k)?;
+                }
                 info!("configuration is usable");
                 Ok(ExitCode::SUCCESS)
             }

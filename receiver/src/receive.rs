@@ -144,8 +144,9 @@ pub struct Receive {
     last_auth_save: Instant,
     /// Replay state not yet queued for saving (the chores' thread was busy).
     unsaved_auth: Option<Persisted>,
-    /// Datagram count at the last statistics line: an idle receiver does not repeat itself.
-    reported_datagrams: Option<u64>,
+    /// Datagrams received and refused at the last statistics line: an idle receiver does not
+    /// repeat itself (refusals alone are news: nothing may be accepted at all).
+    reported_datagrams: Option<(u64, u64)>,
 }
 
 impl Receive {
@@ -383,10 +384,11 @@ impl Receive {
     fn log_stats(&mut self, signals: &NetState, always: bool) {
         let net_dropped = signals.dropped.load(Ordering::Relaxed);
         let c = self.asm.counters();
-        if !always && self.reported_datagrams == Some(c.datagrams) {
+        let seen = (c.datagrams, self.refused.total());
+        if !always && self.reported_datagrams == Some(seen) {
             return;
         }
-        self.reported_datagrams = Some(c.datagrams);
+        self.reported_datagrams = Some(seen);
         if self.out.auth.is_none() {
             warn!("{}", crate::pipeline::UNAUTHENTICATED);
         }

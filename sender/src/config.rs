@@ -86,6 +86,7 @@ struct Raw {
     rate: Option<Spanned<String>>,
     fec: Option<Spanned<String>>,
     shard_size: Option<Spanned<u16>>,
+    mtu: Option<Spanned<u16>>,
     heartbeat: Option<Spanned<String>>,
     settle: Option<Spanned<String>>,
     rescan: Option<Spanned<String>>,
@@ -153,7 +154,28 @@ impl Config {
             Some(f) => parse_fec(f.get_ref()).map_err(|e| at(spanned(f).0, e))?,
             None => (64, 22),
         };
-        let shard_len = raw.shard_size.as_ref().map_or(1400, |s| *s.get_ref());
+        let key = match &raw.key {
+            Some(k) if !k.get_ref().is_absolute() => {
+                return Err(at(k.span().start, "key must be an absolute path".into()));
+            }
+            Some(k) => Some(k.get_ref().clone()),
+            None => None,
+        };
+        let trailer = if key.is_some() {
+            checkvalve_common::auth::TRAILER_LEN
+        } else {
+            0
+        };
+        let mtu = raw.mtu.as_ref().map(|m| *m.get_ref());
+        let shard_len = shard_len(mtu, raw.shard_size.as_ref().map(|s| *s.get_ref()), trailer)
+            .map_err(|e| {
+                let offset = raw
+                    .shard_size
+                    .as_ref()
+                    .or(raw.mtu.as_ref())
+                    .map_or(0, |s| s.span().start);
+                at(offset, e)
+            })?;
         let fec = FecParams {
             data_shards: k,
             parity_shards: m,
@@ -200,7 +222,11 @@ impl Config {
                     format!("channel name {name:?} is not a plain folder name"),
                 ));
             }
-            if channels.iter().any(|o| o.name == name) {
+            // Channels are folders of the share, which Windows readers see without case.
+            if channels
+                .iter()
+                .any(|o| o.name.to_lowercase() == name.to_lowercase())
+            {
                 return Err(at(
                     r.name.span().start,
                     format!("channel {name:?} appears twice"),
@@ -327,13 +353,6 @@ impl Config {
                 format!("the state folder is inside the spool of {:?}", o.name),
             ));
         }
-        let key = match &raw.key {
-            Some(k) if !k.get_ref().is_absolute() => {
-                return Err(at(k.span().start, "key must be an absolute path".into()));
-            }
-            Some(k) => Some(k.get_ref().clone()),
-            None => None,
-        };
         let encrypt = raw.encrypt.as_ref().is_some_and(|e| *e.get_ref());
         if let Some(e) = &raw.encrypt
             && encrypt
@@ -342,17 +361,6 @@ impl Config {
             return Err(at(
                 e.span().start,
                 "encrypt = true needs key = \"/path/to/key\"".into(),
-            ));
-        }
-        if key.is_some()
-            && usize::from(fec.shard_len)
-                + checkvalve_common::wire::SHARD_OVERHEAD
-                + checkvalve_common::auth::TRAILER_LEN
-                > checkvalve_common::wire::MAX_DATAGRAM_LEN
-        {
-            return Err(at(
-                raw.shard_size.as_ref().map_or(0, |s| s.span().start),
-                "shard_size too large for authenticated datagrams".into(),
             ));
         }
         let allow_unauthenticated = raw.allow_unauthenticated.unwrap_or(false);
@@ -376,6 +384,29 @@ impl Config {
             state,
             channels,
         })
+    }
+}
+
+/// The shard length: `shard_size` if given (its datagrams, carrying `trailer`, must fit the link's
+/// `mtu`), else the longest that fits it ([`wire::shard_len_for_mtu`]); `mtu` defaults to Ethernet's.
+///
+/// [`wire::shard_len_for_mtu`]: checkvalve_common::wire::shard_len_for_mtu
+pub fn shard_len(mtu: Option<u16>, shard_size: Option<u16>, trailer: usize) -> Result<u16, String> {
+    use checkvalve_common::wire::{DEFAULT_MTU, packet_len, shard_len_for_mtu};
+    let link = mtu.unwrap_or(DEFAULT_MTU);
+    match shard_size {
+        Some(s) if packet_len(usize::from(s), trailer) > usize::from(link) => Err(format!(
+            "shard_size {s} makes datagrams of {} bytes at the IP layer{}, more than the link's mtu of {link}: set mtu (9000 for jumbo frames), or leave shard_size out to size shards from it",
+            packet_len(usize::from(s), trailer),
+            if trailer > 0 {
+                " with the authentication trailer"
+            } else {
+                ""
+            }
+        )),
+        Some(s) => Ok(s),
+        None => shard_len_for_mtu(link, trailer)
+            .ok_or_else(|| format!("mtu {link} leaves no room for a shard")),
     }
 }
 
@@ -444,6 +475,8 @@ after_send = "keep"
         assert_eq!(line, 14);
         let (line, _) = err_line(&GOOD.replace("name = \"alarms\"", "name = \"bulk\""));
         assert_eq!(line, 11);
+        let (line, reason) = err_line(&GOOD.replace("name = \"alarms\"", "name = \"Bulk\""));
+        assert_eq!(line, 11, "channels differing only by case: {reason}");
         let (line, _) = err_line(&GOOD.replace("\"/var/spool/checkvalve/bulk\"", "\"relative\""));
         assert_eq!(line, 8);
         let (line, _) = err_line("to = \"x:1\"\nrate = [\n");

@@ -74,9 +74,14 @@ struct Args {
     /// Reed-Solomon shape: K data shards and M parity shards per block (K + M <= 256).
     #[arg(long, default_value = "64:22", value_name = "K:M")]
     fec: FecSpec,
-    /// Largest shard payload in bytes; 1400 keeps datagrams under a 1500-byte MTU for IPv4 and IPv6.
-    #[arg(long, default_value_t = 1400)]
-    shard_size: u16,
+    /// The link's MTU: shards are sized so that every datagram fits it, IPv4 or IPv6, with the
+    /// authentication trailer (1,376-byte shards at 1,500 with a key, 1,400 without).
+    #[arg(long, default_value_t = checkvalve_common::wire::DEFAULT_MTU, value_name = "BYTES")]
+    mtu: u16,
+    /// Shard payload in bytes [default: the longest that fits --mtu]; datagrams that would not fit
+    /// the MTU are refused at start.
+    #[arg(long, value_name = "BYTES")]
+    shard_size: Option<u16>,
     /// Blocks per interleaving group: bursts are spread over this many blocks [default: as many
     /// as fill about 8 MiB of datagrams, at most 64: 64 at 1,400-byte shards, 10 at 8,900].
     #[arg(long)]
@@ -254,6 +259,10 @@ fn run(args: Args) -> Result<ExitCode> {
             }
         };
         if args.check {
+            // A preflight: the key file must be there, private and well formed.
+            if let Some(k) = &cfg.key {
+                keys::load(k)?;
+            }
             info!(channels = cfg.channels.len(), "configuration is usable");
             return Ok(ExitCode::SUCCESS);
         }
@@ -269,7 +278,16 @@ fn run(args: Args) -> Result<ExitCode> {
     let fec = FecParams {
         data_shards: args.fec.0,
         parity_shards: args.fec.1,
-        shard_len: args.shard_size,
+        shard_len: config::shard_len(
+            Some(args.mtu),
+            args.shard_size,
+            if args.key.is_some() {
+                checkvalve_common::auth::TRAILER_LEN
+            } else {
+                0
+            },
+        )
+        .map_err(|e| anyhow!("{e}"))?,
     };
     fec.validate().map_err(|e| anyhow!("{e}"))?;
     if args.heartbeat.is_zero() {

@@ -126,3 +126,144 @@ fn a_keyed_rig_says_its_datagrams_are_authenticated() {
     }
     assert!(!rig.receiver.log_text().contains("NOT authenticated"));
 }
+
+#[test]
+fn refusals_are_logged_even_when_nothing_is_accepted() {
+    let rig = Rig::start(None, &[]);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let hb = checkvalve_common::wire::Heartbeat {
+        session: 0x5eed,
+        seq: 0,
+        datagrams_sent: 0,
+        objects_sent: 0,
+        interval_ms: 1000,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    // Unauthenticated heartbeats only: every one refused, not one accepted.
+    while !rig
+        .receiver
+        .log_text()
+        .contains("refused by authentication")
+    {
+        let _ = sock.send_to(&hb.to_bytes(), &rig.receiver_addr);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "refusals never logged: {}",
+            rig.receiver.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(rig.receiver.log_text().contains("unauthenticated="));
+}
+
+#[test]
+fn a_preflight_reads_the_key_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let missing = dir.path().join("no-such.key");
+    let rcfg = dir.path().join("receive.toml");
+    std::fs::write(
+        &rcfg,
+        format!(
+            "bind = \"127.0.0.1:0\"\nout = \"{}\"\nkeys = [\"{}\"]\n",
+            dir.path().join("out").display(),
+            missing.display()
+        ),
+    )
+    .expect("config");
+    let (code, log) = refused(
+        dir.path(),
+        "receiver-check",
+        "checkvalve-receive",
+        &strings(&["--config", &rcfg.display().to_string(), "--check"]),
+    );
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("no-such.key"), "{log}");
+    let scfg = dir.path().join("send.toml");
+    std::fs::write(
+        &scfg,
+        format!(
+            "to = \"127.0.0.1:9\"\nkey = \"{}\"\n[[channel]]\nname = \"a\"\nspool = \"{}\"\n",
+            missing.display(),
+            dir.path().join("spool").display()
+        ),
+    )
+    .expect("config");
+    let (code, log) = refused(
+        dir.path(),
+        "sender-check",
+        "checkvalve-send",
+        &strings(&["--config", &scfg.display().to_string(), "--check"]),
+    );
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("no-such.key"), "{log}");
+    // A key others can read is refused too.
+    let open = checkvalve_tests::keygen(dir.path(), 4);
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    std::fs::write(
+        &scfg,
+        std::fs::read_to_string(&scfg)
+            .expect("read")
+            .replace(&missing.display().to_string(), &open.display().to_string()),
+    )
+    .expect("config");
+    let (code, log) = refused(
+        dir.path(),
+        "sender-check-2",
+        "checkvalve-send",
+        &strings(&["--config", &scfg.display().to_string(), "--check"]),
+    );
+    assert_eq!(code, Some(2), "{log}");
+}
+
+#[test]
+fn keyed_datagrams_fit_a_1500_byte_link_and_a_shard_that_would_not_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = checkvalve_tests::keygen(dir.path(), 1);
+    let src = dir.path().join("a.bin");
+    write_file(&src, 300_000, 6);
+    let link = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    link.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let to = link.local_addr().expect("addr").to_string();
+    let mut sender = Proc::start(
+        dir.path(),
+        "sender",
+        &bin("checkvalve-send"),
+        &strings(&[
+            "--to",
+            &to,
+            "--rate",
+            "50M",
+            "--key",
+            &key.display().to_string(),
+            &src.display().to_string(),
+        ]),
+    );
+    let mut buf = vec![0u8; 65_536];
+    let (mut count, mut largest) = (0u32, 0usize);
+    while let Ok(n) = link.recv(&mut buf) {
+        count += 1;
+        largest = largest.max(n);
+    }
+    assert!(sender.wait(Duration::from_secs(30)).success());
+    assert!(count > 200, "{count} datagrams");
+    // 1,500 bytes less the IPv6 and UDP headers.
+    assert!(largest <= 1452, "a datagram of {largest} bytes");
+    let (code, log) = refused(
+        dir.path(),
+        "sender-too-big",
+        "checkvalve-send",
+        &strings(&[
+            "--to",
+            &to,
+            "--shard-size",
+            "1400",
+            "--key",
+            &key.display().to_string(),
+            &src.display().to_string(),
+        ]),
+    );
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("mtu"), "{log}");
+}

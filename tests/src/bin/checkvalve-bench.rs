@@ -539,7 +539,14 @@ fn main() {
     if cases.contains(&"max8900") {
         let c = one_big(
             "max8900",
-            &["--rate", &args.rate, "--shard-size", "8900"],
+            &[
+                "--rate",
+                &args.rate,
+                "--mtu",
+                "9000",
+                "--shard-size",
+                "8900",
+            ],
             None,
             vec![],
         );
