@@ -129,6 +129,9 @@ pub fn check_path(path: &str) -> Result<(), MetaError> {
     if path.chars().any(char::is_control) {
         return bad("contains a control character");
     }
+    if path.chars().any(is_format_control) {
+        return bad("contains an invisible format character (bidirectional override, zero width)");
+    }
     if path.contains('\\') {
         return bad("contains a backslash");
     }
@@ -145,10 +148,20 @@ pub fn check_path(path: &str) -> Result<(), MetaError> {
     Ok(())
 }
 
+/// Unicode format characters (category Cf) that change how a name is shown without showing
+/// themselves: `invoice\u{202E}txt.exe` shows as `invoiceexe.txt`.
+fn is_format_control(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+}
+
 /// Names vendors reading the share over SMB from Windows could not open: device names (with any
-/// extension), names ending in a dot or a space, and the characters Windows forbids.
+/// extension, `COM1`-`COM9` and `LPT1`-`LPT9` with superscript digits too), names ending in a dot
+/// or a space, and the characters Windows forbids.
 fn windows_reserved(component: &str) -> bool {
-    const DEVICES: [&str; 4] = ["CON", "PRN", "AUX", "NUL"];
+    const DEVICES: [&str; 6] = ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"];
     if component.ends_with('.') || component.ends_with(' ') {
         return true;
     }
@@ -161,9 +174,22 @@ fn windows_reserved(component: &str) -> bool {
         return true;
     }
     let numbered = |prefix: &str| {
-        upper
-            .strip_prefix(prefix)
-            .is_some_and(|d| d.len() == 1 && d.as_bytes()[0].is_ascii_digit() && d != "0")
+        upper.strip_prefix(prefix).is_some_and(|d| {
+            matches!(
+                d,
+                "1" | "2"
+                    | "3"
+                    | "4"
+                    | "5"
+                    | "6"
+                    | "7"
+                    | "8"
+                    | "9"
+                    | "\u{B9}"
+                    | "\u{B2}"
+                    | "\u{B3}"
+            )
+        })
     };
     numbered("COM") || numbered("LPT")
 }
@@ -211,6 +237,13 @@ mod tests {
             "a/b ",
             "what?.txt",
             "a:b",
+            "COM\u{B9}.txt",
+            "lpt\u{B3}",
+            "CONIN$",
+            "logs/conout$.log",
+            "invoice\u{202E}txt.exe",
+            "a\u{200B}b",
+            "\u{FEFF}bom.csv",
         ] {
             assert!(check_path(p).is_err(), "{p:?} accepted");
         }

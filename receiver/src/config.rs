@@ -54,6 +54,8 @@ pub struct Settings {
     pub keys: Vec<PathBuf>,
     /// Refuse unauthenticated datagrams [default: yes once a key is configured].
     pub require_auth: Option<bool>,
+    /// Permissions of published files (group-readable by default, for vendors' accounts).
+    pub file_mode: u32,
     /// The operator accepts unauthenticated datagrams: without a key, the receiver runs
     /// unauthenticated (and says so); with one, it accepts both (a migration).
     pub allow_unauthenticated: bool,
@@ -90,6 +92,7 @@ struct Raw {
     keys: Vec<Spanned<PathBuf>>,
     require_auth: Option<bool>,
     allow_unauthenticated: Option<bool>,
+    file_mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +131,24 @@ pub mod defaults {
     pub const LOSS_WARN: &str = "1%";
     /// `link.loss_interval`.
     pub const LOSS_INTERVAL: &str = "60s";
+    /// `file_mode`.
+    pub const FILE_MODE: &str = "0640";
+}
+
+/// A file mode in octal (`0640`, `640` or `0o640`): permission bits only, never writable by others.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.trim().trim_start_matches("0o");
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("{text:?} is not an octal file mode such as 0640"))?;
+    if mode > 0o777 {
+        return Err(format!("{text:?}: only permission bits (at most 0777)"));
+    }
+    if mode & 0o002 != 0 {
+        return Err(format!(
+            "{text:?}: published files must not be writable by others"
+        ));
+    }
+    Ok(mode)
 }
 
 impl Settings {
@@ -154,6 +175,7 @@ impl Settings {
             keys: Vec::new(),
             require_auth: None,
             allow_unauthenticated: false,
+            file_mode: parse_mode(defaults::FILE_MODE).expect("default mode"),
         }
     }
 
@@ -266,6 +288,9 @@ impl Settings {
                 max_age: r.max_age.as_ref().map(duration).transpose()?,
                 max_bytes: r.max_bytes.as_ref().map(size).transpose()?,
             };
+        }
+        if let Some(m) = &raw.file_mode {
+            s.file_mode = parse_mode(m.get_ref()).map_err(|e| at(m.span().start, e))?;
         }
         s.check_auth().map_err(|e| at(0, e.into()))?;
         Ok(s)

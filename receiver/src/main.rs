@@ -92,6 +92,10 @@ struct Args {
     /// Remove the oldest published files while the share holds more than this.
     #[arg(long, value_parser = parse_size)]
     retention_max_bytes: Option<u64>,
+    /// Permissions of published files, octal (group-readable by default: docs/vendor.md says how
+    /// vendors' accounts get access).
+    #[arg(long, value_name = "MODE", default_value = defaults::FILE_MODE, value_parser = config::parse_mode)]
+    file_mode: u32,
     /// Pre-shared key file (repeat for a rotation): only datagrams authenticated by one are accepted.
     #[arg(long = "key", value_name = "FILE")]
     keys: Vec<PathBuf>,
@@ -204,6 +208,7 @@ fn settings(args: &Args) -> Result<Option<Settings>> {
         keys: args.keys.clone(),
         require_auth: args.allow_unauthenticated.then_some(false),
         allow_unauthenticated: args.allow_unauthenticated,
+        file_mode: args.file_mode,
     })
     .filter(|s| match s.check_auth() {
         Ok(()) => true,

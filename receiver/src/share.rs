@@ -142,6 +142,8 @@ pub struct Share {
     newest: Mutex<Newest>,
     /// Names of recently used folders, for case clashes (taken only under `newest`).
     folded: Mutex<FoldedNames>,
+    /// Permissions given to a file as it is published.
+    file_mode: u32,
     _lock: File,
 }
 
@@ -210,6 +212,7 @@ impl Share {
             next_temp: AtomicU64::new(0),
             newest: Mutex::new(Newest::default()),
             folded: Mutex::new(FoldedNames::default()),
+            file_mode: 0o640,
             _lock: lock,
         };
         Ok((share, stale))
@@ -263,6 +266,11 @@ impl Share {
             .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
     }
 
+    /// Gives published files `mode` from now on (default 0640).
+    pub fn set_file_mode(&mut self, mode: u32) {
+        self.file_mode = mode;
+    }
+
     /// Publishes the (already verified) temporary file as `head.path`: made durable with the
     /// sender's modification time, and exactly that file renamed into place. Content the share
     /// already holds under that path (a file sent again) is not published twice: `Repeat`. Older
@@ -297,6 +305,9 @@ impl Share {
             if let Some(r) = decide(&mut lock()) {
                 return r;
             }
+            // Temporary files are private; a published one is readable as the operator chose.
+            temp.file
+                .set_permissions(fs::Permissions::from_mode(self.file_mode))?;
             self.make_durable(&temp.file, head)?;
             let folder = {
                 let mut newest = lock();

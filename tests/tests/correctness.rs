@@ -260,3 +260,43 @@ fn a_tree_sent_twice_is_published_once_and_the_repeats_recorded() {
     assert_eq!(outcome.repeats.len(), expected.len(), "{outcome:?}");
     assert!(published(&rig.out) == first && first == expected);
 }
+
+#[test]
+fn published_files_are_group_readable_by_default_and_as_the_operator_sets() {
+    use std::os::unix::fs::PermissionsExt;
+    for (extra, want) in [(None, 0o640), (Some("0600"), 0o600)] {
+        let args: Vec<&str> = extra.map(|m| vec!["--file-mode", m]).unwrap_or_default();
+        let rig = Rig::start(None, &args);
+        let src = rig.dir.path().join("report.csv");
+        write_file(&src, 20_000, 71);
+        assert!(rig.send(&[&src], &[], Duration::from_secs(60)).success());
+        rig.settle(1, Duration::from_secs(20));
+        let mode = std::fs::metadata(rig.out.join("report.csv"))
+            .expect("published")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, want, "{extra:?}: {mode:o}");
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut p = Proc::start(
+        dir.path(),
+        "receiver",
+        &bin("checkvalve-receive"),
+        &[
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--out".into(),
+            dir.path().join("out").display().to_string(),
+            "--allow-unauthenticated".into(),
+            "--file-mode".into(),
+            "0666".into(),
+        ],
+    );
+    assert_eq!(p.wait(Duration::from_secs(20)).code(), Some(2));
+    assert!(
+        p.log_text().contains("writable by others"),
+        "{}",
+        p.log_text()
+    );
+}

@@ -85,8 +85,9 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
 /// published and records the rest.
 pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
     let bind = checkvalve_host::resolve(&args.bind)?;
-    let (share, stale) = share::Share::open(&args.out, args.state.as_deref())
+    let (mut share, stale) = share::Share::open(&args.out, args.state.as_deref())
         .with_context(|| format!("cannot use output folder {}", args.out.display()))?;
+    share.set_file_mode(args.file_mode);
     let share = Arc::new(share);
     if stale > 0 {
         info!(
