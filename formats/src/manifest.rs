@@ -36,6 +36,9 @@ pub enum Status {
     Loss,
     /// A record cut by a crash was removed at start.
     Torn,
+    /// At start, the manifest ended before (or elsewhere than) where the receiver had last written:
+    /// its newest records were removed or changed. `verify-manifest` fails while it is there.
+    ChainBreak,
 }
 
 impl Status {
@@ -53,6 +56,7 @@ impl Status {
             Status::SessionStart => "session_start",
             Status::Loss => "loss",
             Status::Torn => "torn",
+            Status::ChainBreak => "chain_break",
         }
     }
 
@@ -66,6 +70,7 @@ impl Status {
                 | Status::SessionStart
                 | Status::Loss
                 | Status::Torn
+                | Status::ChainBreak
         )
     }
 }
@@ -144,6 +149,13 @@ pub enum Detail {
     Down {
         /// Seconds without a datagram.
         silent_for_s: f64,
+    },
+    /// `chain_break`: where the chain had reached, and where it was found to end.
+    Break {
+        /// The last record the receiver had written.
+        expected_seq: u64,
+        /// The last record found at start.
+        found_seq: u64,
     },
 }
 

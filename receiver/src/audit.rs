@@ -63,6 +63,14 @@ pub enum Broken {
         /// Same number, different content.
         changed: bool,
     },
+    /// A receiver found at start that the newest records had been removed or changed.
+    #[error("record {seq}: chain_break: {reason}")]
+    ChainBreak {
+        /// The `chain_break` record.
+        seq: u64,
+        /// What it says was lost.
+        reason: String,
+    },
     /// A delivered file is no longer in the share as recorded.
     #[error("record {seq}: {path} {what}")]
     File {
@@ -100,6 +108,8 @@ pub fn verify(
         ..Verified::default()
     };
     let (mut seq, mut hash) = (0u64, GENESIS.to_owned());
+    // The first record saying the newest records of an earlier run were removed.
+    let mut chain_break: Option<(u64, String)> = None;
     // Path -> (record, sha256) of what the share should hold.
     let mut expected: BTreeMap<String, (u64, String)> = BTreeMap::new();
     for file in list {
@@ -131,6 +141,9 @@ pub fn verify(
             seq = this;
             hash = line_hash(&line);
             out.records += 1;
+            if v.status == Status::ChainBreak && chain_break.is_none() {
+                chain_break = Some((seq, v.reason.clone().unwrap_or_default()));
+            }
             match (v.status, v.path, v.sha256) {
                 (Status::Delivered, Some(p), Some(d)) => {
                     expected.insert(p, (seq, d));
@@ -150,6 +163,9 @@ pub fn verify(
             expected: end.seq,
             changed: end.seq == seq,
         });
+    }
+    if let Some((seq, reason)) = chain_break {
+        return Err(Broken::ChainBreak { seq, reason });
     }
     if let Some(share) = share {
         for (path, (seq, digest)) in &expected {
@@ -325,5 +341,33 @@ mod tests {
         assert_eq!(ok.records, 8);
         let (_, ls) = lines(&dir);
         assert!(ls[6].contains("\"status\":\"torn\""), "{}", ls[6]);
+    }
+
+    #[test]
+    fn newest_records_removed_before_a_restart_are_recorded_and_keep_failing_verification() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, share) = (tmp.path().join("m"), tmp.path().join("share"));
+        std::fs::create_dir_all(&share).unwrap();
+        let m = filled(&dir, &share);
+        let reached = m.end();
+        drop(m);
+        let (file, ls) = lines(&dir);
+        std::fs::write(&file, ls[..3].join("\n") + "\n").unwrap();
+        let m = Manifest::open(&dir, 0).unwrap();
+        assert!(m.check_end(&reached), "the gap was not noticed");
+        m.event(Status::LinkUp, Some("1"), "heartbeats again".into(), None);
+        // The live state now ends where the new run is: the chain_break record is what remains.
+        match verify(&dir, None, Some(&m.end())) {
+            Err(Broken::ChainBreak { seq: 4, reason }) => {
+                assert!(reason.contains("records 4 to 6 are missing"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // An intact chain at start records nothing.
+        let end = m.end();
+        drop(m);
+        let m = Manifest::open(&dir, 0).unwrap();
+        assert!(!m.check_end(&end));
+        assert_eq!(m.end(), end);
     }
 }

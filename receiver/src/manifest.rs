@@ -188,6 +188,43 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Checks, at start, that the chain still reaches `expected` (the end the last run wrote in
+    /// the live state); if its newest records were removed or changed, records a `chain_break`
+    /// naming the gap (so that `verify-manifest` keeps failing) and returns true.
+    pub fn check_end(&self, expected: &ChainEnd) -> bool {
+        let found = self.end();
+        let broken = expected.seq > found.seq
+            || (expected.seq == found.seq && expected.seq > 0 && expected.hash != found.hash);
+        if !broken {
+            return false;
+        }
+        let what = if expected.seq == found.seq {
+            format!("record {} was changed", found.seq)
+        } else if found.seq + 1 == expected.seq {
+            format!("record {} is missing", expected.seq)
+        } else {
+            format!("records {} to {} are missing", found.seq + 1, expected.seq)
+        };
+        error!(
+            expected_seq = expected.seq,
+            found_seq = found.seq,
+            "the manifest's newest records were removed or changed since the last run: {what}"
+        );
+        self.event(
+            Status::ChainBreak,
+            None,
+            format!(
+                "the last run wrote up to record {} (hash {}); at start the manifest ends at record {}: {what}",
+                expected.seq, expected.hash, found.seq
+            ),
+            Some(Detail::Break {
+                expected_seq: expected.seq,
+                found_seq: found.seq,
+            }),
+        );
+        true
+    }
+
     /// Records not written for lack of space or because of an error.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)

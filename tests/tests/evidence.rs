@@ -242,3 +242,64 @@ fn link_down_link_up_and_a_sender_restart_are_recorded_as_they_happen() {
     }
     assert!(second.stop().success());
 }
+
+#[test]
+fn newest_records_removed_then_a_restart_and_one_more_file_still_fail_verification() {
+    let mut rig = Rig::start(None, &[]);
+    let src = make_tree(rig.dir.path(), "first", 6, 20_000, 41);
+    assert!(rig.send(&[&src], &[], Duration::from_secs(60)).success());
+    rig.settle(6, Duration::from_secs(30));
+    assert!(rig.receiver.stop().success());
+    // `head -n -3` of the newest manifest file.
+    let file = manifest_file(&rig.out);
+    let manifest = std::fs::read_to_string(&file).expect("manifest");
+    let lines: Vec<&str> = manifest.lines().collect();
+    std::fs::write(&file, lines[..lines.len() - 3].join("\n") + "\n").expect("cut");
+    let out = rig.out.display().to_string();
+    let key = rig.key.clone().expect("a keyed rig");
+    let key = key.display().to_string();
+    let mut receiver = checkvalve_tests::Proc::start(
+        rig.dir.path(),
+        "receiver-again",
+        &bin("checkvalve-receive"),
+        &[
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--out".into(),
+            out.clone(),
+            "--key".into(),
+            key.clone(),
+        ],
+    );
+    let addr = checkvalve_tests::bound_addr(&receiver, " receiving", Duration::from_secs(20));
+    let one = rig.dir.path().join("one-more.csv");
+    checkvalve_tests::write_file(&one, 5_000, 42);
+    let mut sender = checkvalve_tests::Proc::start(
+        rig.dir.path(),
+        "sender-again",
+        &bin("checkvalve-send"),
+        &[
+            "--to".into(),
+            addr,
+            "--key".into(),
+            key,
+            one.display().to_string(),
+        ],
+    );
+    assert!(sender.wait(Duration::from_secs(60)).success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !rig.out.join("one-more.csv").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the next file never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(receiver.stop().success());
+    let log = receiver.log_text();
+    assert!(log.contains("newest records were removed"), "{log}");
+    let o = receive_cmd(&["verify-manifest", "--out", &out]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("chain_break"), "{}", text(&o));
+    assert!(text(&o).contains("missing"), "{}", text(&o));
+}

@@ -100,6 +100,11 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
         manifest::Manifest::open(&manifest_path, args.min_free)
             .with_context(|| format!("cannot open manifest {}", manifest_path.display()))?,
     );
+    // The last run's live state says how far the chain reached: a shorter chain now is evidence
+    // removed, and is recorded as such.
+    if let Some(last) = checkvalve_formats::live::State::read(share.state()) {
+        manifest.check_end(&last.chain_end());
+    }
     raise_fd_limit();
     let writable = [share.root().to_path_buf(), share.state().to_path_buf()];
     match checkvalve_confine::filesystem(&writable, None) {
