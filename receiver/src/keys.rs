@@ -26,13 +26,25 @@ struct KeyEntry {
     sessions: Vec<(String, u64)>,
 }
 
-/// The replay state saved by the last run (empty if none or unreadable).
-pub fn load_state(file: &Path) -> Persisted {
-    let Ok(bytes) = fs::read(file) else {
-        return Persisted::default();
+/// The replay state saved by the last run (empty if there is none). A file that cannot be read or
+/// parsed is an error, never an empty state: starting from nothing would accept a replay of any
+/// earlier session.
+pub fn load_state(file: &Path) -> Result<Persisted> {
+    let bytes = match fs::read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Persisted::default()),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the replay state {}", file.display()));
+        }
     };
-    let entries: Vec<KeyEntry> = serde_json::from_slice(&bytes).unwrap_or_default();
-    Persisted {
+    let entries: Vec<KeyEntry> = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "the replay state {} is corrupt: starting without it would accept replays of earlier sessions; restore it, or move it aside to start anew knowingly",
+            file.display()
+        )
+    })?;
+    Ok(Persisted {
         keys: entries
             .into_iter()
             .map(|e| KeyReplayState {
@@ -50,7 +62,7 @@ pub fn load_state(file: &Path) -> Persisted {
                     .collect(),
             })
             .collect(),
-    }
+    })
 }
 
 /// Saves the replay state atomically.
@@ -85,7 +97,7 @@ mod tests {
     fn the_replay_state_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join(STATE_FILE);
-        assert_eq!(load_state(&f), Persisted::default());
+        assert_eq!(load_state(&f).unwrap(), Persisted::default());
         let p = Persisted {
             keys: vec![KeyReplayState {
                 key_id: 1,
@@ -97,6 +109,9 @@ mod tests {
             }],
         };
         save_state(&f, &p).unwrap();
-        assert_eq!(load_state(&f), p);
+        assert_eq!(load_state(&f).unwrap(), p);
+        std::fs::write(&f, b"{\"truncat").unwrap();
+        let e = load_state(&f).expect_err("a corrupt state must not read as empty");
+        assert!(format!("{e:#}").contains("corrupt"), "{e:#}");
     }
 }

@@ -200,7 +200,7 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
         Some(checkvalve_common::auth::Opener::new(
             psks,
             require,
-            &keys::load_state(&auth_state),
+            &keys::load_state(&auth_state)?,
         ))
     };
     let (chore_tx, chore_rx) = mpsc::sync_channel(chores::QUEUED);
