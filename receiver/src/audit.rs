@@ -71,6 +71,12 @@ pub enum Broken {
         /// What it says was lost.
         reason: String,
     },
+    /// A file in the share that no record explains (planted, or left by a removal not recorded).
+    #[error("{path} is in the share, but no record delivered it")]
+    Unexplained {
+        /// Its path under the share.
+        path: String,
+    },
     /// A delivered file is no longer in the share as recorded.
     #[error("record {seq}: {path} {what}")]
     File {
@@ -92,6 +98,9 @@ pub struct Verified {
     pub files: usize,
     /// Files in the share checked against their record.
     pub checked: usize,
+    /// With the share: every way it differs from what the manifest says it holds (a missing or
+    /// changed file, a file no record explains), all of them.
+    pub share_problems: Vec<Broken>,
 }
 
 /// Checks the chain of the manifest in `dir`; with `share`, also that every file the manifest
@@ -174,17 +183,49 @@ pub fn verify(
                 Some(d) if d != *digest => Some("differs from its SHA-256 in the manifest"),
                 Some(_) => None,
             };
-            if let Some(what) = what {
-                return Err(Broken::File {
+            match what {
+                Some(what) => out.share_problems.push(Broken::File {
                     seq: *seq,
                     path: path.clone(),
                     what,
-                });
+                }),
+                None => out.checked += 1,
             }
-            out.checked += 1;
+        }
+        // The state folder (the manifest's parent) is the receiver's own, not the share's.
+        let state = dir.parent().unwrap_or(dir);
+        let mut held = Vec::new();
+        list_files(share, share, state, &mut held);
+        held.sort();
+        for path in held {
+            if !expected.contains_key(&path) {
+                out.share_problems.push(Broken::Unexplained { path });
+            }
         }
     }
     Ok(out)
+}
+
+/// Every entry of `dir` but folders (files, links, anything else), as paths relative to
+/// `share`, never descending into `state`.
+fn list_files(share: &Path, dir: &Path, state: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path == state {
+            continue;
+        }
+        match e.file_type() {
+            Ok(t) if t.is_dir() => list_files(share, &path, state, out),
+            _ => {
+                if let Ok(rel) = path.strip_prefix(share) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
 }
 
 /// SHA-256 of a file's content, hex; `None` if it cannot be read.
@@ -311,14 +352,27 @@ mod tests {
         // A published file changed in the share.
         write(&original);
         std::fs::write(share.join("f2"), b"tampered").unwrap();
-        let err = verify(&dir, Some(&share), Some(&end)).unwrap_err();
+        std::fs::remove_file(share.join("f4")).unwrap();
+        std::fs::write(share.join("planted.exe"), b"MZ").unwrap();
+        let v = verify(&dir, Some(&share), Some(&end)).unwrap();
         assert_eq!(
-            err,
-            Broken::File {
-                seq: 3,
-                path: "f2".into(),
-                what: "differs from its SHA-256 in the manifest"
-            }
+            v.share_problems,
+            [
+                Broken::File {
+                    seq: 3,
+                    path: "f2".into(),
+                    what: "differs from its SHA-256 in the manifest"
+                },
+                Broken::File {
+                    seq: 5,
+                    path: "f4".into(),
+                    what: "is missing"
+                },
+                Broken::Unexplained {
+                    path: "planted.exe".into()
+                },
+            ],
+            "every problem, the planted file included"
         );
     }
 

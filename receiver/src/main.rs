@@ -242,6 +242,17 @@ fn run_command(command: &Command) -> Result<ExitCode> {
                 files.then_some(out.as_path()),
                 end.as_ref(),
             ) {
+                Ok(v) if !v.share_problems.is_empty() => {
+                    println!(
+                        "THE SHARE DOES NOT MATCH THE MANIFEST ({} problems; the chain of {} records is intact):",
+                        v.share_problems.len(),
+                        v.records
+                    );
+                    for p in &v.share_problems {
+                        println!("  {p}");
+                    }
+                    Ok(ExitCode::from(1))
+                }
                 Ok(v) => {
                     println!(
                         "manifest verified: {} records in {} files, chain intact{}",

@@ -117,6 +117,15 @@ fn at_no_loss_the_manifest_lists_exactly_what_was_sent_and_any_edit_is_named() {
     let o = receive_cmd(&["verify-manifest", "--out", &out, "--files"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains(&sent[5]), "{}", text(&o));
+    // A file planted in the share that no record explains is named too, beside the changed one.
+    std::fs::write(rig.out.join("tree/planted.exe"), b"MZ").expect("plant");
+    let o = receive_cmd(&["verify-manifest", "--out", &out, "--files"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(&sent[5]) && text(&o).contains("tree/planted.exe"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
