@@ -17,6 +17,21 @@ fn refused(
     (status.code(), p.log_text())
 }
 
+/// Writes `text` to `file` and runs `program --config file --check`: it must fail (exit 2) saying
+/// `expect`.
+fn check_fails(dir: &std::path::Path, program: &str, file: &str, text: &str, expect: &str) {
+    let cfg = dir.join(file);
+    std::fs::write(&cfg, text).expect("config");
+    let (code, log) = refused(
+        dir,
+        &format!("{file}-check"),
+        program,
+        &strings(&["--config", &cfg.display().to_string(), "--check"]),
+    );
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains(expect), "{log}");
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
@@ -49,37 +64,26 @@ fn without_a_key_neither_program_starts_and_both_name_the_two_ways_out() {
     assert_eq!(code, Some(2), "{log}");
     assert!(both(&log), "{log}");
     // The units' preflight fails the same way for a configuration without a key.
-    let rcfg = dir.path().join("receive.toml");
-    std::fs::write(
-        &rcfg,
-        format!("bind = \"127.0.0.1:0\"\nout = \"{}\"\n", out.display()),
-    )
-    .expect("config");
-    let (code, log) = refused(
+    let receive = format!("bind = \"127.0.0.1:0\"\nout = \"{}\"\n", out.display());
+    check_fails(
         dir.path(),
-        "receiver-check",
         "checkvalve-receive",
-        &strings(&["--config", &rcfg.display().to_string(), "--check"]),
+        "receive.toml",
+        &receive,
+        "allow_unauthenticated",
     );
-    assert_eq!(code, Some(2), "{log}");
-    assert!(log.contains("allow_unauthenticated"), "{log}");
-    let scfg = dir.path().join("send.toml");
-    std::fs::write(
-        &scfg,
-        format!(
-            "to = \"127.0.0.1:9\"\n[[channel]]\nname = \"a\"\nspool = \"{}\"\n",
-            dir.path().join("spool").display()
-        ),
-    )
-    .expect("config");
-    let (code, log) = refused(
+    let spool = dir.path().join("spool");
+    let send = format!(
+        "to = \"127.0.0.1:9\"\n[[channel]]\nname = \"a\"\nspool = \"{}\"\n",
+        spool.display()
+    );
+    check_fails(
         dir.path(),
-        "sender-check",
         "checkvalve-send",
-        &strings(&["--config", &scfg.display().to_string(), "--check"]),
+        "send.toml",
+        &send,
+        "allow_unauthenticated",
     );
-    assert_eq!(code, Some(2), "{log}");
-    assert!(log.contains("allow_unauthenticated"), "{log}");
 }
 
 #[test]
@@ -160,60 +164,44 @@ fn refusals_are_logged_even_when_nothing_is_accepted() {
 fn a_preflight_reads_the_key_files() {
     let dir = tempfile::tempdir().expect("tmp");
     let missing = dir.path().join("no-such.key");
-    let rcfg = dir.path().join("receive.toml");
-    std::fs::write(
-        &rcfg,
-        format!(
-            "bind = \"127.0.0.1:0\"\nout = \"{}\"\nkeys = [\"{}\"]\n",
-            dir.path().join("out").display(),
-            missing.display()
-        ),
-    )
-    .expect("config");
-    let (code, log) = refused(
-        dir.path(),
-        "receiver-check",
-        "checkvalve-receive",
-        &strings(&["--config", &rcfg.display().to_string(), "--check"]),
+    let out = dir.path().join("out");
+    let receive = format!(
+        "bind = \"127.0.0.1:0\"\nout = \"{}\"\nkeys = [\"{}\"]\n",
+        out.display(),
+        missing.display()
     );
-    assert_eq!(code, Some(2), "{log}");
-    assert!(log.contains("no-such.key"), "{log}");
-    let scfg = dir.path().join("send.toml");
-    std::fs::write(
-        &scfg,
+    check_fails(
+        dir.path(),
+        "checkvalve-receive",
+        "receive.toml",
+        &receive,
+        "no-such.key",
+    );
+    let send = |key: &std::path::Path| {
         format!(
             "to = \"127.0.0.1:9\"\nkey = \"{}\"\n[[channel]]\nname = \"a\"\nspool = \"{}\"\n",
-            missing.display(),
+            key.display(),
             dir.path().join("spool").display()
-        ),
-    )
-    .expect("config");
-    let (code, log) = refused(
+        )
+    };
+    check_fails(
         dir.path(),
-        "sender-check",
         "checkvalve-send",
-        &strings(&["--config", &scfg.display().to_string(), "--check"]),
+        "send.toml",
+        &send(&missing),
+        "no-such.key",
     );
-    assert_eq!(code, Some(2), "{log}");
-    assert!(log.contains("no-such.key"), "{log}");
     // A key others can read is refused too.
     let open = checkvalve_tests::keygen(dir.path(), 4);
     std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod");
-    std::fs::write(
-        &scfg,
-        std::fs::read_to_string(&scfg)
-            .expect("read")
-            .replace(&missing.display().to_string(), &open.display().to_string()),
-    )
-    .expect("config");
-    let (code, log) = refused(
+    check_fails(
         dir.path(),
-        "sender-check-2",
         "checkvalve-send",
-        &strings(&["--config", &scfg.display().to_string(), "--check"]),
+        "send-2.toml",
+        &send(&open),
+        "key-4",
     );
-    assert_eq!(code, Some(2), "{log}");
 }
 
 #[test]
