@@ -114,6 +114,8 @@ pub struct Wiring {
     pub chores: crate::chores::Queue,
     /// Parity bytes of repairs held back to be sorted into batches of neighbouring blocks.
     pub repair_hold: usize,
+    /// Set by SIGHUP.
+    pub hangup: Arc<AtomicBool>,
 }
 
 /// State of the receive loop.
@@ -248,6 +250,11 @@ impl Receive {
             {
                 last_tick = now;
                 busy = false;
+                if self.out.hangup.swap(false, Ordering::Relaxed) {
+                    info!(
+                        "SIGHUP: nothing is reloaded while the receiver runs (restart it to apply a new configuration); going on"
+                    );
+                }
                 self.flush_repairs();
                 let c = self.asm.counters();
                 self.loss

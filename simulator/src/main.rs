@@ -237,6 +237,9 @@ fn run_link(a: LinkArgs) -> Result<()> {
         stats_json: a.stats_json,
     };
     let stop = checkvalve_host::signals::stop_flag().context("cannot install signal handler")?;
+    // A hang-up never ends a link under test: the scenario runs on.
+    let _hangup =
+        checkvalve_host::signals::hangup_flag().context("cannot install signal handler")?;
     let phases: Vec<String> = options
         .schedule
         .phases

@@ -112,6 +112,15 @@ async fn serve(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
+    // A hang-up never ends the server; there is nothing to reload (every request reads the live
+    // state afresh).
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                info!("SIGHUP: nothing to reload (every request reads the live state afresh)");
+            }
+        });
+    }
     info!(bind = %local, state = %args.state.display(), "serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

@@ -140,6 +140,8 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
         }
     }
     let stop = checkvalve_host::signals::stop_flag().context("cannot install signal handler")?;
+    let hangup =
+        checkvalve_host::signals::hangup_flag().context("cannot install signal handler")?;
 
     let net_state = Arc::new(net::NetState::new(checkvalve_common::shed::ASSUMED_LOSS));
     let chunks = (queue_bytes / net::CHUNK_BYTES).max(2);
@@ -236,6 +238,7 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
             auth_state,
             chores: chores.clone(),
             repair_hold,
+            hangup,
         },
         args.min_free,
         args.stats_interval,
