@@ -211,7 +211,11 @@ impl Receive {
                 } else {
                     IDLE_TICK
                 };
-            let due = self.asm.poll_timeout().map_or(chores, |t| t.min(chores));
+            // One look at the assembler's timers per turn (it walks the objects in progress): the
+            // datagrams handled meanwhile only push its timers later, and a call a little early
+            // finds nothing to do.
+            let timer = self.asm.poll_timeout();
+            let due = timer.map_or(chores, |t| t.min(chores));
             let wait = due.saturating_duration_since(now).min(IDLE_TICK);
             match rx.recv_timeout(wait) {
                 Ok(mut chunk) => {
@@ -241,7 +245,7 @@ impl Receive {
             }
             self.take_back();
             let now = Instant::now();
-            if self.asm.poll_timeout().is_some_and(|t| t <= now) {
+            if timer.is_some_and(|t| t <= now) {
                 self.asm.handle_timeout(now);
                 self.drain_events();
             }

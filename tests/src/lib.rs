@@ -432,6 +432,24 @@ impl Rig {
         Proc::start(self.dir.path(), tag, &bin("checkvalve-send"), &args)
     }
 
+    /// Starts `checkvalve-status` on this rig's state folder; returns it with the address it serves.
+    pub fn start_status(&self) -> (Proc, String) {
+        let state = self.out.join(".checkvalve");
+        let status = Proc::start(
+            self.dir.path(),
+            "status",
+            &bin("checkvalve-status"),
+            &[
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--state".into(),
+                state.display().to_string(),
+            ],
+        );
+        let addr = bound_addr(&status, " serving", Duration::from_secs(20));
+        (status, addr)
+    }
+
     /// `args` for a sender of this rig's, with how it authenticates added.
     pub fn sender_args(&self, args: &[String]) -> Vec<String> {
         let mut all = args.to_vec();

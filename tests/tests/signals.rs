@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use checkvalve_tests::{Proc, Rig, bin, bound_addr, wait_for_log, write_file};
+use checkvalve_tests::{Proc, Rig, wait_for_log, write_file};
 
 fn hang_up(proc: &Proc) {
     let pid = proc.pid().expect("running");
@@ -17,19 +17,7 @@ fn hang_up(proc: &Proc) {
 #[test]
 fn sighup_leaves_the_receiver_the_simulator_and_the_status_server_running() {
     let mut rig = Rig::start(Some(&[]), &[]);
-    let state = rig.out.join(".checkvalve");
-    let mut status = Proc::start(
-        rig.dir.path(),
-        "status",
-        &bin("checkvalve-status"),
-        &[
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--state".into(),
-            state.display().to_string(),
-        ],
-    );
-    bound_addr(&status, " serving", Duration::from_secs(20));
+    let (mut status, _) = rig.start_status();
     hang_up(&rig.receiver);
     hang_up(rig.sim.as_ref().expect("a simulator"));
     hang_up(&status);

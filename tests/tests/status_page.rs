@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use checkvalve_tests::{Proc, Rig, bin, bound_addr, write_file};
+use checkvalve_tests::{Proc, Rig, bin, write_file};
 
 /// A plain HTTP/1.1 request: (status code, body).
 fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
@@ -96,19 +96,7 @@ fn pixels_of(png: &Path, rgb: (u8, u8, u8)) -> usize {
 #[test]
 fn metrics_parse_the_page_renders_with_its_chart_and_the_receiver_sends_nothing() {
     let mut rig = Rig::start(Some(&["--loss", "3%", "--seed", "8"]), &[]);
-    let state = rig.out.join(".checkvalve");
-    let mut status = Proc::start(
-        rig.dir.path(),
-        "status",
-        &bin("checkvalve-status"),
-        &[
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--state".into(),
-            state.display().to_string(),
-        ],
-    );
-    let addr = bound_addr(&status, " serving", Duration::from_secs(20));
+    let (mut status, addr) = rig.start_status();
     // Every system call of the receiver on sockets from here on.
     let trace = rig.dir.path().join("receiver.strace");
     let strace = Command::new("strace")
