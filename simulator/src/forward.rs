@@ -190,7 +190,7 @@ fn live_stats(
             t = format_args!("{t:.1}"),
             phase = %phase,
             mbps = format_args!("{mbps:.1}"),
-            "stats: received={} forwarded={} dropped={} (loss={} outage={} queue={})",
+            "stats received={} forwarded={} dropped={} loss={} outage={} queue={}",
             c.received,
             c.forwarded,
             c.dropped,
