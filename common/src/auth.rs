@@ -32,6 +32,11 @@ pub const KDF_SALT: &[u8] = b"checkvalve v1 session key";
 pub const WINDOW: u64 = 1 << 16;
 /// Sessions per key tracked at once by a receiver.
 pub const SESSIONS_PER_KEY: usize = 16;
+/// The first heartbeat counter. A session counts its objects' datagrams from 0 and its heartbeats
+/// from here, each in the order it sends them: objects' datagrams are sealed as they are encoded,
+/// ahead of the link, heartbeats as they go out, so one counter for both would put heartbeats
+/// ahead of datagrams still queued, and a receiver restarted between the two would refuse those.
+pub const HEARTBEAT_COUNTERS: u64 = 1 << 63;
 
 /// Why a datagram was refused by authentication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -191,12 +196,15 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Seals datagrams of one session. Clones share the counter (producer and transmitter threads).
+/// Seals datagrams of one session. Clones share the counters (producer and transmitter threads).
 #[derive(Clone)]
 pub struct Sealer {
     key_id: u32,
     key: Arc<LessSafeKey>,
+    /// The next object datagram's counter (from 0).
     counter: Arc<AtomicU64>,
+    /// The next heartbeat's counter (from [`HEARTBEAT_COUNTERS`]).
+    heartbeat_counter: Arc<AtomicU64>,
     encrypt: bool,
 }
 
@@ -217,20 +225,32 @@ impl Sealer {
             key_id: psk.id,
             key: Arc::new(session_key(psk, session)),
             counter: Arc::new(AtomicU64::new(0)),
+            heartbeat_counter: Arc::new(AtomicU64::new(HEARTBEAT_COUNTERS)),
             encrypt,
         }
     }
 
-    /// The same sealer with its next counter at `counter` (test vectors).
+    /// The same sealer with its next object datagram's counter at `counter` (test vectors).
     pub fn starting_at(self, counter: u64) -> Sealer {
         self.counter.store(counter, Ordering::Relaxed);
         self
     }
 
-    /// Turns the v1 datagram at `out[start..]` (ending with its CRC) into an authenticated one in
-    /// place: flags set, payload encrypted if asked, trailer and a new CRC appended.
+    /// Turns the v1 datagram of an object at `out[start..]` (ending with its CRC) into an
+    /// authenticated one in place: flags set, payload encrypted if asked, trailer and a new CRC
+    /// appended. Call it in the order the datagrams will be sent.
     pub fn seal(&self, out: &mut Vec<u8>, start: usize) {
         let counter = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.seal_as(counter, out, start);
+    }
+
+    /// Like [`Sealer::seal`], for a heartbeat as it is sent (heartbeats count apart).
+    pub fn seal_heartbeat(&self, out: &mut Vec<u8>, start: usize) {
+        let counter = self.heartbeat_counter.fetch_add(1, Ordering::Relaxed);
+        self.seal_as(counter, out, start);
+    }
+
+    fn seal_as(&self, counter: u64, out: &mut Vec<u8>, start: usize) {
         out.truncate(out.len() - CRC_LEN);
         let flags = FLAG_AUTH | if self.encrypt { FLAG_ENCRYPT } else { 0 };
         out[start + 6..start + 8].copy_from_slice(&flags.to_be_bytes());
@@ -335,13 +355,16 @@ pub struct KeyReplayState {
     pub sessions: Vec<SessionFloor>,
 }
 
-/// The highest counter accepted of one session: nothing at or below it is accepted again.
+/// The highest counters accepted of one session, one per counter space: nothing at or below them
+/// is accepted again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SessionFloor {
     /// The session.
     pub session: u64,
-    /// Its highest counter accepted.
-    pub counter: u64,
+    /// Its highest object datagram's counter accepted, if any.
+    pub objects: Option<u64>,
+    /// Its highest heartbeat counter accepted, if any.
+    pub heartbeats: Option<u64>,
 }
 
 /// What a receiver must keep across restarts, per key id: the newest session's epoch and the
@@ -352,10 +375,29 @@ pub struct Persisted {
     pub keys: Vec<KeyReplayState>,
 }
 
+/// One session's key and its two replay windows, one per counter space.
+struct SessionState {
+    key: Arc<LessSafeKey>,
+    /// Counters below [`HEARTBEAT_COUNTERS`]: objects' datagrams.
+    objects: Window,
+    /// Counters from [`HEARTBEAT_COUNTERS`] up: heartbeats.
+    heartbeats: Window,
+}
+
+impl SessionState {
+    fn window(&mut self, counter: u64) -> &mut Window {
+        if counter >= HEARTBEAT_COUNTERS {
+            &mut self.heartbeats
+        } else {
+            &mut self.objects
+        }
+    }
+}
+
 struct KeyState {
     psk: Psk,
     newest_epoch: Option<u32>,
-    sessions: HashMap<u64, (Arc<LessSafeKey>, Window)>,
+    sessions: HashMap<u64, SessionState>,
 }
 
 /// The receiver's side: verifies, decrypts and checks replays, keeping state only for what
@@ -447,9 +489,12 @@ impl Opener {
             if let Some(k) = map.get_mut(&p.key_id) {
                 k.newest_epoch = Some(p.newest_epoch);
                 for f in &p.sessions {
-                    let key = Arc::new(session_key(&k.psk, f.session));
-                    k.sessions
-                        .insert(f.session, (key, Window::new(Some(f.counter))));
+                    let state = SessionState {
+                        key: Arc::new(session_key(&k.psk, f.session)),
+                        objects: Window::new(f.objects),
+                        heartbeats: Window::new(f.heartbeats),
+                    };
+                    k.sessions.insert(f.session, state);
                 }
             }
         }
@@ -497,7 +542,7 @@ impl Opener {
         let session = u64::from_be_bytes(buf[8..16].try_into().unwrap_or_default());
         let k = self.keys.get_mut(&key_id).ok_or(AuthError::UnknownKey)?;
         // Verify with the session's key before any state is created for it.
-        let known = k.sessions.get(&session).map(|(key, _)| Arc::clone(key));
+        let known = k.sessions.get(&session).map(|s| Arc::clone(&s.key));
         let key = known
             .clone()
             .unwrap_or_else(|| Arc::new(session_key(&k.psk, session)));
@@ -544,10 +589,15 @@ impl Opener {
             {
                 k.sessions.remove(&oldest);
             }
-            k.sessions.insert(session, (key, Window::new(None)));
+            let state = SessionState {
+                key,
+                objects: Window::new(None),
+                heartbeats: Window::new(None),
+            };
+            k.sessions.insert(session, state);
         }
-        let (_, window) = k.sessions.get_mut(&session).ok_or(AuthError::OldSession)?;
-        if !window.accept(counter) {
+        let state = k.sessions.get_mut(&session).ok_or(AuthError::OldSession)?;
+        if !state.window(counter).accept(counter) {
             return Err(AuthError::Replayed);
         }
         self.changed = true;
@@ -571,11 +621,10 @@ impl Opener {
                 let mut sessions: Vec<SessionFloor> = k
                     .sessions
                     .iter()
-                    .filter_map(|(s, (_, w))| {
-                        Some(SessionFloor {
-                            session: *s,
-                            counter: w.top.or(w.floor)?,
-                        })
+                    .map(|(s, state)| SessionFloor {
+                        session: *s,
+                        objects: state.objects.top.or(state.objects.floor),
+                        heartbeats: state.heartbeats.top.or(state.heartbeats.floor),
                     })
                     .collect();
                 sessions.sort_unstable();
@@ -687,7 +736,8 @@ mod tests {
                 newest_epoch: 200,
                 sessions: vec![SessionFloor {
                     session: new,
-                    counter: 0
+                    objects: Some(0),
+                    heartbeats: None,
                 }],
             }]
         );
@@ -700,6 +750,40 @@ mod tests {
             o.open(&mut old_datagram.clone()),
             Err(AuthError::OldSession)
         );
+    }
+
+    #[test]
+    fn a_receiver_restarted_after_a_heartbeat_accepts_the_datagrams_queued_before_it() {
+        let session = session_id(400, 4);
+        let s = Sealer::new(&psk(1), session, false);
+        // The producer seals ahead of the link; the transmitter seals a heartbeat as it goes out.
+        let queued: Vec<Vec<u8>> = (0..100).map(|_| sealed(&s, &shard(session))).collect();
+        let mut hb = Heartbeat {
+            session,
+            seq: 0,
+            datagrams_sent: 10,
+            objects_sent: 0,
+            interval_ms: 1000,
+        }
+        .to_bytes();
+        s.seal_heartbeat(&mut hb, 0);
+        let mut o = Opener::new(vec![psk(1)], true, &Persisted::default());
+        for d in &queued[..10] {
+            assert!(o.open(&mut d.clone()).is_ok());
+        }
+        assert!(o.open(&mut hb.clone()).is_ok());
+        let persisted = o.take_persisted().unwrap();
+        let mut o = Opener::new(vec![psk(1)], true, &persisted);
+        for d in &queued[10..] {
+            assert_eq!(
+                o.open(&mut d.clone()).map(|_| ()),
+                Ok(()),
+                "sent after the restart"
+            );
+        }
+        for d in queued[..10].iter().chain([&hb]) {
+            assert_eq!(o.open(&mut d.clone()), Err(AuthError::Replayed));
+        }
     }
 
     #[test]
@@ -743,7 +827,8 @@ mod tests {
             objects_sent: 2,
             interval_ms: 1000,
         };
-        let mut b = sealed(&s, &hb.to_bytes());
+        let mut b = hb.to_bytes();
+        s.seal_heartbeat(&mut b, 0);
         let mut o = Opener::new(vec![psk(4)], true, &Persisted::default());
         let n = o.open(&mut b).unwrap();
         assert_eq!(parse(&b[..n]), Ok(Datagram::Heartbeat(hb)));

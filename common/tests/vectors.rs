@@ -135,20 +135,19 @@ fn vector_psk() -> checkvalve_common::auth::Psk {
     checkvalve_common::auth::Psk { id: 1, key }
 }
 
-/// The authenticated heartbeat (counter 0) and the encrypted first datagram (counter 1).
+/// The authenticated first heartbeat (counter 2^63), the encrypted first datagram (counter 0) and
+/// the authenticated second one (counter 1).
 fn vector_authenticated() -> (String, Vec<String>) {
     use checkvalve_common::auth::{Sealer, session_key_bytes};
     let psk = vector_psk();
     let key = hex(&session_key_bytes(&psk, SESSION));
     let mut hb = unhex(&vector_heartbeat());
-    Sealer::new(&psk, SESSION, false).seal(&mut hb, 0);
+    Sealer::new(&psk, SESSION, false).seal_heartbeat(&mut hb, 0);
     let mut shard = unhex(&vector_datagrams()[0]);
-    Sealer::new(&psk, SESSION, true)
-        .starting_at(1)
-        .seal(&mut shard, 0);
+    Sealer::new(&psk, SESSION, true).seal(&mut shard, 0);
     let mut clear = unhex(&vector_datagrams()[1]);
     Sealer::new(&psk, SESSION, false)
-        .starting_at(2)
+        .starting_at(1)
         .seal(&mut clear, 0);
     (key, vec![hex(&hb), hex(&shard), hex(&clear)])
 }

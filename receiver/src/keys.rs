@@ -22,8 +22,22 @@ pub fn load(path: &Path) -> Result<Psk> {
 struct KeyEntry {
     id: u32,
     newest_epoch: u32,
-    /// Session id (hex) and highest counter accepted.
-    sessions: Vec<(String, u64)>,
+    sessions: Vec<SessionEntry>,
+}
+
+/// One session's floors as saved.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum SessionEntry {
+    /// Session id (hex) and the highest counter accepted in each counter space.
+    Floors {
+        session: String,
+        objects: Option<u64>,
+        heartbeats: Option<u64>,
+    },
+    /// Session id (hex) and highest counter accepted, as saved before heartbeats counted apart
+    /// (all of such a session's counters are below the heartbeats' space).
+    Single(String, u64),
 }
 
 /// The replay state saved by the last run (empty if there is none). A file that cannot be read or
@@ -53,10 +67,21 @@ pub fn load_state(file: &Path) -> Result<Persisted> {
                 sessions: e
                     .sessions
                     .iter()
-                    .filter_map(|(s, c)| {
+                    .filter_map(|entry| {
+                        let (session, objects, heartbeats) = match entry {
+                            SessionEntry::Floors {
+                                session,
+                                objects,
+                                heartbeats,
+                            } => (session, *objects, *heartbeats),
+                            SessionEntry::Single(session, counter) => {
+                                (session, Some(*counter), None)
+                            }
+                        };
                         Some(SessionFloor {
-                            session: u64::from_str_radix(s, 16).ok()?,
-                            counter: *c,
+                            session: u64::from_str_radix(session, 16).ok()?,
+                            objects,
+                            heartbeats,
                         })
                     })
                     .collect(),
@@ -76,7 +101,11 @@ pub fn save_state(file: &Path, p: &Persisted) -> std::io::Result<()> {
             sessions: k
                 .sessions
                 .iter()
-                .map(|f| (format!("{:016x}", f.session), f.counter))
+                .map(|f| SessionEntry::Floors {
+                    session: format!("{:016x}", f.session),
+                    objects: f.objects,
+                    heartbeats: f.heartbeats,
+                })
                 .collect(),
         })
         .collect();
@@ -104,12 +133,21 @@ mod tests {
                 newest_epoch: 100,
                 sessions: vec![SessionFloor {
                     session: 0xabc,
-                    counter: 7,
+                    objects: Some(7),
+                    heartbeats: Some(auth::HEARTBEAT_COUNTERS + 2),
                 }],
             }],
         };
         save_state(&f, &p).unwrap();
         assert_eq!(load_state(&f).unwrap(), p);
+        // A state saved before heartbeats counted apart.
+        std::fs::write(
+            &f,
+            br#"[{"id":1,"newest_epoch":100,"sessions":[["0000000000000abc",7]]}]"#,
+        )
+        .unwrap();
+        let old = &load_state(&f).unwrap().keys[0].sessions[0];
+        assert_eq!((old.objects, old.heartbeats), (Some(7), None));
         std::fs::write(&f, b"{\"truncat").unwrap();
         let e = load_state(&f).expect_err("a corrupt state must not read as empty");
         assert!(format!("{e:#}").contains("corrupt"), "{e:#}");

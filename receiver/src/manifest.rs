@@ -57,6 +57,56 @@ struct Recent {
 
 /// Objects remembered to refuse a second record.
 const RECENT_KEYS: usize = 65_536;
+/// Bytes of the newest manifest file read at start for the objects it already delivered.
+const RECENT_TAIL: u64 = 16 << 20;
+
+impl Recent {
+    fn insert(&mut self, key: &str) -> bool {
+        if !self.keys.insert(key.to_owned()) {
+            return false;
+        }
+        self.order.push_back(key.to_owned());
+        while self.order.len() > RECENT_KEYS {
+            if let Some(old) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// The objects the newest records of `file` delivered (or found delivered already): a
+    /// restarted receiver can rebuild such an object again from the shards that follow the ones
+    /// its last run used, and must not record it twice. Losses are not remembered: an object a
+    /// stop cut short and the next run completes is recorded delivered after its loss.
+    fn from_tail(file: &mut File) -> io::Result<Recent> {
+        let len = file.metadata()?.len();
+        let from = len.saturating_sub(RECENT_TAIL);
+        file.seek(SeekFrom::Start(from))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        // From the first whole line on, unless the read started at the beginning.
+        let start = if from == 0 {
+            0
+        } else {
+            tail.iter()
+                .position(|b| *b == b'\n')
+                .map_or(tail.len(), |i| i + 1)
+        };
+        let mut recent = Recent::default();
+        for line in tail[start..].split(|b| *b == b'\n') {
+            if let Some(r) = Record::parse(line)
+                && matches!(
+                    r.status,
+                    Status::Delivered | Status::Repeat | Status::Superseded
+                )
+                && let Some(key) = r.object.as_deref().filter(|o| o.contains('-'))
+            {
+                recent.insert(key);
+            }
+        }
+        Ok(recent)
+    }
+}
 
 /// Recent outcomes kept for the live state.
 const RECENT_OUTCOMES: usize = 20;
@@ -135,10 +185,12 @@ impl Manifest {
         fs::create_dir_all(dir)?;
         let mut end = ChainEnd::genesis();
         let mut torn = 0;
+        let mut recent = Recent::default();
         if let Some(last) = files(dir)?.pop() {
             let mut f = OpenOptions::new().read(true).write(true).open(&last)?;
             let (line, cut) = last_line(&mut f)?;
             torn = cut;
+            recent = Recent::from_tail(&mut f)?;
             if let Some(line) = line {
                 let seq = Record::parse(&line)
                     .map(|r| r.seq)
@@ -167,7 +219,7 @@ impl Manifest {
                 file,
                 end,
                 limiter: Limiter::new(Duration::from_secs(60), 1),
-                recent: Recent::default(),
+                recent,
                 unsynced: false,
             }),
             min_free,
@@ -283,17 +335,11 @@ impl Manifest {
         let mut guard = self.lock();
         let inner = &mut *guard;
         // Aggregate and event records name a session, not an object.
-        if let Some(key) = object.filter(|o| o.contains('-')) {
-            if !inner.recent.keys.insert(key.to_owned()) {
-                debug!(object = key, "second outcome for one object not recorded");
-                return;
-            }
-            inner.recent.order.push_back(key.to_owned());
-            while inner.recent.order.len() > RECENT_KEYS {
-                if let Some(old) = inner.recent.order.pop_front() {
-                    inner.recent.keys.remove(&old);
-                }
-            }
+        if let Some(key) = object.filter(|o| o.contains('-'))
+            && !inner.recent.insert(key)
+        {
+            debug!(object = key, "second outcome for one object not recorded");
+            return;
         }
         let now = SystemTime::now();
         let time = rfc3339(now);
@@ -501,5 +547,44 @@ mod tests {
         assert_eq!(full.end().seq, 1);
         let text = std::fs::read_to_string(files(dir.path()).unwrap().pop().unwrap()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_restarted_manifest_records_no_second_delivery_of_an_object_but_a_delivery_after_a_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = Head {
+            path: "a.txt".into(),
+            size: 1,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            kind: checkvalve_common::meta::ObjectKind::File,
+        };
+        let evidence = Evidence {
+            first_datagram: SystemTime::now(),
+            last_datagram: SystemTime::now(),
+            repaired: 0,
+        };
+        let m = Manifest::open(dir.path(), 0).unwrap();
+        m.verified(
+            Verified::Delivered,
+            "7-1",
+            &head,
+            &[0; DIGEST_LEN],
+            &evidence,
+        );
+        m.lost("7-2", 1, Some("b.txt"), None, "receiver stopped".into());
+        drop(m);
+        let m = Manifest::open(dir.path(), 0).unwrap();
+        // The rest of object 1's datagrams rebuild it again after the restart: not recorded.
+        m.verified(Verified::Repeat, "7-1", &head, &[0; DIGEST_LEN], &evidence);
+        // Object 2, cut short by the stop, is completed by the next run: recorded.
+        m.verified(
+            Verified::Delivered,
+            "7-2",
+            &head,
+            &[0; DIGEST_LEN],
+            &evidence,
+        );
+        assert_eq!(m.end().seq, 3);
     }
 }

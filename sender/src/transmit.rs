@@ -266,7 +266,7 @@ impl Transmitter {
         );
         let mut bytes = hb.to_bytes();
         if let Some(s) = &self.sealer {
-            s.seal(&mut bytes, 0);
+            s.seal_heartbeat(&mut bytes, 0);
         }
         self.raw_send(&bytes);
     }

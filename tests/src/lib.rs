@@ -542,6 +542,8 @@ pub struct Outcome {
     pub events: Vec<Record>,
     /// Object keys seen: a second record for one object is a bug.
     seen: std::collections::HashSet<String>,
+    /// Object keys recorded lost (and not completed since).
+    lost_objects: std::collections::HashSet<String>,
 }
 
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -577,10 +579,25 @@ impl Outcome {
                 && object.contains('-')
             {
                 // Aggregate records name a session, and a session may have one per interval.
+                // One object, one record; but a receiver stopped mid-object records it lost, and
+                // the next run may complete it from the datagrams that follow: then it counts
+                // as delivered.
+                let completed_after_loss = r.status != Status::Lost
+                    && o.lost_objects.remove(object)
+                    && r.path.as_ref().is_some_and(|p| {
+                        o.lost_named
+                            .iter()
+                            .position(|l| l == p)
+                            .map(|i| o.lost_named.remove(i))
+                            .is_some()
+                    });
                 assert!(
-                    o.seen.insert(object.to_owned()),
+                    o.seen.insert(object.to_owned()) || completed_after_loss,
                     "two records for one object: {line}"
                 );
+                if r.status == Status::Lost {
+                    o.lost_objects.insert(object.to_owned());
+                }
             }
             match (r.status, r.path.clone()) {
                 (Status::Delivered, Some(p)) => o.delivered.push(p),
