@@ -3,10 +3,11 @@
 //! own folders (Landlock, where the kernel supports it).
 //!
 //! Both are installed after start-up (sockets bound, logging set up, keys read), for every thread
-//! of the process. A forbidden system call fails with `EPERM`; the process logs the error it gets
-//! and goes on (the sender never needs to receive, the receiver never needs to send, so in normal
-//! operation nothing ever hits the filter). `io_uring` is forbidden in both: it would bypass the
-//! filter.
+//! of the process. The seccomp filter is an allowlist ([`allowed`]): a system call not on it fails
+//! with `EPERM`; the process logs the error it gets and goes on (in normal operation nothing ever
+//! hits the filter). Neither program can create a socket once confined, so a library inside it
+//! cannot open a receiving socket in the sender, nor a raw one in the receiver; the sender's own
+//! socket is made deaf ([`deaf`]) so that not even `read()` gets anything from it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,37 +39,166 @@ pub enum Role {
     Receiver,
 }
 
-/// The system calls forbidden to `role`.
-pub fn forbidden(role: Role) -> Vec<(&'static str, i64)> {
-    let mut calls = vec![
-        ("io_uring_setup", libc::SYS_io_uring_setup),
-        ("io_uring_enter", libc::SYS_io_uring_enter),
-        ("io_uring_register", libc::SYS_io_uring_register),
-    ];
-    match role {
-        Role::Sender => calls.extend([
-            ("recvfrom", libc::SYS_recvfrom),
-            ("recvmsg", libc::SYS_recvmsg),
-            ("recvmmsg", libc::SYS_recvmmsg),
-            ("accept", libc::SYS_accept),
-            ("accept4", libc::SYS_accept4),
-            ("listen", libc::SYS_listen),
-        ]),
-        Role::Receiver => calls.extend([
-            ("sendto", libc::SYS_sendto),
-            ("sendmsg", libc::SYS_sendmsg),
-            ("sendmmsg", libc::SYS_sendmmsg),
-            ("connect", libc::SYS_connect),
-            ("accept", libc::SYS_accept),
-            ("accept4", libc::SYS_accept4),
-            ("listen", libc::SYS_listen),
-        ]),
-    }
-    calls
+/// System calls both programs may make once confined: memory, threads, time, signals, and files
+/// (never creating, binding, connecting or configuring a socket). Gathered by tracing both
+/// programs through transfers, the spool service, SIGHUP and a stop; what is not here fails with
+/// `EPERM`.
+const COMMON: &[(&str, i64)] = &[
+    // Memory and threads.
+    ("brk", libc::SYS_brk),
+    ("mmap", libc::SYS_mmap),
+    ("munmap", libc::SYS_munmap),
+    ("mprotect", libc::SYS_mprotect),
+    ("mremap", libc::SYS_mremap),
+    ("madvise", libc::SYS_madvise),
+    ("membarrier", libc::SYS_membarrier),
+    ("clone", libc::SYS_clone),
+    ("clone3", libc::SYS_clone3),
+    ("futex", libc::SYS_futex),
+    ("set_robust_list", libc::SYS_set_robust_list),
+    ("get_robust_list", libc::SYS_get_robust_list),
+    ("rseq", libc::SYS_rseq),
+    ("sched_getaffinity", libc::SYS_sched_getaffinity),
+    ("sched_yield", libc::SYS_sched_yield),
+    ("prctl", libc::SYS_prctl),
+    ("exit", libc::SYS_exit),
+    ("exit_group", libc::SYS_exit_group),
+    ("getpid", libc::SYS_getpid),
+    ("gettid", libc::SYS_gettid),
+    ("getppid", libc::SYS_getppid),
+    ("getuid", libc::SYS_getuid),
+    ("geteuid", libc::SYS_geteuid),
+    ("getgid", libc::SYS_getgid),
+    ("getegid", libc::SYS_getegid),
+    ("getgroups", libc::SYS_getgroups),
+    ("prlimit64", libc::SYS_prlimit64),
+    ("getrandom", libc::SYS_getrandom),
+    ("uname", libc::SYS_uname),
+    ("sysinfo", libc::SYS_sysinfo),
+    // Time.
+    ("clock_gettime", libc::SYS_clock_gettime),
+    ("clock_getres", libc::SYS_clock_getres),
+    ("clock_nanosleep", libc::SYS_clock_nanosleep),
+    ("nanosleep", libc::SYS_nanosleep),
+    ("gettimeofday", libc::SYS_gettimeofday),
+    // Signals (a panic's abort raises one at itself).
+    ("rt_sigaction", libc::SYS_rt_sigaction),
+    ("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    ("rt_sigreturn", libc::SYS_rt_sigreturn),
+    ("sigaltstack", libc::SYS_sigaltstack),
+    ("tgkill", libc::SYS_tgkill),
+    ("restart_syscall", libc::SYS_restart_syscall),
+    // Waiting (the sender's folder watch).
+    ("ppoll", libc::SYS_ppoll),
+    ("epoll_create1", libc::SYS_epoll_create1),
+    ("epoll_ctl", libc::SYS_epoll_ctl),
+    ("epoll_pwait", libc::SYS_epoll_pwait),
+    ("eventfd2", libc::SYS_eventfd2),
+    ("inotify_init1", libc::SYS_inotify_init1),
+    ("inotify_add_watch", libc::SYS_inotify_add_watch),
+    ("inotify_rm_watch", libc::SYS_inotify_rm_watch),
+    // Files.
+    ("read", libc::SYS_read),
+    ("write", libc::SYS_write),
+    ("readv", libc::SYS_readv),
+    ("writev", libc::SYS_writev),
+    ("pread64", libc::SYS_pread64),
+    ("pwrite64", libc::SYS_pwrite64),
+    ("lseek", libc::SYS_lseek),
+    ("openat", libc::SYS_openat),
+    ("openat2", libc::SYS_openat2),
+    ("close", libc::SYS_close),
+    ("close_range", libc::SYS_close_range),
+    ("dup", libc::SYS_dup),
+    ("dup3", libc::SYS_dup3),
+    ("fcntl", libc::SYS_fcntl),
+    ("flock", libc::SYS_flock),
+    ("fstat", libc::SYS_fstat),
+    ("newfstatat", libc::SYS_newfstatat),
+    ("statx", libc::SYS_statx),
+    ("statfs", libc::SYS_statfs),
+    ("fstatfs", libc::SYS_fstatfs),
+    ("faccessat", libc::SYS_faccessat),
+    ("faccessat2", libc::SYS_faccessat2),
+    ("readlinkat", libc::SYS_readlinkat),
+    ("getcwd", libc::SYS_getcwd),
+    ("getdents64", libc::SYS_getdents64),
+    ("mkdirat", libc::SYS_mkdirat),
+    ("unlinkat", libc::SYS_unlinkat),
+    ("renameat", libc::SYS_renameat),
+    ("renameat2", libc::SYS_renameat2),
+    ("linkat", libc::SYS_linkat),
+    ("fchmod", libc::SYS_fchmod),
+    ("fchmodat", libc::SYS_fchmodat),
+    ("fchown", libc::SYS_fchown),
+    ("fchownat", libc::SYS_fchownat),
+    ("utimensat", libc::SYS_utimensat),
+    ("ftruncate", libc::SYS_ftruncate),
+    ("fallocate", libc::SYS_fallocate),
+    ("fsync", libc::SYS_fsync),
+    ("fdatasync", libc::SYS_fdatasync),
+    ("sync_file_range", libc::SYS_sync_file_range),
+    ("copy_file_range", libc::SYS_copy_file_range),
+    // Landlock only ever narrows access (the sender confines files after this filter).
+    ("landlock_create_ruleset", libc::SYS_landlock_create_ruleset),
+    ("landlock_add_rule", libc::SYS_landlock_add_rule),
+    ("landlock_restrict_self", libc::SYS_landlock_restrict_self),
+    // Reading a socket's options and address (the receiver's drop counter): no change.
+    ("getsockopt", libc::SYS_getsockopt),
+    ("getsockname", libc::SYS_getsockname),
+];
+
+/// The older calls of x86-64 that glibc may still use there (other architectures lack them).
+#[cfg(target_arch = "x86_64")]
+const LEGACY: &[(&str, i64)] = &[
+    ("open", libc::SYS_open),
+    ("stat", libc::SYS_stat),
+    ("lstat", libc::SYS_lstat),
+    ("access", libc::SYS_access),
+    ("readlink", libc::SYS_readlink),
+    ("mkdir", libc::SYS_mkdir),
+    ("rmdir", libc::SYS_rmdir),
+    ("unlink", libc::SYS_unlink),
+    ("rename", libc::SYS_rename),
+    ("link", libc::SYS_link),
+    ("chmod", libc::SYS_chmod),
+    ("dup2", libc::SYS_dup2),
+    ("poll", libc::SYS_poll),
+    ("epoll_wait", libc::SYS_epoll_wait),
+    ("time", libc::SYS_time),
+    ("arch_prctl", libc::SYS_arch_prctl),
+];
+#[cfg(not(target_arch = "x86_64"))]
+const LEGACY: &[(&str, i64)] = &[];
+
+/// What only the sender may do: send on the socket it already holds.
+const SENDER: &[(&str, i64)] = &[
+    ("sendto", libc::SYS_sendto),
+    ("sendmsg", libc::SYS_sendmsg),
+    ("sendmmsg", libc::SYS_sendmmsg),
+];
+
+/// What only the receiver may do: receive on the socket it already holds.
+const RECEIVER: &[(&str, i64)] = &[
+    ("recvfrom", libc::SYS_recvfrom),
+    ("recvmsg", libc::SYS_recvmsg),
+    ("recvmmsg", libc::SYS_recvmmsg),
+];
+
+/// The system calls `role` may make once confined (an allowlist: everything else fails with
+/// `EPERM`). Neither role may create a socket, bind, connect, listen, accept, set a socket's
+/// options, shut one down, splice, execute a program or use `io_uring`; the sender may not
+/// receive, the receiver may not send.
+pub fn allowed(role: Role) -> Vec<(&'static str, i64)> {
+    let own = match role {
+        Role::Sender => SENDER,
+        Role::Receiver => RECEIVER,
+    };
+    COMMON.iter().chain(LEGACY).chain(own).copied().collect()
 }
 
 fn program(role: Role) -> Result<BpfProgram, ConfineError> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = forbidden(role)
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = allowed(role)
         .into_iter()
         .map(|(_, nr)| (nr, Vec::new()))
         .collect();
@@ -77,14 +207,25 @@ fn program(role: Role) -> Result<BpfProgram, ConfineError> {
         .map_err(|e| ConfineError::Seccomp(format!("{e:?}")))?;
     let filter = SeccompFilter::new(
         rules,
-        SeccompAction::Allow,
         SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
         arch,
     )
     .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
     filter
         .try_into()
         .map_err(|e: seccompiler::BackendError| ConfineError::Seccomp(e.to_string()))
+}
+
+/// Makes `socket` deaf: a socket filter that drops every datagram before it is queued. The
+/// sender's link socket is bound, as any UDP socket is, and the seccomp filter cannot tell a
+/// `read()` of it from a file's: with this, there is nothing to read. Call it as soon as the
+/// socket is bound (the port was unknown to anyone before). Once the seccomp filter is on,
+/// `setsockopt` is refused, so the filter stays.
+pub fn deaf(socket: &std::net::UdpSocket) -> std::io::Result<()> {
+    // Classic BPF: one instruction, "return 0" (keep no byte of the packet).
+    let drop_all = socket2::SockFilter::new((libc::BPF_RET | libc::BPF_K) as u16, 0, 0, 0);
+    socket2::SockRef::from(socket).attach_filter(&[drop_all])
 }
 
 /// Installs the one-direction filter of `role` on every thread of the process.
@@ -124,6 +265,15 @@ pub enum Enforced {
     Partially,
     /// None: the kernel has no Landlock (or it is disabled).
     Not,
+}
+
+/// Threads of this process other than the calling one. Landlock confines the calling thread and
+/// the threads it starts afterwards, never threads already running (a library's, started before
+/// `main`): a caller about to confine files warns when there are any.
+pub fn other_threads() -> usize {
+    std::fs::read_dir("/proc/thread-self/..")
+        .map(|d| d.count().saturating_sub(1))
+        .unwrap_or(0)
 }
 
 /// Restricts the process's filesystem access: writing anywhere but beneath `writable` is refused;
@@ -204,8 +354,61 @@ mod tests {
         })
         .join()
         .unwrap();
+        // Neither role creates a socket once confined: no new receiving socket, no raw frames.
+        for role in [Role::Sender, Role::Receiver] {
+            std::thread::spawn(move || {
+                one_direction_this_thread(role).unwrap();
+                let e = UdpSocket::bind("127.0.0.1:0").expect_err("a new socket");
+                assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{role:?}: {e}");
+                let raw = socket2::Socket::new(
+                    socket2::Domain::PACKET,
+                    socket2::Type::RAW,
+                    Some(socket2::Protocol::from(i32::from(
+                        (libc::ETH_P_ALL as u16).to_be(),
+                    ))),
+                )
+                .expect_err("a packet socket");
+                assert_eq!(raw.raw_os_error(), Some(libc::EPERM), "{role:?}: {raw}");
+                let pair =
+                    socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+                        .expect_err("a socket pair");
+                assert_eq!(pair.raw_os_error(), Some(libc::EPERM), "{role:?}: {pair}");
+            })
+            .join()
+            .unwrap();
+        }
         // This thread is not confined.
         peer.send_to(b"x", to).unwrap();
+    }
+
+    #[test]
+    fn a_deaf_socket_still_sends_and_reads_nothing() {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        deaf(&s).unwrap();
+        peer.send_to(b"after", s.local_addr().unwrap()).unwrap();
+        s.send_to(b"out", peer.local_addr().unwrap())
+            .expect("sending works");
+        let mut buf = [0u8; 16];
+        let (n, _) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"out");
+        s.set_nonblocking(true).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // read(), which no seccomp filter can tell from a file's, finds nothing either.
+        use std::io::Read;
+        let mut f = std::fs::File::from(std::os::fd::OwnedFd::from(s.try_clone().unwrap()));
+        let e = f.read(&mut buf).expect_err("nothing to read");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+        // Once confined, the filter cannot be taken off.
+        std::thread::spawn(move || {
+            one_direction_this_thread(Role::Sender).unwrap();
+            let e = socket2::SockRef::from(&s)
+                .detach_filter()
+                .expect_err("detached");
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -173,7 +173,7 @@ pub(crate) fn one_direction(disabled: bool) {
     }
     match checkvalve_confine::one_direction(checkvalve_confine::Role::Sender) {
         Ok(()) => info!(
-            "seccomp: receiving system calls are forbidden (recvfrom, recvmsg, recvmmsg, accept, listen, io_uring)"
+            "seccomp: only the system calls a sender needs are allowed: no receiving, no new socket (socket, bind, connect, listen, accept), no socket option changed, no program started"
         ),
         Err(e) => warn!("cannot install the seccomp filter (the code still never receives): {e}"),
     }
@@ -182,6 +182,13 @@ pub(crate) fn one_direction(disabled: bool) {
 /// Confines the filesystem access of this thread and the threads it starts afterwards (Landlock):
 /// reading beneath `readable`, reading and writing beneath `writable`, nothing else.
 pub(crate) fn confine_files(writable: &[PathBuf], readable: &[PathBuf]) {
+    let others = checkvalve_confine::other_threads();
+    if others > 0 {
+        warn!(
+            threads = others,
+            "landlock: threads started before the confinement (by a library?) are not confined by it"
+        );
+    }
     match checkvalve_confine::filesystem(writable, Some(readable)) {
         Ok(checkvalve_confine::Enforced::Not) => {
             warn!("landlock: not supported by this kernel: file access is not confined")

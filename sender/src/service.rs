@@ -8,7 +8,7 @@
 //! (paced output and heartbeats, on this thread).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,21 +82,16 @@ pub fn run(
     log_channels(&cfg);
     let mut tx = transmit::Transmitter::new(to, cfg.rate, &who, cfg.heartbeat)?;
     crate::one_direction(no_seccomp);
-    // Before any thread starts, so that all of them are confined: the folders holding the spools
-    // (read, and deleted or moved from; their parent, so that a channel added beside them by
-    // SIGHUP works), sent folders and the state folder; the configuration file for SIGHUP.
-    let mut writable: Vec<PathBuf> = cfg.state.iter().cloned().collect();
-    for c in &cfg.channels {
-        let _ = std::fs::create_dir_all(&c.spool);
-        writable.push(c.spool.parent().unwrap_or(&c.spool).to_path_buf());
-        if let crate::config::AfterSend::Move(sent) = &c.after_send {
-            let _ = std::fs::create_dir_all(&sent.dir);
-            writable.push(sent.dir.clone());
-        }
-    }
-    writable.retain(|p| p.exists());
-    let readable: Vec<PathBuf> = file.iter().cloned().collect();
-    crate::confine_files(&writable, &readable);
+    // Before any thread starts, so that all of them are confined: exactly the spools (read, and
+    // deleted or moved from), the sent folders and the state folder, never a folder above them;
+    // and the configuration's folder, read only, so that SIGHUP can read a configuration replaced
+    // atomically (a new file, which a rule for the old one would not cover).
+    let confined = Confined::of(&cfg);
+    let readable: Vec<PathBuf> = file
+        .iter()
+        .filter_map(|f| std::path::absolute(f).ok()?.parent().map(PathBuf::from))
+        .collect();
+    crate::confine_files(&confined.0, &readable);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     tx.report_completion(done_tx);
     let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES);
@@ -148,6 +143,7 @@ pub fn run(
             },
             cfg,
             file,
+            confined,
             shared: tx.shared(),
             announce: announce_rx,
             done: done_rx,
@@ -177,6 +173,37 @@ pub fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The folders the service may write in (Landlock): fixed at start.
+struct Confined(Vec<PathBuf>);
+
+impl Confined {
+    /// The state folder, every spool and every sent folder of `cfg` (created if missing).
+    fn of(cfg: &Config) -> Confined {
+        let mut dirs: Vec<PathBuf> = cfg.state.iter().cloned().collect();
+        for c in &cfg.channels {
+            let _ = std::fs::create_dir_all(&c.spool);
+            dirs.push(c.spool.clone());
+            if let crate::config::AfterSend::Move(sent) = &c.after_send {
+                let _ = std::fs::create_dir_all(&sent.dir);
+                dirs.push(sent.dir.clone());
+            }
+        }
+        dirs.retain(|p| p.exists());
+        Confined(dirs)
+    }
+
+    /// The first folder of `channel` this run may not use, if any.
+    fn outside<'a>(&self, channel: &'a crate::config::Channel) -> Option<&'a Path> {
+        let sent = match &channel.after_send {
+            crate::config::AfterSend::Move(sent) => Some(sent.dir.as_path()),
+            _ => None,
+        };
+        std::iter::once(channel.spool.as_path())
+            .chain(sent)
+            .find(|dir| !self.0.iter().any(|c| dir.starts_with(c)))
+    }
+}
+
 fn rules(cfg: &Config) -> Rules {
     Rules {
         channels: cfg.channels.clone(),
@@ -198,6 +225,8 @@ struct SpoolThread {
     status: Status,
     cfg: Config,
     file: Option<PathBuf>,
+    /// The folders this run may write in.
+    confined: Confined,
     shared: Arc<Shared>,
     announce: Receiver<(u64, u64)>,
     done: Receiver<u64>,
@@ -315,6 +344,14 @@ impl SpoolThread {
             }
         }
         let mut applied = new.clone();
+        // A folder outside the confinement cannot be reached until the next start.
+        applied.channels.retain(|c| match self.confined.outside(c) {
+            None => true,
+            Some(dir) => {
+                warn!(channel = %c.name, folder = %dir.display(), "SIGHUP: this channel's folder is not one this run may use: the channel takes effect at the next restart only");
+                false
+            }
+        });
         applied.to = self.cfg.to.clone();
         applied.fec = self.cfg.fec;
         applied.heartbeat = self.cfg.heartbeat;

@@ -86,6 +86,8 @@ impl Transmitter {
             "[::]:0".parse()?
         };
         let socket = UdpSocket::bind(local).context("cannot open the link socket")?;
+        // Bound, it could be sent to: nothing that arrives is ever queued for anyone to read.
+        checkvalve_confine::deaf(&socket).context("cannot make the link socket deaf")?;
         // A send that blocks (a full interface queue) must not hold up SIGTERM for long.
         socket
             .set_write_timeout(Some(SEND_TIMEOUT))

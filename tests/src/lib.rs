@@ -135,10 +135,22 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin` with `args`, logging to files in `dir` named after `tag`.
     pub fn start(dir: &Path, tag: &str, bin: &Path, args: &[String]) -> Proc {
+        Proc::start_env(dir, tag, bin, args, &[])
+    }
+
+    /// Like [`Proc::start`], with `env` added to its environment.
+    pub fn start_env(
+        dir: &Path,
+        tag: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Proc {
         let log = dir.join(format!("{tag}.log"));
         let out = dir.join(format!("{tag}.out"));
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out).expect("stdout file"))

@@ -10,8 +10,14 @@ use sha2::Digest;
 /// A sender configuration sending to `to`, keyed with the rig's key when `dir` is a rig's folder
 /// (a configuration test without a receiver allows unauthenticated datagrams instead).
 fn config(dir: &Path, to: &str, body: &str) -> std::path::PathBuf {
+    config_in(dir, dir, to, body)
+}
+
+/// Like [`config`], written in `dir` for a rig whose folder (holding its key) is `rig`.
+fn config_in(dir: &Path, rig: &Path, to: &str, body: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).expect("config folder");
     let path = dir.join("send.toml");
-    let key = dir.join(checkvalve_tests::RIG_KEY);
+    let key = rig.join(checkvalve_tests::RIG_KEY);
     let auth = if key.exists() {
         format!("key = \"{}\"", key.display())
     } else {
@@ -453,34 +459,59 @@ fn status_reports_the_queue_what_was_sent_today_and_the_last_error_with_no_sende
     );
 }
 
+/// SIGHUP reloads a configuration replaced atomically (a new file: Landlock grants the
+/// configuration's folder, read only, not only the file it started with), a channel whose folder
+/// the confinement does not cover waits for the next start (said in a WARN), and a broken
+/// configuration leaves the running one in force.
 #[test]
 fn sighup_reloads_the_channels_and_a_broken_config_leaves_the_running_one_in_force() {
     let rig = Rig::start(None, &[]);
     let root = rig.dir.path();
-    let (a, b) = (root.join("spool/a"), root.join("spool/b"));
-    let channel = |name: &str, dir: &Path| {
+    let (a, b, c) = (
+        root.join("spool/a"),
+        root.join("spool/b"),
+        root.join("spool/c"),
+    );
+    let channel = |name: &str, dir: &Path, priority: u32| {
         format!(
-            "[[channel]]\nname = \"{name}\"\nspool = \"{}\"\n",
+            "[[channel]]\nname = \"{name}\"\nspool = \"{}\"\npriority = {priority}\n",
             dir.display()
         )
     };
-    let cfg = config(root, &rig.send_to, &channel("a", &a));
+    let cfg = config(
+        root,
+        &rig.send_to,
+        &format!("{}{}", channel("a", &a, 1), channel("b", &b, 1)),
+    );
     let args = vec!["--config".to_string(), cfg.display().to_string()];
     let mut sender = Proc::start(root, "sender", &bin("checkvalve-send"), &args);
     checkvalve_tests::wait_for_log(&sender, " watching", Duration::from_secs(20));
-    config(
+    // Replaced as editors, `sed -i` and Ansible do: a new file renamed over the old one.
+    let staged = config_in(
+        &root.join("staging-config"),
         root,
         &rig.send_to,
-        &format!("{}{}", channel("a", &a), channel("b", &b)),
+        &format!(
+            "{}{}{}",
+            channel("a", &a, 1),
+            channel("b", &b, 5),
+            channel("c", &c, 1)
+        ),
     );
+    std::fs::rename(&staged, &cfg).expect("atomic replace");
     signal(&sender, nix::sys::signal::Signal::SIGHUP);
     checkvalve_tests::wait_for_log(&sender, "configuration reloaded", Duration::from_secs(10));
+    let log = sender.log_text();
+    assert!(
+        log.contains("channels=2") && log.contains("takes effect at the next restart only"),
+        "the new channel c, outside the confinement, should wait for a restart:\n{log}"
+    );
     let staging = root.join("staging");
     let digest = drop_file(&staging, &b.join("new.bin"), 5_000, 1);
     let published = rig.out.join("b/new.bin");
     assert!(
         wait_until_published(&published, Duration::from_secs(20)),
-        "the channel added by SIGHUP is not watched"
+        "channel b stopped being watched by the reload"
     );
     let got: [u8; 32] = sha2::Sha256::digest(std::fs::read(&published).expect("read")).into();
     assert_eq!(got, digest);

@@ -107,6 +107,13 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
     }
     raise_fd_limit();
     let writable = [share.root().to_path_buf(), share.state().to_path_buf()];
+    let others = checkvalve_confine::other_threads();
+    if others > 0 {
+        tracing::warn!(
+            threads = others,
+            "landlock: threads started before the confinement (by a library?) are not confined by it"
+        );
+    }
     match checkvalve_confine::filesystem(&writable, None) {
         Ok(checkvalve_confine::Enforced::Not) => {
             tracing::warn!(
@@ -132,7 +139,7 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
     } else {
         match checkvalve_confine::one_direction(checkvalve_confine::Role::Receiver) {
             Ok(()) => info!(
-                "seccomp: sending and connecting are forbidden (sendto, sendmsg, sendmmsg, connect, accept, listen, io_uring)"
+                "seccomp: only the system calls a receiver needs are allowed: no sending, no new socket (socket, bind, connect, listen, accept), no socket option changed, no program started"
             ),
             Err(e) => tracing::warn!(
                 "cannot install the seccomp filter (the code still never sends): {e}"
