@@ -14,7 +14,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use ring::hkdf;
 use thiserror::Error;
 
-use crate::wire::{COMMON_HEADER_LEN, CRC_LEN, MAGIC, SHARD_HEADER_LEN, kind};
+use crate::wire::{ANNOUNCE_HEADER_LEN, COMMON_HEADER_LEN, CRC_LEN, MAGIC, SHARD_HEADER_LEN, kind};
 
 /// Flag: the datagram carries an authentication trailer.
 pub const FLAG_AUTH: u16 = 0x0001;
@@ -33,7 +33,7 @@ pub const WINDOW: u64 = 1 << 16;
 /// Sessions per key tracked at once by a receiver.
 pub const SESSIONS_PER_KEY: usize = 16;
 /// The first heartbeat counter. A session counts its objects' datagrams from 0 and its heartbeats
-/// from here, each in the order it sends them: objects' datagrams are sealed as they are encoded,
+/// and announcements from here, each in the order it sends them: objects' datagrams are sealed as they are encoded,
 /// ahead of the link, heartbeats as they go out, so one counter for both would put heartbeats
 /// ahead of datagrams still queued, and a receiver restarted between the two would refuse those.
 pub const HEARTBEAT_COUNTERS: u64 = 1 << 63;
@@ -173,10 +173,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Where the payload starts: after the shard header, or nowhere (heartbeats are all header).
 fn payload_start(body: &[u8]) -> usize {
-    if body.get(5) == Some(&kind::SHARD) {
-        SHARD_HEADER_LEN.min(body.len())
-    } else {
-        body.len()
+    match body.get(5) {
+        Some(&kind::SHARD) => SHARD_HEADER_LEN.min(body.len()),
+        // An announcement's entries are what encryption hides: names, sizes, digests.
+        Some(&kind::ANNOUNCE) => ANNOUNCE_HEADER_LEN.min(body.len()),
+        _ => body.len(),
     }
 }
 
@@ -244,7 +245,8 @@ impl Sealer {
         self.seal_as(counter, out, start);
     }
 
-    /// Like [`Sealer::seal`], for a heartbeat as it is sent (heartbeats count apart).
+    /// Like [`Sealer::seal`], for a heartbeat or an announcement as it is sent (these count
+    /// apart, from [`HEARTBEAT_COUNTERS`]).
     pub fn seal_heartbeat(&self, out: &mut Vec<u8>, start: usize) {
         let counter = self.heartbeat_counter.fetch_add(1, Ordering::Relaxed);
         self.seal_as(counter, out, start);

@@ -3,6 +3,7 @@
 //! Sans-IO: nothing here opens a socket or a file or reads a clock. Bytes come in and go out as
 //! values and time is an argument, so every behaviour is testable deterministically.
 
+pub mod announce;
 pub mod assembler;
 pub mod auth;
 pub mod fec;

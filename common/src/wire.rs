@@ -64,6 +64,160 @@ pub mod kind {
     pub const SHARD: u8 = 1;
     /// A heartbeat.
     pub const HEARTBEAT: u8 = 2;
+    /// An announcement: objects named, with their sizes and digests (§2.4).
+    pub const ANNOUNCE: u8 = 3;
+}
+
+/// Length of an announcement's header (common header, count, reserved).
+pub const ANNOUNCE_HEADER_LEN: usize = 20;
+/// Bytes of an announcement entry besides its path: object, size, digest, path length.
+pub const ANNOUNCE_ENTRY_FIXED: usize = 8 + 8 + 32 + 2;
+
+/// An object named in an announcement, as the sender makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    /// Object number in the session.
+    pub object: u64,
+    /// Content length in bytes.
+    pub size: u64,
+    /// SHA-256 of the content.
+    pub digest: [u8; 32],
+    /// Its path, as in its metadata head.
+    pub path: String,
+}
+
+impl Announced {
+    /// Bytes it takes in an announcement.
+    pub fn wire_len(&self) -> usize {
+        ANNOUNCE_ENTRY_FIXED + self.path.len()
+    }
+}
+
+/// One entry of a received announcement, borrowed from the datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnouncedRef<'a> {
+    /// Object number in the session.
+    pub object: u64,
+    /// Content length in bytes.
+    pub size: u64,
+    /// SHA-256 of the content.
+    pub digest: &'a [u8],
+    /// Its path (valid UTF-8; the path rules are the caller's to apply).
+    pub path: &'a str,
+}
+
+/// A received announcement: its entries, checked to fill it exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announcement<'a> {
+    /// Sender session.
+    pub session: u64,
+    entries: &'a [u8],
+}
+
+impl<'a> Announcement<'a> {
+    /// The entries, in order.
+    pub fn entries(&self) -> impl Iterator<Item = AnnouncedRef<'a>> + 'a {
+        let mut rest = self.entries;
+        std::iter::from_fn(move || {
+            let (entry, len) = entry_at(rest).ok()?;
+            rest = &rest[len..];
+            Some(entry)
+        })
+    }
+
+    fn parse(bytes: &'a [u8], session: u64) -> Result<Self, WireError> {
+        if bytes.len() < ANNOUNCE_HEADER_LEN + ANNOUNCE_ENTRY_FIXED + CRC_LEN {
+            return Err(WireError::TooShort(bytes.len()));
+        }
+        if be_u16(bytes, 18) != 0 {
+            return Err(WireError::InvalidHeader(
+                "reserved announcement bytes are not 0",
+            ));
+        }
+        let count = be_u16(bytes, 16);
+        let entries = &bytes[ANNOUNCE_HEADER_LEN..bytes.len() - CRC_LEN];
+        let mut rest = entries;
+        for _ in 0..count {
+            let (_, len) = entry_at(rest)?;
+            rest = &rest[len..];
+        }
+        if count == 0 || !rest.is_empty() {
+            return Err(WireError::InvalidHeader(
+                "announcement entries do not fill it exactly",
+            ));
+        }
+        Ok(Announcement { session, entries })
+    }
+}
+
+/// The entry at the start of `bytes` and its length.
+fn entry_at(bytes: &[u8]) -> Result<(AnnouncedRef<'_>, usize), WireError> {
+    if bytes.len() < ANNOUNCE_ENTRY_FIXED {
+        return Err(WireError::InvalidHeader("announcement entry cut short"));
+    }
+    let path_len = usize::from(be_u16(bytes, 48));
+    let len = ANNOUNCE_ENTRY_FIXED + path_len;
+    let path = bytes
+        .get(ANNOUNCE_ENTRY_FIXED..len)
+        .ok_or(WireError::InvalidHeader("announcement entry cut short"))?;
+    let path = std::str::from_utf8(path)
+        .map_err(|_| WireError::InvalidHeader("announced path is not UTF-8"))?;
+    let object = be_u64(bytes, 0);
+    if object == RESERVED_OBJECT {
+        return Err(WireError::InvalidHeader("object number 2^64-1 is reserved"));
+    }
+    Ok((
+        AnnouncedRef {
+            object,
+            size: be_u64(bytes, 8),
+            digest: &bytes[16..48],
+            path,
+        },
+        len,
+    ))
+}
+
+/// Announcement datagrams of `session` naming `entries`, packed in order, each at most `max_len`
+/// bytes; an entry that does not fit an announcement of its own is left out.
+pub fn emit_announcement(session: u64, entries: &[&Announced], max_len: usize) -> Vec<Vec<u8>> {
+    let room = max_len.saturating_sub(ANNOUNCE_HEADER_LEN + CRC_LEN);
+    let mut out = Vec::new();
+    let mut group: Vec<&Announced> = Vec::new();
+    let mut used = 0;
+    let flush = |group: &mut Vec<&Announced>, out: &mut Vec<Vec<u8>>| {
+        if group.is_empty() {
+            return;
+        }
+        let mut d = Vec::with_capacity(max_len);
+        emit_common(&mut d, VERSION, kind::ANNOUNCE, session);
+        d.extend_from_slice(&(group.len() as u16).to_be_bytes());
+        d.extend_from_slice(&[0; 2]);
+        for e in group.iter() {
+            d.extend_from_slice(&e.object.to_be_bytes());
+            d.extend_from_slice(&e.size.to_be_bytes());
+            d.extend_from_slice(&e.digest);
+            d.extend_from_slice(&(e.path.len() as u16).to_be_bytes());
+            d.extend_from_slice(e.path.as_bytes());
+        }
+        let crc = crc32fast::hash(&d);
+        d.extend_from_slice(&crc.to_be_bytes());
+        out.push(d);
+        group.clear();
+    };
+    for e in entries {
+        let len = e.wire_len();
+        if len > room || e.path.len() > usize::from(u16::MAX) {
+            continue;
+        }
+        if used + len > room || group.len() == usize::from(u16::MAX) {
+            flush(&mut group, &mut out);
+            used = 0;
+        }
+        group.push(e);
+        used += len;
+    }
+    flush(&mut group, &mut out);
+    out
 }
 
 /// Why a datagram was rejected.
@@ -147,6 +301,8 @@ pub enum Datagram<'a> {
     Shard(ShardHeader, &'a [u8]),
     /// A heartbeat.
     Heartbeat(Heartbeat),
+    /// An announcement.
+    Announce(Announcement<'a>),
 }
 
 fn be_u16(b: &[u8], at: usize) -> u16 {
@@ -323,6 +479,7 @@ pub fn parse(bytes: &[u8]) -> Result<Datagram<'_>, WireError> {
             Ok(Datagram::Shard(h, payload))
         }
         kind::HEARTBEAT => Ok(Datagram::Heartbeat(Heartbeat::parse(bytes, session)?)),
+        kind::ANNOUNCE => Ok(Datagram::Announce(Announcement::parse(bytes, session)?)),
         other => Err(WireError::UnknownType(other)),
     }
 }

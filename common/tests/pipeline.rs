@@ -864,3 +864,115 @@ fn when_memory_runs_short_an_object_that_cannot_complete_makes_room_for_one_that
     assert!(!out.delivered.contains_key("dead"));
     assert!(asm.held_bytes() <= 24 << 20);
 }
+
+/// The announcement datagrams of `files` (objects `0..`), every repetition, in the order sent.
+fn announcements(files: &[(String, Vec<u8>)]) -> Vec<Vec<u8>> {
+    let t0 = Instant::now();
+    let mut a = checkvalve_common::announce::Announcer::new(SESSION, 1448);
+    for (i, (path, data)) in files.iter().enumerate() {
+        a.push(
+            wire::Announced {
+                object: i as u64,
+                size: data.len() as u64,
+                digest: sha2::Sha256::digest(data).into(),
+                path: path.clone(),
+            },
+            t0,
+        );
+    }
+    let mut out = Vec::new();
+    while let Some(due) = a.next_due() {
+        out.extend(a.poll(due));
+    }
+    out
+}
+
+#[test]
+fn announced_names_survive_the_loss_of_a_head_and_of_a_whole_object() {
+    let files = sample_files();
+    let dg = encode(&files, FecParams::default(), InterleaveParams::default());
+    // Nothing of object 2 arrives, nor the head block of object 3; every announcement crosses
+    // the same 40 % loss as a lone datagram would.
+    let mut kept: Vec<Vec<u8>> = dg
+        .into_iter()
+        .filter(|d| match wire::parse(d) {
+            Ok(wire::Datagram::Shard(h, _)) => h.object != 2 && !(h.object == 3 && h.block == 0),
+            _ => true,
+        })
+        .collect();
+    let sent = announcements(&files);
+    assert_eq!(sent.len(), checkvalve_common::announce::REPEATS);
+    kept.extend(impair(&sent, 5, 0.4, 0.0, 0.0));
+    let (out, _) = receive(&kept, AssemblerConfig::default());
+    assert!(out.missing.is_empty(), "{:?}", out.missing);
+    let lost: Vec<(u64, Option<&str>)> = out
+        .lost
+        .iter()
+        .map(|(k, p)| (k.object, p.as_deref()))
+        .collect();
+    assert_eq!(
+        lost,
+        vec![
+            (3, Some(files[3].0.as_str())),
+            (2, Some(files[2].0.as_str()))
+        ],
+        "both named by the announcements"
+    );
+    assert_eq!(out.delivered.len(), files.len() - 2);
+}
+
+#[test]
+fn without_announcements_the_same_losses_go_unnamed() {
+    let files = sample_files();
+    let dg = encode(&files, FecParams::default(), InterleaveParams::default());
+    let kept: Vec<Vec<u8>> = dg
+        .into_iter()
+        .filter(|d| match wire::parse(d) {
+            Ok(wire::Datagram::Shard(h, _)) => h.object != 2 && !(h.object == 3 && h.block == 0),
+            _ => true,
+        })
+        .collect();
+    let (out, _) = receive(&kept, AssemblerConfig::default());
+    assert_eq!(out.missing, vec![(2, 2)]);
+    assert_eq!(out.lost.len(), 1);
+    assert_eq!(out.lost[0].1, None);
+}
+
+#[test]
+fn malformed_announcements_are_rejected_and_change_nothing() {
+    let files = sample_files();
+    let good = announcements(&files[..2]).remove(0);
+    let fix_crc = |mut d: Vec<u8>| {
+        let n = d.len() - 4;
+        let crc = crc32fast::hash(&d[..n]);
+        d[n..].copy_from_slice(&crc.to_be_bytes());
+        d
+    };
+    let mut count_high = good.clone();
+    count_high[17] += 1;
+    let mut reserved = good.clone();
+    reserved[19] = 1;
+    let mut bad_utf8 = good.clone();
+    bad_utf8[20 + 50] = 0xff;
+    let mut long_path = good.clone();
+    long_path[20 + 48] = 0x40;
+    for (what, d) in [
+        ("count beyond the entries", count_high),
+        ("reserved bytes", reserved),
+        ("a path that is not UTF-8", bad_utf8),
+        ("a path running past the end", long_path),
+    ] {
+        assert!(
+            matches!(
+                wire::parse(&fix_crc(d)),
+                Err(WireError::InvalidHeader(_) | WireError::TooShort(_))
+            ),
+            "{what} accepted"
+        );
+    }
+    let parsed = match wire::parse(&good) {
+        Ok(wire::Datagram::Announce(a)) => a.entries().count(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(parsed, 2);
+}

@@ -256,3 +256,38 @@ fn striped_vectors_match_the_spec_and_rebuild_a_lost_data_shard() {
     assert_eq!(complete.expect("object completes").path, "stripes.txt");
     assert_eq!(file, CONTENT.repeat(7));
 }
+
+/// The announcement of the vector object: `hello.txt`, 14 bytes, its digest.
+fn vector_announcement() -> String {
+    use sha2::Digest;
+    let entry = checkvalve_common::wire::Announced {
+        object: 0,
+        size: CONTENT.len() as u64,
+        digest: sha2::Sha256::digest(CONTENT).into(),
+        path: "hello.txt".into(),
+    };
+    let mut out = checkvalve_common::wire::emit_announcement(SESSION, &[&entry], 1448);
+    assert_eq!(out.len(), 1);
+    hex(&out.remove(0))
+}
+
+#[test]
+fn the_announcement_vector_matches_the_spec_and_parses_back() {
+    let ours = vector_announcement();
+    assert_eq!(
+        spec_block("<!-- vector:announcement -->"),
+        vec![ours.clone()],
+        "docs/protocol.md announcement vector is stale; emitted:\n{ours}"
+    );
+    let bytes = unhex(&ours);
+    let Ok(checkvalve_common::wire::Datagram::Announce(a)) = checkvalve_common::wire::parse(&bytes)
+    else {
+        panic!("not an announcement");
+    };
+    let entries: Vec<_> = a.entries().collect();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (entries[0].object, entries[0].size, entries[0].path),
+        (0, 14, "hello.txt")
+    );
+}

@@ -608,6 +608,7 @@ impl Receive {
             Event::Abandoned {
                 key,
                 path,
+                size,
                 reason,
                 sender_heard,
             } => {
@@ -615,7 +616,7 @@ impl Receive {
                 self.hand_to_writer(ToWriter::Discard { key });
                 let named = match (named, path) {
                     (Some((p, s)), _) => Some((p, Some(s))),
-                    (None, p) => p.map(|p| (p, None)),
+                    (None, p) => p.map(|p| (p, size)),
                 };
                 match named {
                     Some(named) if sender_heard => {

@@ -34,6 +34,8 @@ const GROUP_BYTES: usize = 8 << 20;
 
 /// Bounded hand-off between producer and transmitter: two groups (about 16 MiB at the defaults).
 pub(crate) const QUEUED_BATCHES: usize = 2;
+/// Objects sent whole waiting to be announced (the transmitter takes them in every turn).
+pub(crate) const QUEUED_NAMES: usize = 4096;
 
 /// Push files and folder trees across a one-way link: once (PATH...), or as a service watching
 /// spool folders (--watch DIR, or --config FILE with channels).
@@ -363,6 +365,11 @@ fn run(args: Args) -> Result<ExitCode> {
     let mut tx = transmit::Transmitter::new(to, args.rate, &who, args.heartbeat)?;
     one_direction(args.no_seccomp);
     let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES);
+    let (names_tx, names_rx) = std::sync::mpsc::sync_channel(QUEUED_NAMES);
+    tx.announce(
+        names_rx,
+        checkvalve_common::wire::SHARD_OVERHEAD + usize::from(fec.shard_len),
+    );
     let producer = {
         let stop = Arc::clone(&stop);
         let entries = walked.entries;
@@ -373,6 +380,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 let out = produce::Outlet {
                     tx: batch_tx,
                     spares,
+                    names: names_tx,
                 };
                 produce::produce(who, entries, fec, interleave, out, stop)
             })

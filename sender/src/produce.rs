@@ -17,6 +17,7 @@ use checkvalve_common::interleave::{Batch, InterleaveParams, Interleaver, Spares
 use checkvalve_common::meta::{Head, ObjectKind};
 use checkvalve_common::object::{DataBlock, FecParams, ObjectEncoder};
 use checkvalve_common::stripe::{Sink, StripedEncoder};
+use checkvalve_common::wire::Announced;
 use sha2::{Digest, Sha256};
 use tracing::{debug, error, warn};
 
@@ -40,8 +41,8 @@ pub struct Produced {
 
 /// How one attempt at a file ended.
 enum Attempt {
-    /// Sent whole and verified, this many bytes.
-    Sent(u64),
+    /// Sent whole and verified: its size and the SHA-256 of its content.
+    Sent { size: u64, digest: [u8; 32] },
     /// Refused before anything was sent.
     Refused,
     /// The file changed (or shrank) while it was read: its digest was withheld, so the receiver
@@ -57,6 +58,8 @@ pub struct Outlet {
     pub tx: SyncSender<Batch>,
     /// Batches sent, to be filled again.
     pub spares: Spares,
+    /// Where each object sent whole is named, for the transmitter's announcements.
+    pub names: SyncSender<Announced>,
 }
 
 /// Encodes `entries` as objects `0..` of `session` and sends the batches to `tx`.
@@ -90,7 +93,7 @@ pub fn produce_stream(
     out: Outlet,
     stop: Arc<AtomicBool>,
 ) -> Produced {
-    let Outlet { tx, spares } = out;
+    let Outlet { tx, spares, names } = out;
     let session = who.session;
     let mut inter = Interleaver::new(interleave);
     inter.reuse(spares);
@@ -141,9 +144,17 @@ pub fn produce_stream(
                 next_object += 1;
             }
             match result {
-                Attempt::Sent(size) => {
+                Attempt::Sent { size, digest } => {
                     out.files += 1;
                     out.bytes += size;
+                    // A full queue (the transmitter far behind) costs the name's repetition
+                    // only: the head and digest blocks still carry it.
+                    let _ = names.try_send(Announced {
+                        object: next_object - 1,
+                        size,
+                        digest,
+                        path: entry.name.clone(),
+                    });
                     let _ = announce.send((next_object - 1, id));
                     debug!(file = %entry.name, size, "encoded");
                 }
@@ -318,11 +329,15 @@ fn encode_file(
         }
     }
     let withheld = changed(fingerprint(&meta), &file);
-    if let Err(e) = enc.finish(blocks) {
-        return Attempt::Failed(e.into());
-    }
+    let digest = match enc.finish(blocks) {
+        Ok(d) => d,
+        Err(e) => return Attempt::Failed(e.into()),
+    };
     match withheld {
-        None => Attempt::Sent(head.size),
+        None => Attempt::Sent {
+            size: head.size,
+            digest,
+        },
         Some(what) => {
             // The digest block is last: withholding it leaves the object unverifiable.
             blocks.pop();
@@ -420,7 +435,10 @@ fn encode_striped(
         return Attempt::Failed(anyhow::anyhow!("transmitter stopped"));
     }
     match withheld {
-        None => Attempt::Sent(head.size),
+        None => Attempt::Sent {
+            size: head.size,
+            digest,
+        },
         Some(what) => Attempt::Changed(what),
     }
 }

@@ -5,7 +5,13 @@
 //! queues ready files by channel, applies the after-send policy once a file's last datagram has
 //! gone out, writes the status file), the producer (takes files from the queue by priority, reads,
 //! hashes and encodes them, sealing a group whenever it runs out of files), and the transmitter
-//! (paced output and heartbeats, on this thread).
+//! (paced output, heartbeats and announcements, on this thread).
+//!
+//! ```text
+//! spool ──Queue (by channel)──▶ produce ──batches (QUEUED_BATCHES = 2 groups)──▶ transmit ──▶ link
+//!   ▲                               └──names (QUEUED_NAMES = 4,096; full: a name not announced)──┘
+//!   └──── announce (object ids) / done (objects sent whole), unbounded, one entry per file ────┘
+//! ```
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -25,7 +31,7 @@ use crate::kept::Kept;
 use crate::queue::Queue;
 use crate::spool::{Rules, Spools};
 use crate::transmit::Shared;
-use crate::{QUEUED_BATCHES, produce, resolve, transmit};
+use crate::{QUEUED_BATCHES, QUEUED_NAMES, produce, resolve, transmit};
 use checkvalve_formats::sender::Status;
 
 /// How often the spool thread looks again at files settling, and checks for news.
@@ -95,6 +101,11 @@ pub fn run(
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     tx.report_completion(done_tx);
     let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES);
+    let (names_tx, names_rx) = std::sync::mpsc::sync_channel(QUEUED_NAMES);
+    tx.announce(
+        names_rx,
+        checkvalve_common::wire::SHARD_OVERHEAD + usize::from(cfg.fec.shard_len),
+    );
     let queue = Arc::new(Queue::default());
     let (announce_tx, announce_rx) = std::sync::mpsc::channel();
     let producer = {
@@ -114,6 +125,7 @@ pub fn run(
                     produce::Outlet {
                         tx: batch_tx,
                         spares,
+                        names: names_tx,
                     },
                     stop,
                 )

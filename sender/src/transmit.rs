@@ -7,10 +7,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use checkvalve_common::announce::Announcer;
 use checkvalve_common::auth::Sealer;
 use checkvalve_common::interleave::{Batch, Spares};
 use checkvalve_common::pacer::Pacer;
-use checkvalve_common::wire::Heartbeat;
+use checkvalve_common::wire::{Announced, Heartbeat};
 use checkvalve_host::udp;
 use tracing::{debug, info, warn};
 
@@ -74,6 +75,14 @@ pub struct Transmitter {
     shared: Arc<Shared>,
     /// Where sent batches go back for reuse.
     spares: Spares,
+    /// Objects encoded, from the producer, to be announced.
+    names: Option<Receiver<Announced>>,
+    /// Of those, the ones not yet handed to the kernel whole (in object order): an announcement
+    /// must not run ahead of its object, or the receiver would take the objects queued in
+    /// between for lost.
+    unsent: std::collections::VecDeque<Announced>,
+    /// When each announcement is due.
+    announcer: Announcer,
 }
 
 impl Transmitter {
@@ -109,6 +118,9 @@ impl Transmitter {
             complete_end: 0,
             done: None,
             spares: Spares::default(),
+            names: None,
+            unsent: std::collections::VecDeque::new(),
+            announcer: Announcer::new(session, 0),
             shared: Arc::new(Shared {
                 rate_bps: AtomicU64::new(rate_bps),
                 ..Shared::default()
@@ -143,6 +155,44 @@ impl Transmitter {
         self.done = Some(done);
     }
 
+    /// Announces the objects named on `names` (as the producer finishes them) in announcement
+    /// datagrams of at most `max_len` bytes before sealing (a shard datagram's length).
+    pub fn announce(&mut self, names: Receiver<Announced>, max_len: usize) {
+        self.names = Some(names);
+        self.announcer = Announcer::new(self.session, max_len);
+    }
+
+    /// Sends the announcements due (taking in the objects finished since the last look).
+    fn announce_due(&mut self) {
+        let now = Instant::now();
+        if let Some(names) = &self.names {
+            self.unsent.extend(names.try_iter());
+        }
+        while let Some(entry) = self.unsent.pop_front() {
+            if entry.object >= self.complete_end {
+                self.unsent.push_front(entry);
+                break;
+            }
+            self.announcer.push(entry, now);
+        }
+        if self.announcer.next_due().is_none_or(|due| due > now) {
+            return;
+        }
+        for mut datagram in self.announcer.poll(now) {
+            if let Some(s) = &self.sealer {
+                s.seal_heartbeat(&mut datagram, 0);
+            }
+            self.raw_send(&datagram);
+        }
+    }
+
+    /// The next instant something but a batch is due: a heartbeat or an announcement.
+    fn next_chore(&self) -> Instant {
+        self.announcer
+            .next_due()
+            .map_or(self.next_heartbeat, |a| a.min(self.next_heartbeat))
+    }
+
     /// Where batches go back once sent: give it to the producer's interleaver.
     pub fn spares(&self) -> Spares {
         self.spares.clone()
@@ -160,9 +210,7 @@ impl Transmitter {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            let wait = self
-                .next_heartbeat
-                .saturating_duration_since(Instant::now());
+            let wait = self.next_chore().saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
                 Ok(batch) => {
                     self.follow_rate();
@@ -191,16 +239,27 @@ impl Transmitter {
             if Instant::now() >= self.next_heartbeat {
                 self.heartbeat();
             }
+            self.announce_due();
         }
     }
 
-    /// Sends `count` closing heartbeats so the receiver learns the final object count.
+    /// Sends `count` closing heartbeats 100 ms apart so the receiver learns the final object
+    /// count, and the announcements still due, hurried (`announce::HURRIED` apart), between them.
     pub fn finish(&mut self, count: usize) {
-        for i in 0..count {
-            if i > 0 {
-                std::thread::sleep(Duration::from_millis(100));
+        self.announce_due();
+        self.announcer.hurry(Instant::now());
+        let mut next = Instant::now();
+        let mut left = count;
+        while left > 0 || !self.announcer.is_empty() {
+            let now = Instant::now();
+            if left > 0 && now >= next {
+                self.heartbeat();
+                left -= 1;
+                next = now + Duration::from_millis(100);
             }
-            self.heartbeat();
+            self.announce_due();
+            let until = self.announcer.next_due().map_or(next, |a| a.min(next));
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
         }
     }
 
@@ -242,11 +301,15 @@ impl Transmitter {
                 self.heartbeat();
                 continue;
             }
+            if self.announcer.next_due().is_some_and(|due| due <= now) {
+                self.announce_due();
+                continue;
+            }
             let delay = self.pacer.delay(now);
             if delay < MIN_SLEEP {
                 break;
             }
-            std::thread::sleep(delay.min(self.next_heartbeat - now));
+            std::thread::sleep(delay.min(self.next_chore().saturating_duration_since(now)));
         }
     }
 

@@ -71,7 +71,7 @@ impl Assembler {
             if after_us && s.low > 0 {
                 let gaps = s.add_gap(0, s.low, now);
                 s.low = 0;
-                sh.missing(hb.session, gaps);
+                sh.missing(hb.session, s, gaps);
             }
             s.heartbeat = Some(hb);
             if !s.identified {
@@ -88,7 +88,7 @@ impl Assembler {
         if hb.objects_sent > s.next {
             let gaps = s.add_gap(s.next, hb.objects_sent, now);
             s.next = hb.objects_sent;
-            sh.missing(hb.session, gaps);
+            sh.missing(hb.session, s, gaps);
         }
     }
 }

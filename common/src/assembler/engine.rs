@@ -5,7 +5,7 @@
 //! and [`super::loss`] (how objects and gaps are reported lost).
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::fec::Fec;
 use crate::layout::Geometry;
@@ -154,6 +154,15 @@ impl Assembler {
                 self.on_heartbeat(now, hb);
                 Ok(())
             }
+            Datagram::Announce(a) => {
+                let first = a.entries().map(|e| e.object).min().unwrap_or(0);
+                if !self.admit_session(now, a.session, first) {
+                    return Ok(());
+                }
+                self.on_datagram_accepted(now);
+                self.on_announce(now, a);
+                Ok(())
+            }
         }
     }
     pub(crate) fn on_datagram_accepted(&mut self, now: Instant) {
@@ -188,7 +197,11 @@ impl Assembler {
             let mut expired: Vec<u64> = s
                 .objects
                 .iter()
-                .filter(|(_, o)| now.saturating_duration_since(o.last_activity) >= timeout)
+                .filter(|(oid, o)| {
+                    let limit =
+                        unnamed_wait(timeout, o.head.is_none() && !s.announced.contains_key(oid));
+                    now.saturating_duration_since(o.last_activity) >= limit
+                })
                 .map(|(&oid, _)| oid)
                 .collect();
             expired.sort_unstable();
@@ -201,14 +214,19 @@ impl Assembler {
             }
             let gaps: Vec<(u64, u64)> = s
                 .gaps
-                .drain_where(|noticed| now.saturating_duration_since(*noticed) >= timeout)
+                .drain_where(|noticed| {
+                    now.saturating_duration_since(*noticed) >= unnamed_wait(timeout, true)
+                })
                 .into_iter()
                 .map(|(first, end, _)| (first, end))
                 .collect();
             for &(first, end) in &gaps {
                 s.finished.insert(first, end);
             }
-            sh.missing(sid, gaps);
+            sh.missing(sid, s, gaps);
+            // Names of objects finished since they were announced are needed no more.
+            let finished = &s.finished;
+            s.announced.retain(|object, _| !finished.contains(*object));
         }
     }
 
@@ -218,14 +236,18 @@ impl Assembler {
         let timeout = self.config.object_timeout;
         let objects = self.sessions.values().flat_map(|s| {
             s.objects
-                .values()
-                .map(|o| o.last_activity)
-                .chain(s.gaps.iter().map(|(_, _, noticed)| noticed))
+                .iter()
+                .map(|(oid, o)| {
+                    let unnamed = o.head.is_none() && !s.announced.contains_key(oid);
+                    o.last_activity + unnamed_wait(timeout, unnamed)
+                })
+                .chain(
+                    s.gaps
+                        .iter()
+                        .map(move |(_, _, noticed)| noticed + unnamed_wait(timeout, true)),
+                )
         });
-        objects
-            .map(|t| t + timeout)
-            .chain(self.link.silent_at())
-            .min()
+        objects.chain(self.link.silent_at()).min()
     }
     /// Reports everything still in progress as lost because the receiver stops, so that every
     /// object heard gets an outcome.
@@ -240,3 +262,18 @@ impl Assembler {
         }
     }
 }
+
+/// How long an object waits for its outcome with no datagram arriving: `timeout`, or, for one
+/// whose name is still unknown (no head, no announcement: a gap is one), at least until its
+/// sender's last announcement of it is due, so that its loss can be reported by name.
+fn unnamed_wait(timeout: Duration, unnamed: bool) -> Duration {
+    if unnamed {
+        timeout.max(NAMING_WINDOW)
+    } else {
+        timeout
+    }
+}
+
+/// The sender's announcements of an object span this long after it was sent, and a second more.
+const NAMING_WINDOW: Duration =
+    Duration::from_secs(crate::announce::DELAYS[crate::announce::REPEATS - 1].as_secs() + 1);

@@ -6,14 +6,38 @@ use super::session::Session;
 use super::types::{Abandon, Event, ObjectKey};
 
 impl Shared<'_> {
-    pub(crate) fn missing(&mut self, session: u64, gaps: Vec<(u64, u64)>) {
+    /// Reports the objects of `gaps` lost: by name those the sender announced, the others as
+    /// ranges of objects of which nothing arrived.
+    pub(crate) fn missing(&mut self, session: u64, s: &mut Session, gaps: Vec<(u64, u64)>) {
         for (first, end) in gaps {
             self.counters.objects_lost = self.counters.objects_lost.saturating_add(end - first);
-            self.events.push_back(Event::Missing {
-                session,
-                first,
-                last: end - 1,
-            });
+            let named: Vec<u64> = s.announced.range(first..end).map(|(o, _)| *o).collect();
+            let mut from = first;
+            for object in named {
+                if object > from {
+                    self.events.push_back(Event::Missing {
+                        session,
+                        first: from,
+                        last: object - 1,
+                    });
+                }
+                let (path, size) = s.announced.remove(&object).unzip();
+                self.events.push_back(Event::Abandoned {
+                    key: ObjectKey { session, object },
+                    path,
+                    size,
+                    reason: Abandon::NothingArrived,
+                    sender_heard: s.sender_heard(),
+                });
+                from = object + 1;
+            }
+            if from < end {
+                self.events.push_back(Event::Missing {
+                    session,
+                    first: from,
+                    last: end - 1,
+                });
+            }
         }
     }
     /// Reports every object of session `sid` still in progress lost for `reason`, and every gap
@@ -37,7 +61,7 @@ impl Shared<'_> {
         for &(first, end) in &gaps {
             s.finished.insert(first, end);
         }
-        self.missing(sid, gaps);
+        self.missing(sid, s, gaps);
     }
     /// Drops an object's state and reports it lost.
     pub(crate) fn lose(&mut self, s: &mut Session, key: ObjectKey, reason: Option<Abandon>) {
@@ -50,14 +74,19 @@ impl Shared<'_> {
             blocks_missing: total.saturating_sub(obj.done_count),
             blocks_total: total,
         });
-        let path = obj.head.as_ref().map(|h| h.path.clone());
+        let announced = s.announced.remove(&key.object);
+        let (path, size) = match (&obj.head, announced) {
+            (Some(h), _) => (Some(h.path.clone()), Some(h.size)),
+            (None, announced) => announced.unzip(),
+        };
         self.free_object(s, obj);
         self.counters.objects_lost = self.counters.objects_lost.saturating_add(1);
         self.events.push_back(Event::Abandoned {
             key,
             path,
+            size,
             reason,
-            sender_heard: s.heartbeat.is_some(),
+            sender_heard: s.sender_heard(),
         });
     }
 }

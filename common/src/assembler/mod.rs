@@ -12,7 +12,7 @@
 //! finished objects and numbering gaps), `engine` (the assembler's state and its calls), then the
 //! steps a datagram takes, each adding methods to the assembler: `memory` (the budget and the
 //! buffer pool), `loss` (reporting objects and gaps lost), `admission` (which sessions are
-//! tracked), `pressure` (what gives way when memory runs short) and `shard` (a shard into its
+//! tracked), `names` (names the sender announced, for the losses), `pressure` (what gives way when memory runs short) and `shard` (a shard into its
 //! block and object).
 
 mod admission;
@@ -21,6 +21,7 @@ mod budget;
 mod engine;
 mod loss;
 mod memory;
+mod names;
 mod object;
 mod pressure;
 mod session;

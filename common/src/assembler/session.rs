@@ -54,6 +54,10 @@ pub(crate) struct Session {
     pub(crate) gaps: RangeMap<Instant>,
     /// Lowest object number heard: gaps are tracked from here on.
     pub(crate) low: u64,
+    /// Path and size announced for objects not finished (at most `names::MAX_ANNOUNCED`).
+    pub(crate) announced: std::collections::BTreeMap<u64, (String, u64)>,
+    /// An announcement was heard: like a heartbeat, a sender's datagram, not a bare shard.
+    pub(crate) announcing: bool,
     /// One past the highest object number heard or announced.
     pub(crate) next: u64,
     /// Valid datagrams received from it.
@@ -78,6 +82,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// A heartbeat or an announcement was heard from it: its losses are reported one by one (a
+    /// session of bare shards, which anyone can forge in numbers, has them counted in aggregate).
+    pub(crate) fn sender_heard(&self) -> bool {
+        self.heartbeat.is_some() || self.announcing
+    }
+
     pub(crate) fn new(ordinal: u64, first_object: u64, now: Instant) -> Self {
         Session {
             ordinal,
@@ -85,6 +95,8 @@ impl Session {
             finished: Finished::default(),
             gaps: RangeMap::default(),
             low: first_object,
+            announced: std::collections::BTreeMap::new(),
+            announcing: false,
             next: first_object,
             received: 0,
             last_seen: now,

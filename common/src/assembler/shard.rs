@@ -92,12 +92,14 @@ impl Assembler {
             if h.content_len > sh.config.max_content_len {
                 s.finished.insert(h.object, h.object.saturating_add(1));
                 let gaps = s.heard(h.object, now);
-                sh.missing(h.session, gaps);
+                sh.missing(h.session, s, gaps);
                 sh.counters.objects_lost = sh.counters.objects_lost.saturating_add(1);
+                let (path, _) = s.announced.remove(&h.object).unzip();
                 sh.events.push_back(Event::Abandoned {
                     key,
-                    path: None,
-                    sender_heard: s.heartbeat.is_some(),
+                    path,
+                    size: Some(h.content_len),
+                    sender_heard: s.sender_heard(),
                     reason: Abandon::TooLarge {
                         content_len: h.content_len,
                     },
@@ -109,7 +111,7 @@ impl Assembler {
                 return Ok(Step::Done);
             }
             let gaps = s.heard(h.object, now);
-            sh.missing(h.session, gaps);
+            sh.missing(h.session, s, gaps);
             sh.budget.take(OBJECT_COST);
             s.used += OBJECT_COST;
             *sh.objects += 1;

@@ -122,6 +122,9 @@ pub enum Abandon {
     /// Enough shards arrived, with valid CRCs, yet they do not decode: forged or mis-sent.
     #[error("shards do not decode (forged or mis-sent)")]
     Undecodable,
+    /// Not one datagram of the object arrived; the sender's announcement named it.
+    #[error("not one datagram of it arrived (named by the sender's announcement)")]
+    NothingArrived,
     /// The receiver was stopped before the object was complete.
     #[error("receiver stopped before the object was complete")]
     ReceiverStopped,
@@ -194,11 +197,13 @@ pub enum Event {
     Abandoned {
         /// The object.
         key: ObjectKey,
-        /// Its path, when the metadata head was decoded.
+        /// Its path, when the metadata head was decoded or the sender announced it.
         path: Option<String>,
+        /// Its size, known the same ways.
+        size: Option<u64>,
         /// Why.
         reason: Abandon,
-        /// The session's heartbeat was heard: a sender, not only shards (which anyone can forge
+        /// A heartbeat or an announcement of the session was heard: a sender, not only shards (which anyone can forge
         /// in numbers); the receiver records losses of unheard sessions in aggregate.
         sender_heard: bool,
     },
