@@ -976,3 +976,78 @@ fn malformed_announcements_are_rejected_and_change_nothing() {
     };
     assert_eq!(parsed, 2);
 }
+
+/// 16 forged sessions decoding a 1-byte file every two seconds keep the session table full: a
+/// spool service idle (heartbeats only) is never evicted while its heartbeats arrive, and once
+/// the forged sessions fall silent a new session is admitted within the silence threshold.
+#[test]
+fn a_heartbeating_sender_is_never_evicted_and_silent_forgers_give_way() {
+    let config = AssemblerConfig {
+        max_sessions: 16,
+        ..AssemblerConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut asm = Assembler::new(config, t0);
+    let idle_sender = 0x7777;
+    let heartbeat = |seq: u64| {
+        wire::Heartbeat {
+            session: idle_sender,
+            seq,
+            datagrams_sent: seq,
+            objects_sent: 0,
+            interval_ms: 1000,
+        }
+        .to_bytes()
+    };
+    let forged = |session: u64, object: u64| {
+        encode_as(
+            session,
+            object,
+            &[(format!("f/{session}-{object}"), vec![1u8])],
+            FecParams::default(),
+            InterleaveParams {
+                min_span: 0,
+                ..InterleaveParams::default()
+            },
+        )
+    };
+    asm.handle_datagram(t0, &heartbeat(0)).unwrap();
+    let mut evicted_sender = false;
+    for second in 0..30u64 {
+        let now = t0 + Duration::from_secs(second);
+        asm.handle_datagram(now, &heartbeat(second)).unwrap();
+        // Every two seconds, each of 16 forged sessions completes a tiny file.
+        if second % 2 == 0 {
+            for f in 0..16u64 {
+                for d in forged(0x1000 + f, second) {
+                    let _ = asm.handle_datagram(now, &d);
+                }
+            }
+        }
+        asm.handle_timeout(now);
+        for ev in events(&mut asm) {
+            if let Event::Abandoned { key, reason, .. } = ev
+                && key.session == idle_sender
+            {
+                evicted_sender |= matches!(reason, Abandon::SessionEvicted);
+            }
+        }
+        assert!(
+            asm.session_stats().iter().any(|s| s.session == idle_sender),
+            "the heartbeating sender was evicted at {second} s"
+        );
+    }
+    assert!(!evicted_sender);
+    assert!(asm.counters().refused_sessions > 0, "the table was full");
+    // The forged sessions stop; a new sender two seconds later is admitted.
+    let later = t0 + Duration::from_secs(32);
+    asm.handle_datagram(later, &heartbeat(32)).unwrap();
+    let newcomer = forged(0x9999, 0);
+    for d in &newcomer {
+        asm.handle_datagram(later, d).unwrap();
+    }
+    assert!(
+        asm.session_stats().iter().any(|s| s.session == 0x9999),
+        "a new session after the forgers fell silent"
+    );
+}

@@ -163,6 +163,8 @@ pub struct State {
     pub dropped_behind: u64,
     /// Datagrams refused by authentication (forged, replayed, unauthenticated).
     pub refused_auth: u64,
+    /// Datagrams of new sessions refused because every session slot held an active sender.
+    pub refused_sessions: u64,
     /// What the manifest recorded since start.
     pub tally: Tally,
     /// The manifest's last record: `verify-manifest` checks the chain reaches it.

@@ -39,6 +39,9 @@ pub enum Status {
     /// At start, the manifest ended before (or elsewhere than) where the receiver had last written:
     /// its newest records were removed or changed. `verify-manifest` fails while it is there.
     ChainBreak,
+    /// Datagrams of new sessions refused over an interval: every session slot held a sender
+    /// that may not give way.
+    SessionsRefused,
 }
 
 impl Status {
@@ -57,6 +60,7 @@ impl Status {
             Status::Loss => "loss",
             Status::Torn => "torn",
             Status::ChainBreak => "chain_break",
+            Status::SessionsRefused => "sessions_refused",
         }
     }
 
@@ -71,6 +75,7 @@ impl Status {
                 | Status::Loss
                 | Status::Torn
                 | Status::ChainBreak
+                | Status::SessionsRefused
         )
     }
 }
@@ -149,6 +154,13 @@ pub enum Detail {
     Down {
         /// Seconds without a datagram.
         silent_for_s: f64,
+    },
+    /// `sessions_refused`: datagrams of new sessions refused over the interval.
+    Refused {
+        /// Datagrams refused.
+        refused_datagrams: u64,
+        /// Sessions the table held.
+        sessions_held: u64,
     },
     /// `chain_break`: where the chain had reached, and where it was found to end.
     Break {

@@ -44,6 +44,8 @@ pub struct Counts {
     pub dropped_behind: u64,
     /// Refused by authentication.
     pub refused_auth: u64,
+    /// Of new sessions, refused for want of a session slot.
+    pub refused_sessions: u64,
 }
 
 /// Link and session tracking, and the live state file.
@@ -167,6 +169,7 @@ impl Live {
                 malformed: 0,
                 dropped_behind: 0,
                 refused_auth: 0,
+                refused_sessions: 0,
                 tally: Tally::default(),
                 manifest_seq: 0,
                 manifest_hash: String::new(),
@@ -291,6 +294,7 @@ impl Live {
         self.state.malformed = counts.malformed;
         self.state.dropped_behind = counts.dropped_behind;
         self.state.refused_auth = counts.refused_auth;
+        self.state.refused_sessions = counts.refused_sessions;
         self.state.sessions = sessions
             .iter()
             .map(|s| {

@@ -11,6 +11,7 @@ use checkvalve_common::auth::{Opener, Persisted, Refused};
 use checkvalve_common::link_state::LinkChange;
 use checkvalve_common::repair::{Repair, Rows};
 use checkvalve_common::shed::{self, LossMeter};
+use checkvalve_formats::manifest::{Detail, Status};
 use tracing::{debug, error, info, warn};
 
 use crate::live::{Counts, Live};
@@ -143,6 +144,8 @@ pub struct Receive {
     /// What authentication refused, and how much of it was logged.
     refused: Refused,
     reported_refused: u64,
+    /// `refused_sessions` when last reported.
+    reported_refused_sessions: u64,
     last_auth_save: Instant,
     /// Replay state not yet queued for saving (the chores' thread was busy).
     unsaved_auth: Option<Persisted>,
@@ -182,6 +185,7 @@ impl Receive {
             reported_malformed: 0,
             refused: Refused::default(),
             reported_refused: 0,
+            reported_refused_sessions: 0,
             last_auth_save: Instant::now(),
             unsaved_auth: None,
             reported_datagrams: None,
@@ -267,6 +271,7 @@ impl Receive {
                 if now - self.last_aggregate >= self.aggregate_every {
                     self.last_aggregate = now;
                     self.flush_unnamed();
+                    self.report_refused_sessions();
                 }
                 if now - self.last_stats >= self.stats_every {
                     self.last_stats = now;
@@ -281,6 +286,7 @@ impl Receive {
                     malformed: self.asm.counters().malformed,
                     dropped_behind: dropped,
                     refused_auth: self.refused.total(),
+                    refused_sessions: c.refused_sessions,
                 };
                 if now - self.last_auth_save >= Duration::from_secs(1) {
                     self.last_auth_save = now;
@@ -501,6 +507,37 @@ impl Receive {
         if u.reason.is_empty() {
             u.reason = reason;
         }
+    }
+
+    /// Says (a WARN and a record, once per aggregate interval at most) how many datagrams of new
+    /// sessions were refused since the last time: every slot held a sender that may not give way.
+    fn report_refused_sessions(&mut self) {
+        let refused = self.asm.counters().refused_sessions;
+        let new = refused.saturating_sub(self.reported_refused_sessions);
+        if new == 0 {
+            return;
+        }
+        self.reported_refused_sessions = refused;
+        let held = self.asm.sessions() as u64;
+        let reason = if self.out.auth.is_none() {
+            format!(
+                "{new} datagrams of new sessions refused: all {held} session slots hold active senders (without a key, forged sessions can hold them)"
+            )
+        } else {
+            format!(
+                "{new} datagrams of new sessions refused: all {held} session slots hold active senders"
+            )
+        };
+        warn!(refused = new, sessions = held, "{reason}");
+        self.out.manifest.event(
+            Status::SessionsRefused,
+            None,
+            reason,
+            Some(Detail::Refused {
+                refused_datagrams: new,
+                sessions_held: held,
+            }),
+        );
     }
 
     fn flush_unnamed(&mut self) {

@@ -159,7 +159,8 @@ pub fn print(out: &Path, state: &Path, since: Option<Duration>, format: Format) 
                 | Status::SenderRestart
                 | Status::SessionStart
                 | Status::Torn
-                | Status::ChainBreak) => {
+                | Status::ChainBreak
+                | Status::SessionsRefused) => {
                     r.sender_restarts += u64::from(event == Status::SenderRestart);
                     r.link_downs += u64::from(event == Status::LinkDown);
                     r.link_events.push(LinkEvent {

@@ -79,6 +79,12 @@ pub fn render(view: &View) -> Result<String, std::fmt::Error> {
             "Datagrams refused by authentication: forged, replayed, or unauthenticated",
             l.refused_auth,
         );
+        counter(
+            &mut r,
+            "datagrams_refused_sessions",
+            "Datagrams of new sessions refused: every session slot held an active sender",
+            l.refused_sessions,
+        );
         let t = &l.tally;
         counter(
             &mut r,

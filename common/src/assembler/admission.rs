@@ -11,9 +11,9 @@ use super::types::{Abandon, Event, MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVA
 
 impl Assembler {
     /// Finds or makes room for `session`. A full table evicts the least recently heard session
-    /// that is older than the object timeout and decoded nothing within it; a session making
-    /// progress (or new, within its first object timeout) is never evicted, and when every slot
-    /// holds one, the newcomer's datagram is refused.
+    /// that may give way ([`Session::evictable`]: silent, or shards only and idle); a sender
+    /// whose heartbeats arrive, and a session making progress, never does, and when every slot
+    /// holds one, the newcomer's datagram is refused (counted in `refused_sessions`).
     pub(crate) fn admit_session(&mut self, now: Instant, session: u64, first_object: u64) -> bool {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.last_seen = now;
@@ -25,7 +25,7 @@ impl Assembler {
             let victim = self
                 .sessions
                 .iter()
-                .filter(|(_, s)| s.idle(now, window))
+                .filter(|(_, s)| s.evictable(now, window))
                 .min_by_key(|(id, s)| (s.last_seen, **id))
                 .map(|(id, _)| *id);
             let Some(victim) = victim else {

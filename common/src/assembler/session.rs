@@ -8,10 +8,13 @@ use crate::ranges::RangeMap;
 use crate::wire::Heartbeat;
 
 use super::object::Object;
+use super::types::{MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL};
 
 /// Most disjoint ranges of finished objects remembered per session; beyond it the lowest ones are
 /// folded into a floor below which every object counts as finished.
 pub(crate) const MAX_FINISHED_RANGES: usize = 1024;
+/// A session of which nothing arrived for this long may give way to a new one.
+pub(crate) const SILENT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most disjoint gaps tracked per session; beyond it the oldest are reported missing at once.
 pub(crate) const MAX_GAP_RANGES: usize = 1024;
 
@@ -144,11 +147,27 @@ impl Session {
         evicted
     }
 
-    /// Evictable: older than `window` and nothing decoded within it (idle, or sending shards that
-    /// never complete a block).
+    /// Older than `window` and nothing decoded within it (idle, or sending shards that never
+    /// complete a block).
     pub(crate) fn idle(&self, now: Instant, window: std::time::Duration) -> bool {
         let recent = |t: Instant| now.saturating_duration_since(t) < window;
         !recent(self.first_seen) && !self.last_progress.is_some_and(recent)
+    }
+
+    /// May give way to a new session: silent (nothing heard for [`SILENT`], or for three of its
+    /// heartbeat intervals if it heartbeats), or heard only through shards (never a heartbeat nor
+    /// an announcement) and [`Session::idle`]. A sender whose heartbeats arrive never is, whether
+    /// or not it has files to send.
+    pub(crate) fn evictable(&self, now: Instant, window: std::time::Duration) -> bool {
+        let silence = self.heartbeat.map_or(SILENT, |hb| {
+            let interval = std::time::Duration::from_millis(u64::from(hb.interval_ms))
+                .clamp(MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL);
+            (interval * 3).max(SILENT)
+        });
+        if now.saturating_duration_since(self.last_seen) >= silence {
+            return true;
+        }
+        !self.sender_heard() && self.idle(now, window)
     }
 }
 
