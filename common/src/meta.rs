@@ -76,9 +76,10 @@ fn config() -> impl bincode::config::Config {
 }
 
 impl Head {
-    /// Encodes the head (bincode 2, big-endian, fixed-width integers).
+    /// Encodes the head (bincode 2, big-endian, fixed-width integers). Its path must obey the
+    /// rules of every policy: which of those names a share takes is the receiver's policy.
     pub fn encode(&self) -> Result<Vec<u8>, MetaError> {
-        check_path(&self.path)?;
+        check_path_as(&self.path, NamePolicy::Posix)?;
         let bytes = bincode::encode_to_vec(self, config())
             .map_err(|e| MetaError::Undecodable(e.to_string()))?;
         if bytes.len() > MAX_HEAD_LEN {
@@ -87,8 +88,13 @@ impl Head {
         Ok(bytes)
     }
 
-    /// Decodes a head and checks that its path is safe.
+    /// Decodes a head and checks that its path is safe, portable names only.
     pub fn decode(bytes: &[u8]) -> Result<Self, MetaError> {
+        Head::decode_as(bytes, NamePolicy::Portable)
+    }
+
+    /// Decodes a head and checks that its path is safe under `policy`.
+    pub fn decode_as(bytes: &[u8], policy: NamePolicy) -> Result<Self, MetaError> {
         if bytes.len() > MAX_HEAD_LEN {
             return Err(MetaError::TooLong);
         }
@@ -97,17 +103,46 @@ impl Head {
         if used != bytes.len() {
             return Err(MetaError::LengthMismatch);
         }
-        check_path(&head.path)?;
+        check_path_as(&head.path, policy)?;
         Ok(head)
     }
 }
 
+/// Which names a share accepts beyond the rules every name obeys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NamePolicy {
+    /// Names vendors can open from Windows too (over SMB): no backslash, no device names, no
+    /// characters or endings Windows forbids. The default.
+    #[default]
+    Portable,
+    /// Only what POSIX and safety require, for shares never read from Windows.
+    Posix,
+}
+
+impl std::str::FromStr for NamePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "portable" => Ok(NamePolicy::Portable),
+            "posix" => Ok(NamePolicy::Posix),
+            other => Err(format!("{other:?}: names are \"portable\" or \"posix\"")),
+        }
+    }
+}
+
+/// Checks `path` with the portable rule ([`check_path_as`]).
+pub fn check_path(path: &str) -> Result<(), MetaError> {
+    check_path_as(path, NamePolicy::Portable)
+}
+
 /// Checks that `path` is a relative, normalised path that stays inside the output folder.
 ///
-/// Refused: empty paths, absolute paths, empty, `.` or `..` components, NUL, control characters,
-/// backslashes (a path separator for vendors reading the share from Windows), over-long names, and
-/// anything inside the receiver's own state folder.
-pub fn check_path(path: &str) -> Result<(), MetaError> {
+/// Refused under every policy: empty paths, absolute paths, empty, `.` or `..` components, NUL,
+/// control characters, invisible format characters, over-long names, and anything inside the
+/// receiver's own state folder. Under [`NamePolicy::Portable`] also backslashes (a path separator
+/// for vendors reading the share from Windows) and names Windows cannot hold.
+pub fn check_path_as(path: &str, policy: NamePolicy) -> Result<(), MetaError> {
+    let portable = policy == NamePolicy::Portable;
     let bad = |reason| {
         Err(MetaError::UnsafePath {
             path: path.to_owned(),
@@ -132,7 +167,7 @@ pub fn check_path(path: &str) -> Result<(), MetaError> {
     if path.chars().any(is_format_control) {
         return bad("contains an invisible format character (bidirectional override, zero width)");
     }
-    if path.contains('\\') {
+    if portable && path.contains('\\') {
         return bad("contains a backslash");
     }
     for (i, comp) in path.split('/').enumerate() {
@@ -141,7 +176,7 @@ pub fn check_path(path: &str) -> Result<(), MetaError> {
             "." | ".." => return bad("dot component"),
             c if c.len() > MAX_COMPONENT_LEN => return bad("component too long"),
             STATE_DIR if i == 0 => return bad("inside the receiver's state folder"),
-            c if windows_reserved(c) => return bad("a name Windows cannot hold"),
+            c if portable && windows_reserved(c) => return bad("a name Windows cannot hold"),
             _ => {}
         }
     }
@@ -272,5 +307,32 @@ mod tests {
             Head::decode(&forged),
             Err(MetaError::UnsafePath { .. })
         ));
+    }
+
+    #[test]
+    fn the_posix_policy_takes_what_only_windows_refuses_and_nothing_unsafe() {
+        for name in ["trend 12:00.csv", "COM1.log", "a\\b.txt", "ends.", "what?"] {
+            assert!(check_path(name).is_err(), "portable took {name:?}");
+            assert!(
+                check_path_as(name, NamePolicy::Posix).is_ok(),
+                "posix refused {name:?}"
+            );
+        }
+        for name in [
+            "../x",
+            "/etc/passwd",
+            "a//b",
+            "bell\u{7}",
+            "invoice\u{202E}txt.exe",
+            ".checkvalve/x",
+        ] {
+            assert!(
+                check_path_as(name, NamePolicy::Posix).is_err(),
+                "posix took {name:?}"
+            );
+        }
+        assert_eq!("posix".parse(), Ok(NamePolicy::Posix));
+        assert_eq!("portable".parse(), Ok(NamePolicy::Portable));
+        assert!("windows".parse::<NamePolicy>().is_err());
     }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use checkvalve_common::meta::NamePolicy;
 use checkvalve_common::units::{parse_duration, parse_percent, parse_size};
 use serde::Deserialize;
 use toml::Spanned;
@@ -56,6 +57,11 @@ pub struct Settings {
     pub require_auth: Option<bool>,
     /// Permissions of published files (group-readable by default, for vendors' accounts).
     pub file_mode: u32,
+    /// Group of published files and folders (the vendors' accounts' group), if not the
+    /// receiver's own.
+    pub group: Option<String>,
+    /// Which names the share accepts.
+    pub names: NamePolicy,
     /// The operator accepts unauthenticated datagrams: without a key, the receiver runs
     /// unauthenticated (and says so); with one, it accepts both (a migration).
     pub allow_unauthenticated: bool,
@@ -93,6 +99,8 @@ struct Raw {
     require_auth: Option<bool>,
     allow_unauthenticated: Option<bool>,
     file_mode: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    names: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +141,8 @@ pub mod defaults {
     pub const LOSS_INTERVAL: &str = "60s";
     /// `file_mode`.
     pub const FILE_MODE: &str = "0640";
+    /// `names`.
+    pub const NAMES: &str = "portable";
 }
 
 /// A file mode in octal (`0640`, `640` or `0o640`): permission bits only, never writable by others.
@@ -149,6 +159,18 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
         ));
     }
     Ok(mode)
+}
+
+/// The id of group `name` (or a number), as published files and folders get it.
+pub fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("no group {name:?} on this host")),
+        Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
+    }
 }
 
 impl Settings {
@@ -176,6 +198,8 @@ impl Settings {
             require_auth: None,
             allow_unauthenticated: false,
             file_mode: parse_mode(defaults::FILE_MODE).expect("default mode"),
+            group: None,
+            names: defaults::NAMES.parse().expect("default names"),
         }
     }
 
@@ -291,6 +315,13 @@ impl Settings {
         }
         if let Some(m) = &raw.file_mode {
             s.file_mode = parse_mode(m.get_ref()).map_err(|e| at(m.span().start, e))?;
+        }
+        if let Some(g) = &raw.group {
+            group_id(g.get_ref()).map_err(|e| at(g.span().start, e))?;
+            s.group = Some(g.get_ref().clone());
+        }
+        if let Some(n) = &raw.names {
+            s.names = n.get_ref().parse().map_err(|e| at(n.span().start, e))?;
         }
         s.check_auth().map_err(|e| at(0, e.into()))?;
         Ok(s)

@@ -96,6 +96,14 @@ struct Args {
     /// vendors' accounts get access).
     #[arg(long, value_name = "MODE", default_value = defaults::FILE_MODE, value_parser = config::parse_mode)]
     file_mode: u32,
+    /// Group of published files and folders (name or id), for vendors' accounts in it; the
+    /// receiver's own group if not given.
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+    /// Names the share accepts: portable (Windows can open them too) or posix (only what POSIX
+    /// and safety require, for shares never read from Windows).
+    #[arg(long, value_name = "POLICY", default_value = defaults::NAMES)]
+    names: checkvalve_common::meta::NamePolicy,
     /// Pre-shared key file (repeat for a rotation): only datagrams authenticated by one are accepted.
     #[arg(long = "key", value_name = "FILE")]
     keys: Vec<PathBuf>,
@@ -209,6 +217,8 @@ fn settings(args: &Args) -> Result<Option<Settings>> {
         require_auth: args.allow_unauthenticated.then_some(false),
         allow_unauthenticated: args.allow_unauthenticated,
         file_mode: args.file_mode,
+        group: args.group.clone(),
+        names: args.names,
     })
     .filter(|s| match s.check_auth() {
         Ok(()) => true,

@@ -144,6 +144,8 @@ pub struct Share {
     folded: Mutex<FoldedNames>,
     /// Permissions given to a file as it is published.
     file_mode: u32,
+    /// Group given to published files and the folders made for them, if not the receiver's.
+    group: Option<nix::unistd::Gid>,
     _lock: File,
 }
 
@@ -213,6 +215,7 @@ impl Share {
             newest: Mutex::new(Newest::default()),
             folded: Mutex::new(FoldedNames::default()),
             file_mode: 0o640,
+            group: None,
             _lock: lock,
         };
         Ok((share, stale))
@@ -266,9 +269,22 @@ impl Share {
             .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
     }
 
-    /// Gives published files `mode` from now on (default 0640).
+    /// Gives published files `mode` from now on (default 0640); the folders made for them get
+    /// the same read permissions, with search permission where they can be read.
     pub fn set_file_mode(&mut self, mode: u32) {
         self.file_mode = mode;
+    }
+
+    /// Gives published files, and the folders made for them, group `gid` from now on.
+    pub fn set_group(&mut self, gid: u32) {
+        self.group = Some(nix::unistd::Gid::from_raw(gid));
+    }
+
+    /// The mode of a folder made for published files: the owner's full access, and for group and
+    /// others read and search where files are readable by them.
+    fn folder_mode(&self) -> Mode {
+        let read = self.file_mode & 0o044;
+        Mode::from_bits_truncate(0o700 | read | (read >> 2))
     }
 
     /// Publishes the (already verified) temporary file as `head.path`: made durable with the
@@ -306,6 +322,9 @@ impl Share {
                 return r;
             }
             // Temporary files are private; a published one is readable as the operator chose.
+            if let Some(gid) = self.group {
+                nix::unistd::fchown(&temp.file, None, Some(gid)).map_err(io::Error::from)?;
+            }
             temp.file
                 .set_permissions(fs::Permissions::from_mode(self.file_mode))?;
             self.make_durable(&temp.file, head)?;
@@ -406,12 +425,23 @@ impl Share {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) => {
                     self.refuse_case_clash(parent, part)?;
-                    match mkdirat(parent, *part, Mode::from_bits_truncate(0o755)) {
-                        Ok(()) => self.folded().added(parent, part),
-                        Err(Errno::EEXIST) => {}
+                    let made = match mkdirat(parent, *part, self.folder_mode()) {
+                        Ok(()) => {
+                            self.folded().added(parent, part);
+                            true
+                        }
+                        Err(Errno::EEXIST) => false,
                         Err(e) => return Err(e.into()),
+                    };
+                    let fd = open_dir_beneath(parent, part).map_err(|e| classify(e, &here))?;
+                    if made {
+                        // The umask may have taken bits away; the group is the vendors'.
+                        nix::sys::stat::fchmod(&fd, self.folder_mode())?;
+                        if let Some(gid) = self.group {
+                            nix::unistd::fchown(&fd, None, Some(gid))?;
+                        }
                     }
-                    open_dir_beneath(parent, part).map_err(|e| classify(e, &here))?
+                    fd
                 }
                 Err(e) => return Err(classify(e, &here)),
             };

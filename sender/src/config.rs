@@ -67,6 +67,8 @@ pub struct Config {
     pub repeat_spacing: Duration,
     /// File name patterns never taken (temporary names of producers).
     pub ignore: Vec<String>,
+    /// Which names are sent (the receiver's share applies its own policy too).
+    pub names: checkvalve_common::meta::NamePolicy,
     /// The state folder (record of kept files, status file, session epoch), if any.
     pub state: Option<PathBuf>,
     /// Pre-shared key file: every datagram is authenticated.
@@ -92,6 +94,7 @@ struct Raw {
     rescan: Option<Spanned<String>>,
     repeat_spacing: Option<Spanned<String>>,
     ignore: Option<Vec<String>>,
+    names: Option<Spanned<String>>,
     state: Option<Spanned<PathBuf>>,
     key: Option<Spanned<PathBuf>>,
     encrypt: Option<Spanned<bool>>,
@@ -367,6 +370,10 @@ impl Config {
         if key.is_none() && !allow_unauthenticated {
             return Err(at(0, crate::keys::NO_KEY.into()));
         }
+        let names = match &raw.names {
+            Some(n) => n.get_ref().parse().map_err(|e| at(n.span().start, e))?,
+            None => checkvalve_common::meta::NamePolicy::default(),
+        };
         Ok(Config {
             key,
             encrypt,
@@ -381,6 +388,7 @@ impl Config {
             ignore: raw
                 .ignore
                 .unwrap_or_else(|| DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect()),
+            names,
             state,
             channels,
         })

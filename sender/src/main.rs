@@ -103,6 +103,10 @@ struct Args {
     /// Do not install the seccomp filter that forbids every receiving system call (debugging only).
     #[arg(long)]
     no_seccomp: bool,
+    /// Names sent: portable (Windows can open them too) or posix (only what POSIX and safety
+    /// require; the receiver must say `--names posix` too).
+    #[arg(long, value_name = "POLICY", default_value = "portable")]
+    names: checkvalve_common::meta::NamePolicy,
     /// Pre-shared key file (from `checkvalve-send keygen`): every datagram is authenticated.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
@@ -318,6 +322,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            names: args.names,
             channels: vec![config::Channel {
                 name: String::new(),
                 spool,
@@ -342,7 +347,7 @@ fn run(args: Args) -> Result<ExitCode> {
         bail!("nothing to send: give PATHs, --watch DIR or --config FILE");
     }
     let to = resolve(&to)?;
-    let walked = walk::walk(&args.paths)?;
+    let walked = walk::walk(&args.paths, args.names)?;
     let key = args.key.as_deref().map(keys::load).transpose()?;
     if key.is_none() {
         warn!("{}", keys::UNAUTHENTICATED);

@@ -220,6 +220,7 @@ fn rules(cfg: &Config) -> Rules {
     Rules {
         channels: cfg.channels.clone(),
         ignore: cfg.ignore.clone(),
+        names: cfg.names,
         settle: cfg.settle,
         repeat_spacing: cfg.repeat_spacing,
     }

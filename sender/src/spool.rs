@@ -42,6 +42,7 @@ pub struct Spools {
     ignore: Vec<String>,
     settle: Duration,
     repeat_spacing: Duration,
+    names: checkvalve_common::meta::NamePolicy,
     /// Files seen but not yet ready: their channel, fingerprint and since when it has not changed.
     seen: HashMap<PathBuf, (Arc<Channel>, Fingerprint, Instant)>,
     /// Files handed to the queue and not yet sent whole, by id.
@@ -69,6 +70,8 @@ pub struct Rules {
     pub settle: Duration,
     /// Time between copies of a repeated channel's file.
     pub repeat_spacing: Duration,
+    /// Which names are sent.
+    pub names: checkvalve_common::meta::NamePolicy,
 }
 
 impl Spools {
@@ -80,6 +83,7 @@ impl Spools {
             ignore: Vec::new(),
             settle: Duration::ZERO,
             repeat_spacing: Duration::ZERO,
+            names: checkvalve_common::meta::NamePolicy::default(),
             seen: HashMap::new(),
             queued: BTreeMap::new(),
             queued_paths: HashSet::new(),
@@ -105,6 +109,7 @@ impl Spools {
         self.ignore = rules.ignore;
         self.settle = rules.settle;
         self.repeat_spacing = rules.repeat_spacing;
+        self.names = rules.names;
         self.seen.clear();
     }
 
@@ -285,7 +290,7 @@ impl Spools {
         } else {
             format!("{}/{rel}", c.name)
         };
-        if let Err(e) = checkvalve_common::meta::check_path(&name) {
+        if let Err(e) = checkvalve_common::meta::check_path_as(&name, self.names) {
             warn!(channel = %c.name, path = %path.display(), "not sent: {e}");
             return false;
         }
@@ -493,6 +498,7 @@ mod tests {
             ignore: ignore.iter().map(|s| s.to_string()).collect(),
             settle: Duration::from_secs(settle),
             repeat_spacing: Duration::from_secs(spacing),
+            names: checkvalve_common::meta::NamePolicy::Portable,
         };
         (
             Spools::new(rules, Kept::default(), Arc::clone(&queue)),

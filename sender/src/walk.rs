@@ -4,7 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use checkvalve_common::meta::check_path;
+use checkvalve_common::meta::{NamePolicy, check_path_as};
 use tracing::{error, warn};
 
 /// A regular file to send.
@@ -26,7 +26,7 @@ pub struct Walk {
 }
 
 /// Lists the files under each path; a file lands under its path relative to the argument's parent.
-pub fn walk(paths: &[PathBuf]) -> Result<Walk> {
+pub fn walk(paths: &[PathBuf], names: NamePolicy) -> Result<Walk> {
     let mut w = Walk::default();
     for arg in paths {
         let abs =
@@ -34,12 +34,12 @@ pub fn walk(paths: &[PathBuf]) -> Result<Walk> {
         let Some(base) = abs.file_name().and_then(|n| n.to_str()) else {
             bail!("{} has no usable name to send it under", arg.display());
         };
-        visit(&abs, base.to_owned(), &mut w);
+        visit(&abs, base.to_owned(), names, &mut w);
     }
     Ok(w)
 }
 
-fn visit(path: &Path, name: String, w: &mut Walk) {
+fn visit(path: &Path, name: String, names: NamePolicy, w: &mut Walk) {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) => {
@@ -52,7 +52,7 @@ fn visit(path: &Path, name: String, w: &mut Walk) {
     if ft.is_symlink() {
         warn!(path = %path.display(), "skipping symbolic link (links are not followed)");
     } else if ft.is_file() {
-        match check_path(&name) {
+        match check_path_as(&name, names) {
             Ok(()) => w.entries.push(Entry {
                 source: path.to_owned(),
                 name,
@@ -75,7 +75,7 @@ fn visit(path: &Path, name: String, w: &mut Walk) {
         for child in children {
             let child_path = path.join(&child);
             match child.to_str() {
-                Some(c) => visit(&child_path, format!("{name}/{c}"), w),
+                Some(c) => visit(&child_path, format!("{name}/{c}"), names, w),
                 None => {
                     error!(path = %child_path.display(), "refused: name is not valid UTF-8");
                     w.failed += 1;
@@ -98,7 +98,11 @@ mod tests {
         fs::write(dir.join("exports/b.csv"), b"b").unwrap();
         fs::write(dir.join("exports/sub/a.csv"), b"a").unwrap();
         fs::write(dir.join("single.txt"), b"s").unwrap();
-        let w = walk(&[dir.join("exports"), dir.join("single.txt")]).unwrap();
+        let w = walk(
+            &[dir.join("exports"), dir.join("single.txt")],
+            NamePolicy::Portable,
+        )
+        .unwrap();
         let names: Vec<_> = w.entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["exports/b.csv", "exports/sub/a.csv", "single.txt"]);
         fs::remove_dir_all(dir).unwrap();

@@ -300,3 +300,60 @@ fn published_files_are_group_readable_by_default_and_as_the_operator_sets() {
         p.log_text()
     );
 }
+
+/// With `--group`, published files and the folders made for them belong to the vendors' group,
+/// and folders are searchable by it (not by others, as the files are not readable by them).
+#[test]
+fn published_files_and_their_folders_get_the_group_the_operator_names() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // Any group the receiver may give files to: as root, the catch-all group.
+    let gid = 65534u32;
+    let gid_text = gid.to_string();
+    let rig = Rig::start(None, &["--group", &gid_text]);
+    let src = rig.dir.path().join("src");
+    write_file(&src.join("exports/daily/report.csv"), 20_000, 72);
+    assert!(rig.send(&[&src], &[], Duration::from_secs(60)).success());
+    rig.settle(1, Duration::from_secs(20));
+    let file = rig.out.join("src/exports/daily/report.csv");
+    let meta = std::fs::metadata(&file).expect("published");
+    assert_eq!(
+        (meta.gid(), meta.permissions().mode() & 0o777),
+        (gid, 0o640)
+    );
+    for folder in ["src", "src/exports", "src/exports/daily"] {
+        let m = std::fs::metadata(rig.out.join(folder)).expect("folder");
+        assert_eq!(
+            (m.gid(), m.permissions().mode() & 0o777),
+            (gid, 0o750),
+            "{folder}"
+        );
+    }
+}
+
+/// The name policy: `portable` (the default) refuses names Windows cannot open, and records the
+/// file lost by name; `posix` publishes them.
+#[test]
+fn names_windows_cannot_open_cross_only_under_the_posix_policy() {
+    for (policy, published) in [(None, false), (Some("posix"), true)] {
+        let args: Vec<&str> = policy.map(|p| vec!["--names", p]).unwrap_or_default();
+        let rig = Rig::start(None, &args);
+        let src = rig.dir.path().join("plc");
+        write_file(&src.join("trend 12:00.csv"), 5_000, 73);
+        write_file(&src.join("COM1.log"), 5_000, 74);
+        // The sender sends POSIX names: the share's policy is the receiver's to apply.
+        assert!(
+            rig.send(&[&src], &["--names", "posix"], Duration::from_secs(60))
+                .success()
+        );
+        let outcome = rig.settle(2, Duration::from_secs(20));
+        for name in ["plc/trend 12:00.csv", "plc/COM1.log"] {
+            assert_eq!(rig.out.join(name).exists(), published, "{policy:?}: {name}");
+            if !published {
+                assert!(
+                    outcome.lost_named.iter().any(|l| l == name),
+                    "{policy:?}: {name} not recorded lost by name: {outcome:?}"
+                );
+            }
+        }
+    }
+}

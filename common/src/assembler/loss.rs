@@ -4,6 +4,7 @@
 use super::engine::Shared;
 use super::session::Session;
 use super::types::{Abandon, Event, ObjectKey};
+use crate::meta::{MetaError, NamePolicy, check_path_as};
 
 impl Shared<'_> {
     /// Reports the objects of `gaps` lost: by name those the sender announced, the others as
@@ -75,9 +76,18 @@ impl Shared<'_> {
             blocks_total: total,
         });
         let announced = s.announced.remove(&key.object);
-        let (path, size) = match (&obj.head, announced) {
+        // A name refused only because the share's policy is portable is safe to record.
+        let refused = match &reason {
+            Abandon::BadMetadata(MetaError::UnsafePath { path, .. })
+                if check_path_as(path, NamePolicy::Posix).is_ok() =>
+            {
+                Some((path.clone(), obj.geometry.content_len))
+            }
+            _ => None,
+        };
+        let (path, size) = match (&obj.head, announced.or(refused)) {
             (Some(h), _) => (Some(h.path.clone()), Some(h.size)),
-            (None, announced) => announced.unzip(),
+            (None, named) => named.unzip(),
         };
         self.free_object(s, obj);
         self.counters.objects_lost = self.counters.objects_lost.saturating_add(1);

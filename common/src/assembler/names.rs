@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::engine::Assembler;
-use crate::meta::check_path;
+use crate::meta::check_path_as;
 use crate::wire::Announcement;
 
 /// Announced names kept per session at most; the lowest object numbers go first.
@@ -25,7 +25,7 @@ impl Assembler {
                 || s.objects.get(&e.object).is_some_and(|o| o.head.is_some());
             // A name is only ever written into a loss record, but one unfit for a file is unfit
             // for a record too.
-            if known || check_path(e.path).is_err() {
+            if known || check_path_as(e.path, sh.config.names).is_err() {
                 continue;
             }
             s.announced.insert(e.object, (e.path.to_owned(), e.size));

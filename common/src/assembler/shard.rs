@@ -366,7 +366,7 @@ impl Assembler {
         let (mut bad_head, mut head_event) = (None, None);
         let data = &p.buf[..span.len];
         match span.section {
-            Section::Head => match Head::decode(data) {
+            Section::Head => match Head::decode_as(data, sh.config.names) {
                 Ok(head) if head.size != geometry.content_len => {
                     bad_head = Some(MetaError::SizeMismatch {
                         head: head.size,

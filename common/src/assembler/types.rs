@@ -38,6 +38,8 @@ pub struct AssemblerConfig {
     pub max_content_len: u64,
     /// Most sender sessions tracked at once.
     pub max_sessions: usize,
+    /// Which names the share accepts.
+    pub names: crate::meta::NamePolicy,
     /// Shortest silence reported as a silent link (raised to three heartbeat intervals unless
     /// `fixed_silence`).
     pub silence: Duration,
@@ -53,6 +55,7 @@ impl Default for AssemblerConfig {
             max_objects: 1024,
             max_content_len: 1 << 40,
             max_sessions: 16,
+            names: crate::meta::NamePolicy::Portable,
             silence: Duration::from_secs(3),
             fixed_silence: false,
         }

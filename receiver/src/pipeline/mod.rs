@@ -88,6 +88,10 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
     let (mut share, stale) = share::Share::open(&args.out, args.state.as_deref())
         .with_context(|| format!("cannot use output folder {}", args.out.display()))?;
     share.set_file_mode(args.file_mode);
+    if let Some(group) = &args.group {
+        let gid = crate::config::group_id(group).map_err(anyhow::Error::msg)?;
+        share.set_group(gid);
+    }
     let share = Arc::new(share);
     if stale > 0 {
         info!(
@@ -188,6 +192,7 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
         max_content_len: args.max_object_size,
         silence: args.link_down_after.unwrap_or(defaults.silence),
         fixed_silence: args.link_down_after.is_some(),
+        names: args.names,
         ..defaults
     };
     let psks = args
