@@ -162,10 +162,7 @@ fn main() -> ExitCode {
         None => settings(&args).and_then(|s| match s {
             None => Ok(ExitCode::from(2)),
             Some(s) if args.check => {
-                // A preflight: the key files must be there, private and well formed.
-                for k in &s.keys {
-                    keys::load(k)?;
-                }
+                preflight(&s)?;
                 info!("configuration is usable");
                 Ok(ExitCode::SUCCESS)
             }
@@ -179,6 +176,22 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The preflight of `--check` (the units' `ExecStartPre`): the key files there, private and well
+/// formed; the output and state folders usable; the group known; the address resolved and bound.
+fn preflight(s: &Settings) -> Result<()> {
+    for k in &s.keys {
+        keys::load(k)?;
+    }
+    checkvalve_host::preflight::folder("output folder", &s.out)?;
+    checkvalve_host::preflight::folder("state folder", &s.state_dir())?;
+    if let Some(group) = &s.group {
+        config::group_id(group).map_err(anyhow::Error::msg)?;
+    }
+    let bind = checkvalve_host::resolve(&s.bind)?;
+    checkvalve_host::preflight::bind_udp(bind)?;
+    Ok(())
 }
 
 /// The settings from `--config` or the flags; `None` (logged) for a bad configuration file.

@@ -209,6 +209,27 @@ pub(crate) fn confine_files(writable: &[PathBuf], readable: &[PathBuf]) {
     }
 }
 
+/// The preflight of `--check` (the unit's `ExecStartPre`): the key file there, private and well
+/// formed; the receiver's address resolved; the state folder, every spool and every sent folder
+/// usable.
+fn preflight(cfg: &config::Config) -> Result<()> {
+    use checkvalve_host::preflight::folder;
+    if let Some(k) = &cfg.key {
+        keys::load(k)?;
+    }
+    resolve(&cfg.to)?;
+    if let Some(state) = &cfg.state {
+        folder("state folder", state)?;
+    }
+    for c in &cfg.channels {
+        folder(&format!("spool of channel {:?}", c.name), &c.spool)?;
+        if let config::AfterSend::Move(sent) = &c.after_send {
+            folder(&format!("sent folder of channel {:?}", c.name), &sent.dir)?;
+        }
+    }
+    Ok(())
+}
+
 /// Resolves `--to` once, at start.
 pub(crate) fn resolve(to: &str) -> Result<SocketAddr> {
     Ok(checkvalve_host::resolve(to)?)
@@ -272,10 +293,7 @@ fn run(args: Args) -> Result<ExitCode> {
             }
         };
         if args.check {
-            // A preflight: the key file must be there, private and well formed.
-            if let Some(k) = &cfg.key {
-                keys::load(k)?;
-            }
+            preflight(&cfg)?;
             info!(channels = cfg.channels.len(), "configuration is usable");
             return Ok(ExitCode::SUCCESS);
         }

@@ -255,3 +255,71 @@ fn keyed_datagrams_fit_a_1500_byte_link_and_a_shard_that_would_not_is_refused() 
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("mtu"), "{log}");
 }
+
+/// `--check` is a preflight of the host too: folders that cannot be used and an address that
+/// cannot be bound fail it (exit 2, naming them); a usable configuration passes (exit 0).
+#[test]
+fn a_preflight_checks_the_folders_and_binds_the_address() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = checkvalve_tests::keygen(dir.path(), 1);
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"not a folder").expect("file");
+    let receive = |bind: &str, out: &std::path::Path| {
+        format!(
+            "bind = \"{bind}\"\nout = \"{}\"\nkeys = [\"{}\"]\n",
+            out.display(),
+            key.display()
+        )
+    };
+    check_fails(
+        dir.path(),
+        "checkvalve-receive",
+        "r1.toml",
+        &receive("127.0.0.1:0", &blocker.join("share")),
+        "output folder",
+    );
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let good_out = dir.path().join("share");
+    check_fails(
+        dir.path(),
+        "checkvalve-receive",
+        "r2.toml",
+        &receive(&addr, &good_out),
+        &format!("cannot bind {addr}"),
+    );
+    drop(taken);
+    let cfg = dir.path().join("r3.toml");
+    std::fs::write(&cfg, receive(&addr, &good_out)).expect("config");
+    let (code, log) = refused(
+        dir.path(),
+        "r3-check",
+        "checkvalve-receive",
+        &strings(&["--config", &cfg.display().to_string(), "--check"]),
+    );
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!good_out.exists(), "a preflight creates nothing");
+    let send = |spool: &std::path::Path| {
+        format!(
+            "to = \"127.0.0.1:9\"\nkey = \"{}\"\n[[channel]]\nname = \"a\"\nspool = \"{}\"\n",
+            key.display(),
+            spool.display()
+        )
+    };
+    check_fails(
+        dir.path(),
+        "checkvalve-send",
+        "s1.toml",
+        &send(&blocker.join("spool")),
+        "spool of channel \"a\"",
+    );
+    let cfg = dir.path().join("s2.toml");
+    std::fs::write(&cfg, send(&dir.path().join("spool"))).expect("config");
+    let (code, log) = refused(
+        dir.path(),
+        "s2-check",
+        "checkvalve-send",
+        &strings(&["--config", &cfg.display().to_string(), "--check"]),
+    );
+    assert_eq!(code, Some(0), "{log}");
+}
