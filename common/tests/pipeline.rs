@@ -1051,3 +1051,64 @@ fn a_heartbeating_sender_is_never_evicted_and_silent_forgers_give_way() {
         "a new session after the forgers fell silent"
     );
 }
+
+/// One forged session flooding shards of blocks that never complete, at ten times the rate of a
+/// real 20 MB striped file crossing beside it, in the budget a receiver of the default
+/// `--max-pending` gives its assembler: the file completes (§7's fair share: the forger's blocks
+/// above its share give way).
+#[test]
+fn a_greedy_session_flooding_beside_a_striped_transfer_takes_only_its_share() {
+    let data = content(4, 20 << 20);
+    let good = encode_striped("big.bin", &data, FecParams::default(), 8);
+    let huge = vec![("hog".to_string(), content(5, 64 * 1400 * 400))];
+    let hog: Vec<Vec<u8>> = encode_as(
+        1,
+        0,
+        &huge,
+        FecParams::default(),
+        InterleaveParams::default(),
+    )
+    .into_iter()
+    .filter(|d| matches!(wire::parse(d), Ok(wire::Datagram::Shard(h, _)) if h.shard >= 64))
+    .collect();
+    let config = AssemblerConfig {
+        max_pending_bytes: 27 << 20,
+        ..AssemblerConfig::default()
+    };
+    let t0 = Instant::now();
+    let mut asm = Assembler::new(config, t0);
+    // Half the flood opens a new object with every shard (block 0 of objects never heard of).
+    let template = hog[0].clone();
+    let mut fresh = 1_000u64..;
+    let mut forged_object = move || {
+        let mut d = template.clone();
+        d[16..24].copy_from_slice(&fresh.next().expect("endless").to_be_bytes());
+        let n = d.len() - 4;
+        let crc = crc32fast::hash(&d[..n]);
+        d[n..].copy_from_slice(&crc.to_be_bytes());
+        d
+    };
+    let mut hog = hog.iter().cycle();
+    let mut done = 0;
+    let mut lost = Vec::new();
+    for (i, d) in good.iter().enumerate() {
+        let now = t0 + Duration::from_micros(i as u64 * 10);
+        asm.handle_datagram(now, d).unwrap();
+        for j in 0..10 {
+            if j % 2 == 0 {
+                let _ = asm.handle_datagram(now, hog.next().expect("cycle"));
+            } else {
+                let _ = asm.handle_datagram(now, &forged_object());
+            }
+        }
+        for ev in events(&mut asm) {
+            match ev {
+                Event::Complete { key, .. } if key.session == SESSION => done += 1,
+                Event::Abandoned { key, reason, .. } if key.session == SESSION => lost.push(reason),
+                _ => {}
+            }
+        }
+        assert!(asm.held_bytes() <= 27 << 20);
+    }
+    assert_eq!((done, lost), (1, vec![]), "counters: {:?}", asm.counters());
+}
