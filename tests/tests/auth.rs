@@ -426,20 +426,47 @@ fn thirty_seconds_of_flood_from_many_sessions_cost_a_keyed_receiver_nothing() {
             })
         })
         .collect();
-    // A legitimate transfer in the middle of the flood.
+    // A keyed spool service, started before the flood and fed in the middle of it, as a plant's
+    // is: every file it is given during the flood arrives.
+    let spool = dir.join("spool");
+    let cfg = dir.join("send.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "to = \"{raddr}\"\nkey = \"{}\"\nrate = \"100M\"\nsettle = \"1s\"\n[[channel]]\nname = \"during\"\nspool = \"{}\"\n",
+            key.display(),
+            spool.display()
+        ),
+    )
+    .expect("config");
+    let mut service = checkvalve_tests::Proc::start(
+        dir,
+        "sender",
+        &bin("checkvalve-send"),
+        &["--config".into(), cfg.display().to_string()],
+    );
     std::thread::sleep(Duration::from_secs(5));
-    let src = make_tree(dir, "during", 8, 200_000, 91);
-    let mut sender = keyed_sender(dir, "sender", &raddr, &key, &src, true);
-    assert!(sender.wait(Duration::from_secs(60)).success());
-    let forged: u64 = flood.into_iter().map(|t| t.join().expect("flood")).sum();
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(receiver.pid().is_some(), "the receiver died");
+    let src = make_tree(dir, "staged", 8, 200_000, 91);
     let sent: std::collections::BTreeMap<_, _> = digest_tree(&src).into_iter().collect();
-    let got: std::collections::BTreeMap<_, _> =
-        digest_tree(&out.join("during")).into_iter().collect();
+    std::fs::rename(&src, spool.join("staged")).expect("into the spool");
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let got = loop {
+        let got: std::collections::BTreeMap<_, _> = digest_tree(&out.join("during/staged"))
+            .into_iter()
+            .collect();
+        if got == sent || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let forged: u64 = flood.into_iter().map(|t| t.join().expect("flood")).sum();
+    assert!(receiver.pid().is_some(), "the receiver died");
+    assert!(service.stop().success());
     assert!(
         got == sent,
-        "the transfer during the flood did not arrive byte-identical"
+        "the files given to the spool service during the flood did not all arrive byte-identical: {} of {}",
+        got.len(),
+        sent.len()
     );
     let peak = peak_kib(pid);
     assert!(
