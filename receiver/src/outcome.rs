@@ -46,6 +46,8 @@ const LOG_WINDOW: Duration = Duration::from_secs(10);
 pub struct Recorder {
     manifest: Arc<Manifest>,
     losses: Mutex<Limiter>,
+    /// The WARN of a superseded file, which forged older copies could otherwise repeat at will.
+    superseded: Mutex<Limiter>,
 }
 
 impl Recorder {
@@ -54,6 +56,7 @@ impl Recorder {
         Recorder {
             manifest,
             losses: Mutex::new(Limiter::new(LOG_WINDOW, LOGGED_LOSSES)),
+            superseded: Mutex::new(Limiter::new(LOG_WINDOW, LOGGED_LOSSES)),
         }
     }
 
@@ -70,7 +73,14 @@ impl Recorder {
                         info!(path = %head.path, size = head.size, object, "repeat: the share already holds this content")
                     }
                     Verified::Superseded => {
-                        warn!(path = %head.path, object, "not published: newer content for this path was already published")
+                        let allowed = self
+                            .superseded
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .allow();
+                        if let Some(suppressed) = allowed {
+                            warn!(path = %head.path, object, suppressed, "not published: newer content for this path was already published");
+                        }
                     }
                 }
                 self.manifest
