@@ -18,13 +18,24 @@ fn keyed_receiver(
     key: &Path,
     out: &Path,
 ) -> (checkvalve_tests::Proc, String) {
+    keyed_receiver_at(dir, tag, key, out, "127.0.0.1:0")
+}
+
+/// Like [`keyed_receiver`], bound to `bind`.
+fn keyed_receiver_at(
+    dir: &Path,
+    tag: &str,
+    key: &Path,
+    out: &Path,
+    bind: &str,
+) -> (checkvalve_tests::Proc, String) {
     let receiver = checkvalve_tests::Proc::start(
         dir,
         tag,
         &bin("checkvalve-receive"),
         &[
             "--bind".into(),
-            "127.0.0.1:0".into(),
+            bind.into(),
             "--out".into(),
             out.display().to_string(),
             "--key".into(),
@@ -587,25 +598,7 @@ fn a_keyed_receiver_restarted_during_a_transfer_refuses_nothing_sent_after_the_r
             src.display().to_string(),
         ],
     );
-    let start = |tag: &str| {
-        let p = checkvalve_tests::Proc::start(
-            dir,
-            tag,
-            &bin("checkvalve-receive"),
-            &[
-                "--bind".into(),
-                raddr.clone(),
-                "--out".into(),
-                out.display().to_string(),
-                "--key".into(),
-                key.display().to_string(),
-                "--stats-interval".into(),
-                "1s".into(),
-            ],
-        );
-        checkvalve_tests::wait_for_log(&p, " receiving", Duration::from_secs(20));
-        p
-    };
+    let start = |tag: &str| keyed_receiver_at(dir, tag, &key, &out, &raddr).0;
     let mut receiver = receiver;
     std::thread::sleep(Duration::from_millis(3000));
     assert!(receiver.stop().success(), "a clean stop");

@@ -87,7 +87,15 @@ fn forged_object(session: u64, safe: &str, forged: &str) -> Vec<Vec<u8>> {
     let mut blocks = vec![head_block];
     enc.push(b"pwn", &mut blocks).expect("push");
     enc.finish(&mut blocks).expect("finish");
-    let mut inter = Interleaver::new(InterleaveParams::default());
+    one_group(blocks, InterleaveParams::default())
+}
+
+/// The datagrams of `blocks`, interleaved as one group.
+fn one_group(
+    blocks: Vec<checkvalve_common::object::DataBlock>,
+    params: InterleaveParams,
+) -> Vec<Vec<u8>> {
+    let mut inter = Interleaver::new(params);
     for b in blocks {
         assert!(inter.push(b).expect("push").is_none());
     }
@@ -431,21 +439,14 @@ fn tiny_file(session: u64, object: u64, path: &str) -> Vec<Vec<u8>> {
     let mut blocks = vec![head_block];
     enc.push(b"x", &mut blocks).expect("push");
     enc.finish(&mut blocks).expect("finish");
-    let mut inter = Interleaver::new(InterleaveParams {
-        depth: 64,
-        min_span: 0,
-        stripe_bytes: 0,
-    });
-    for b in blocks {
-        assert!(inter.push(b).expect("push").is_none());
-    }
-    inter
-        .flush()
-        .expect("flush")
-        .expect("batch")
-        .iter()
-        .map(<[u8]>::to_vec)
-        .collect()
+    one_group(
+        blocks,
+        InterleaveParams {
+            depth: 64,
+            min_span: 0,
+            stripe_bytes: 0,
+        },
+    )
 }
 
 /// Files open in process `pid`.
@@ -495,8 +496,32 @@ fn ten_seconds_of_tiny_forged_files_from_sixteen_sessions_stay_bounded() {
             }
         }
     }
-    // Let what is queued drain, then a real transfer.
-    std::thread::sleep(Duration::from_secs(3));
+    // Let what is queued drain (the receiver has taken in every datagram it will and published
+    // what it could: its datagram count and its manifest stand still for two seconds), then a
+    // real transfer.
+    let state = rig.out.join(".checkvalve");
+    let taken = || {
+        let records: u64 = std::fs::read_dir(rig.manifest_path())
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        let datagrams = checkvalve_formats::live::State::read(&state).map_or(0, |s| s.datagrams);
+        (datagrams, records)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut last = taken();
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = taken();
+        if now == last || std::time::Instant::now() > deadline {
+            break;
+        }
+        last = now;
+    }
     assert!(rig.receiver.pid().is_some(), "the receiver died");
     let src = rig.dir.path().join("after");
     let tree = make_tree(&src, "after", 10, 100_000, 3);
