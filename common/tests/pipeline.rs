@@ -1052,10 +1052,11 @@ fn a_heartbeating_sender_is_never_evicted_and_silent_forgers_give_way() {
     );
 }
 
-/// One forged session flooding shards of blocks that never complete, at ten times the rate of a
-/// real 20 MB striped file crossing beside it, in the budget a receiver of the default
-/// `--max-pending` gives its assembler: the file completes (§7's fair share: the forger's blocks
-/// above its share give way).
+/// One forged session flooding shards of blocks that never complete, from before a real 20 MB
+/// striped file starts and at ten times its rate while it crosses, in the budget a receiver of
+/// the default `--max-pending` gives its assembler: the file completes (§7's fair share: the
+/// forger's blocks above its share give way, even to the file's first shard, when the forger
+/// had filled the budget before it).
 #[test]
 fn a_greedy_session_flooding_beside_a_striped_transfer_takes_only_its_share() {
     let data = content(4, 20 << 20);
@@ -1091,6 +1092,12 @@ fn a_greedy_session_flooding_beside_a_striped_transfer_takes_only_its_share() {
     let mut hog = hog.iter().cycle();
     let mut done = 0;
     let mut lost = Vec::new();
+    // The flood fills the budget before the file starts: its first shard must still get room.
+    for _ in 0..2_000 {
+        let _ = asm.handle_datagram(t0, &forged_object());
+        let _ = asm.handle_datagram(t0, hog.next().expect("cycle"));
+    }
+    assert!(asm.held_bytes() > 26 << 20, "the flood filled the budget");
     for (i, d) in good.iter().enumerate() {
         let now = t0 + Duration::from_micros(i as u64 * 10);
         asm.handle_datagram(now, d).unwrap();

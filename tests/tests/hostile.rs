@@ -576,3 +576,93 @@ fn ten_seconds_of_tiny_forged_files_from_sixteen_sessions_stay_bounded() {
         "{manifest} bytes of manifest"
     );
 }
+
+/// Unauthenticated mode, one forged session sending parity shards of ever new blocks (never
+/// completing, each holding a block's buffer until it times out) at 20,000 datagrams/s, 28 MB/s,
+/// as long as a real 20 MB file takes to cross beside it: the file arrives, and the forger held at
+/// most its fair share of the memory (§7).
+#[test]
+fn a_greedy_forged_session_beside_a_real_transfer_takes_only_its_share() {
+    let rig = Rig::start(None, &["--allow-unauthenticated"]);
+    // A parity shard of block 1 of a 300 KB object, renumbered into a new object each time.
+    let template = {
+        let head = Head {
+            path: "hog.bin".into(),
+            size: 300_000,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            kind: ObjectKind::File,
+        };
+        let (mut enc, head_block) =
+            ObjectEncoder::new(0x6666, 0, &head, FecParams::default()).expect("encoder");
+        let mut blocks = vec![head_block];
+        enc.push(&[7u8; 300_000], &mut blocks).expect("push");
+        enc.finish(&mut blocks).expect("finish");
+        one_group(blocks, InterleaveParams::default())
+            .into_iter()
+            .find(|d| d[24..28] == 1u32.to_be_bytes() && d[28] >= 64)
+            .expect("a parity shard of block 1")
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (stop, to) = (stop.clone(), rig.receiver_addr.clone());
+        std::thread::spawn(move || {
+            let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let mut d = template;
+            let start = std::time::Instant::now();
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                d[16..24].copy_from_slice(&sent.to_be_bytes());
+                let n = d.len() - 4;
+                let crc = crc32fast::hash(&d[..n]);
+                d[n..].copy_from_slice(&crc.to_be_bytes());
+                let _ = sock.send_to(&d, &to);
+                sent += 1;
+                // 20,000 a second, in bursts of 200.
+                if sent.is_multiple_of(200) {
+                    let due = Duration::from_micros(sent * 50);
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let src = rig.dir.path().join("big.bin");
+    checkvalve_tests::write_file(&src, 20 << 20, 9);
+    assert!(
+        rig.send(&[&src], &["--rate", "100M"], Duration::from_secs(120))
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let outcome = loop {
+        let o = rig.outcome();
+        if o.delivered
+            .iter()
+            .chain(&o.lost_named)
+            .any(|p| p == "big.bin")
+            || std::time::Instant::now() > deadline
+        {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let forged = flood.join().expect("flood");
+    let log = rig.receiver.log_text();
+    let last_stats = log
+        .lines()
+        .rev()
+        .find(|l| l.contains(" stats "))
+        .unwrap_or("");
+    eprintln!("{forged} forged datagrams; {last_stats}");
+    assert_eq!(
+        outcome.delivered,
+        ["big.bin"],
+        "lost: {:?}\n{}",
+        outcome.lost_named,
+        checkvalve_tests::tail(&rig.receiver.log)
+    );
+}

@@ -6,6 +6,51 @@ use super::engine::Assembler;
 use super::types::{Abandon, ObjectKey};
 
 impl Assembler {
+    /// Frees an object slot for `for_session`: the least advanced object of the session holding
+    /// the most objects, if that is more than its fair share of the slots (never
+    /// `for_session`'s own), is given up.
+    pub(crate) fn make_object_room(&mut self, for_session: u64) {
+        let newcomer = self
+            .sessions
+            .get(&for_session)
+            .is_none_or(|s| s.objects.is_empty());
+        let active = self
+            .sessions
+            .values()
+            .filter(|s| !s.objects.is_empty())
+            .count()
+            + usize::from(newcomer);
+        let share = self.config.max_objects / active.max(1);
+        let victim = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| **id != for_session && s.objects.len() > share)
+            .max_by_key(|(id, s)| (s.objects.len(), **id))
+            .map(|(id, _)| *id);
+        let Some(victim) = victim else { return };
+        let (sessions, mut sh) = self.split();
+        let Some(s) = sessions.get_mut(&victim) else {
+            return;
+        };
+        let least = s
+            .objects
+            .iter()
+            .map(|(&o, obj)| (obj.done_count, obj.blocks.len(), o))
+            .min()
+            .map(|(_, _, o)| o);
+        if let Some(object) = least {
+            sh.counters.preempted_blocks += 1;
+            sh.lose(
+                s,
+                ObjectKey {
+                    session: victim,
+                    object,
+                },
+                Some(Abandon::Preempted),
+            );
+        }
+    }
+
     /// Frees room for `cost` more bytes: pooled buffers first, then the least advanced blocks of
     /// sessions holding more than their fair share (never `for_session`'s own).
     pub(crate) fn make_room(&mut self, for_session: u64, cost: usize) {

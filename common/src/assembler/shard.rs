@@ -80,6 +80,18 @@ impl Assembler {
     /// the bounds.
     fn open_object(&mut self, now: Instant, x: &Shard<'_>) -> Result<Step, WireError> {
         let (h, key) = (&x.h, x.key);
+        let new = self
+            .sessions
+            .get(&h.session)
+            .is_some_and(|s| !s.objects.contains_key(&h.object) && !s.finished.contains(h.object));
+        // A session holding more than its share (of memory, or of the object slots) gives way to
+        // this one: without this, one that filled both first would keep every other out.
+        if new && !self.budget.fits(OBJECT_COST) {
+            self.make_room(h.session, OBJECT_COST);
+        }
+        if new && self.objects >= self.config.max_objects {
+            self.make_object_room(h.session);
+        }
         let (sessions, mut sh) = self.split();
         let Some(s) = sessions.get_mut(&h.session) else {
             return Ok(Step::Done);

@@ -128,6 +128,9 @@ pub enum Abandon {
     /// Not one datagram of the object arrived; the sender's announcement named it.
     #[error("not one datagram of it arrived (named by the sender's announcement)")]
     NothingArrived,
+    /// Given up to make room for another session: its own held more than its fair share.
+    #[error("given up to make room for another sender (this one held more than its share)")]
+    Preempted,
     /// The receiver was stopped before the object was complete.
     #[error("receiver stopped before the object was complete")]
     ReceiverStopped,
