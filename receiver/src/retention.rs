@@ -18,6 +18,9 @@ use crate::share::Share;
 const EVERY: Duration = Duration::from_secs(60);
 
 /// Applies `limits` now and every minute until `stop`.
+/// Files that cannot be removed named per retention pass; the rest are counted in one line.
+const NAMED_FAILURES: u64 = 10;
+
 pub fn run(share: Arc<Share>, manifest: Arc<Manifest>, limits: Retention, stop: Arc<AtomicBool>) {
     let mut waited = EVERY;
     while !stop.load(Ordering::Relaxed) {
@@ -45,6 +48,9 @@ pub fn apply(share: &Share, manifest: &Manifest, limits: &Retention, now: System
                 .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         });
     let mut removed = 0;
+    // Files that cannot be removed are named, a few per pass: a folder of them would otherwise
+    // repeat a WARN per file at every pass.
+    let mut refused = 0u64;
     for (published, rel, size) in files {
         let too_old = cutoff.is_some_and(|c| published < c);
         let too_big = limits.max_bytes.is_some_and(|m| total > m);
@@ -66,9 +72,18 @@ pub fn apply(share: &Share, manifest: &Manifest, limits: &Retention, now: System
             }
             Err(e) => {
                 total = total.saturating_sub(size);
-                warn!(path = %rel, "{reason}, but cannot be removed: {e}");
+                refused += 1;
+                if refused <= NAMED_FAILURES {
+                    warn!(path = %rel, "{reason}, but cannot be removed: {e}");
+                }
             }
         }
+    }
+    if refused > NAMED_FAILURES {
+        warn!(
+            more = refused - NAMED_FAILURES,
+            "retention: more files could not be removed in this pass"
+        );
     }
     removed
 }
