@@ -17,10 +17,10 @@ use crate::share::Share;
 /// How often the share is examined.
 const EVERY: Duration = Duration::from_secs(60);
 
-/// Applies `limits` now and every minute until `stop`.
 /// Files that cannot be removed named per retention pass; the rest are counted in one line.
 const NAMED_FAILURES: u64 = 10;
 
+/// Applies `limits` now and every minute until `stop`.
 pub fn run(share: Arc<Share>, manifest: Arc<Manifest>, limits: Retention, stop: Arc<AtomicBool>) {
     let mut waited = EVERY;
     while !stop.load(Ordering::Relaxed) {
