@@ -3,9 +3,25 @@
 //! that have waited so long they can no longer complete.
 
 use super::engine::Assembler;
+use super::session::Session;
 use super::types::{Abandon, ObjectKey};
 
 impl Assembler {
+    /// The session (never `for_session`) that holds the most by `held`, if that is more than
+    /// `share`.
+    fn greediest(
+        &self,
+        for_session: u64,
+        share: usize,
+        held: impl Fn(&Session) -> usize,
+    ) -> Option<u64> {
+        self.sessions
+            .iter()
+            .filter(|(id, s)| **id != for_session && held(s) > share)
+            .max_by_key(|(id, s)| (held(s), **id))
+            .map(|(id, _)| *id)
+    }
+
     /// Frees an object slot for `for_session`: the least advanced object of the session holding
     /// the most objects, if that is more than its fair share of the slots (never
     /// `for_session`'s own), is given up.
@@ -21,13 +37,9 @@ impl Assembler {
             .count()
             + usize::from(newcomer);
         let share = self.config.max_objects / active.max(1);
-        let victim = self
-            .sessions
-            .iter()
-            .filter(|(id, s)| **id != for_session && s.objects.len() > share)
-            .max_by_key(|(id, s)| (s.objects.len(), **id))
-            .map(|(id, _)| *id);
-        let Some(victim) = victim else { return };
+        let Some(victim) = self.greediest(for_session, share, |s| s.objects.len()) else {
+            return;
+        };
         let (sessions, mut sh) = self.split();
         let Some(s) = sessions.get_mut(&victim) else {
             return;
@@ -62,13 +74,9 @@ impl Assembler {
         let active = self.sessions.values().filter(|s| s.used > 0).count() + usize::from(newcomer);
         let share = self.budget.fair_share(active);
         while !self.budget.fits(cost) {
-            let victim = self
-                .sessions
-                .iter()
-                .filter(|(id, s)| **id != for_session && s.used > share)
-                .max_by_key(|(id, s)| (s.used, **id))
-                .map(|(id, _)| *id);
-            let Some(victim) = victim else { break };
+            let Some(victim) = self.greediest(for_session, share, |s| s.used) else {
+                break;
+            };
             let (sessions, mut sh) = self.split();
             let Some(s) = sessions.get_mut(&victim) else {
                 break;
