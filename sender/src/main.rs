@@ -275,8 +275,13 @@ fn run(args: Args) -> Result<ExitCode> {
             },
             None => None,
         };
-        status::print(cfg.as_ref(), state.as_deref(), *json)?;
-        return Ok(ExitCode::SUCCESS);
+        // A health check: 0 when the sender runs with no recent ERROR, 3 otherwise.
+        let healthy = status::print(cfg.as_ref(), state.as_deref(), *json)?;
+        return Ok(if healthy {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(3)
+        });
     }
     // Before any thread starts: threads take their creator's niceness.
     if args.nice > 0

@@ -81,9 +81,13 @@ pub fn write(status: &mut Status, state: &Path) -> std::io::Result<()> {
     fs::rename(&tmp, state.join(FILE))
 }
 
+/// How recent an ERROR must be for `status` to call the sender unhealthy.
+const RECENT_ERROR: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Prints the status of the sender configured by `cfg` (live queue from its spools) or of the one
-/// whose state folder is `state` (the queue as last written).
-pub fn print(cfg: Option<&Config>, state: Option<&Path>, json: bool) -> anyhow::Result<()> {
+/// whose state folder is `state` (the queue as last written). True when the sender is healthy:
+/// running, with no ERROR in the last five minutes (a health check's exit code).
+pub fn print(cfg: Option<&Config>, state: Option<&Path>, json: bool) -> anyhow::Result<bool> {
     let state = state
         .map(Path::to_path_buf)
         .or_else(|| cfg.and_then(|c| c.state.clone()));
@@ -107,15 +111,23 @@ pub fn print(cfg: Option<&Config>, state: Option<&Path>, json: bool) -> anyhow::
             && now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
                 <= s.updated_unix + STALE.as_secs()
     });
+    let recent_error = status
+        .as_ref()
+        .and_then(|s| s.last_problem.as_ref())
+        .filter(|p| p.level == "ERROR")
+        .and_then(|p| humantime::parse_rfc3339(&p.time).ok())
+        .is_some_and(|t| now.duration_since(t).unwrap_or_default() < RECENT_ERROR);
+    let healthy = running && !recent_error;
     if json {
         let v = serde_json::json!({
             "running": running,
+            "healthy": healthy,
             "state": state,
             "status": status,
             "channels": channels,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return Ok(healthy);
     }
     match (&state, &status) {
         (None, _) => {
@@ -174,7 +186,7 @@ pub fn print(cfg: Option<&Config>, state: Option<&Path>, json: bool) -> anyhow::
             c.queued, c.queued_bytes
         );
     }
-    Ok(())
+    Ok(healthy)
 }
 
 /// What waits in a spool now: every file not ignored and not kept, the oldest by modification time.

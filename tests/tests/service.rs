@@ -411,9 +411,10 @@ fn status_reports_the_queue_what_was_sent_today_and_the_last_error_with_no_sende
         .output()
         .expect("status");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a sender not running is not healthy: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("NOT RUNNING"), "{text}");
@@ -449,6 +450,11 @@ fn status_reports_the_queue_what_was_sent_today_and_the_last_error_with_no_sende
         .expect("status");
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json status");
     assert_eq!(v["running"], true, "{v}");
+    assert_eq!(
+        json.status.success(),
+        v["healthy"] == true,
+        "the exit code says what `healthy` says: {v}"
+    );
     assert_eq!(v["status"]["sent"]["files_today"], 8, "{v}");
     assert!(sender.stop().success());
     let outcome = rig.outcome();
