@@ -31,14 +31,22 @@ fn config_in(dir: &Path, rig: &Path, to: &str, body: &str) -> std::path::PathBuf
     path
 }
 
-/// Writes `len` seeded bytes under `staging`, then renames them to `dest` (as producers should);
-/// returns their SHA-256.
+/// Writes `len` seeded bytes under `staging`, then renames them to `dest` (as producers should:
+/// the sender removes subfolders that sending emptied, so the folder is made again and the rename
+/// retried when it was removed in between); returns their SHA-256.
 fn drop_file(staging: &Path, dest: &Path, len: usize, seed: u64) -> [u8; 32] {
     let tmp = staging.join(format!("{seed}.tmp"));
     write_file(&tmp, len, seed);
     let digest: [u8; 32] = sha2::Sha256::digest(std::fs::read(&tmp).expect("read")).into();
-    std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
-    std::fs::rename(&tmp, dest).expect("rename");
+    let folder = dest.parent().expect("parent");
+    for attempt in 1.. {
+        std::fs::create_dir_all(folder).expect("mkdir");
+        match std::fs::rename(&tmp, dest) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 10 => {}
+            Err(e) => panic!("rename: {e}"),
+        }
+    }
     digest
 }
 
