@@ -55,6 +55,9 @@ pub struct Announcer {
     /// earlier entries with as many announcements sent, but may be earlier than an earlier
     /// entry's next one: every turn looks at the whole schedule (it is short).
     scheduled: VecDeque<Scheduled>,
+    /// The earliest due time in `scheduled`, kept as it changes: the transmitter asks before
+    /// every send, and the schedule can hold thousands of entries.
+    earliest: Option<Instant>,
     /// Entries dropped because the schedule was full.
     pub dropped: u64,
 }
@@ -66,6 +69,7 @@ impl Announcer {
             session,
             max_len,
             scheduled: VecDeque::new(),
+            earliest: None,
             dropped: 0,
         }
     }
@@ -83,11 +87,14 @@ impl Announcer {
             due: now,
             hurried: false,
         });
+        // An entry dropped above can only leave this early: the next poll finds nothing due
+        // and recomputes it.
+        self.earliest = Some(self.earliest.map_or(now, |e| e.min(now)));
     }
 
     /// The instant the next announcement is due, if any is scheduled.
     pub fn next_due(&self) -> Option<Instant> {
-        self.scheduled.iter().map(|s| s.due).min()
+        self.earliest
     }
 
     /// Entries still to announce.
@@ -117,6 +124,7 @@ impl Announcer {
         }
         let out = emit_announcement(self.session, &due, self.max_len);
         self.scheduled.retain(|s| s.sent < REPEATS);
+        self.earliest = self.scheduled.iter().map(|s| s.due).min();
         out
     }
 
@@ -127,6 +135,7 @@ impl Announcer {
             s.hurried = true;
             s.due = s.due.min(now);
         }
+        self.earliest = self.scheduled.iter().map(|s| s.due).min();
     }
 }
 

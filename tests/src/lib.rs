@@ -521,6 +521,18 @@ impl Rig {
     }
 }
 
+/// Bytes of the files directly in `dir` (a manifest folder, say); 0 if it does not exist.
+pub fn folder_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Waits until `proc`'s log contains `needle`.
 pub fn wait_for_log(proc: &Proc, needle: &str, limit: Duration) {
     let deadline = Instant::now() + limit;

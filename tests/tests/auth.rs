@@ -496,12 +496,8 @@ fn thirty_seconds_of_flood_from_many_sessions_cost_a_keyed_receiver_nothing() {
         "unexpected entries in the share: {outside:?}"
     );
     let log = receiver.log_text();
-    let manifest: u64 = std::fs::read_dir(out.join(".checkvalve/manifest"))
-        .expect("manifest")
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    let manifest = checkvalve_tests::folder_bytes(&out.join(".checkvalve/manifest"));
+    assert!(manifest > 0, "no manifest");
     eprintln!(
         "{forged} flood datagrams; refused {}; peak RSS {peak} KiB; {} log lines; manifest {manifest} bytes",
         refused(&out),

@@ -359,14 +359,7 @@ fn a_flood_of_forged_sessions_does_not_flood_the_log_or_the_manifest() {
     // Let every forged object and gap time out and be recorded.
     std::thread::sleep(Duration::from_secs(4));
     let log = rig.receiver.log_text();
-    let manifest: u64 = std::fs::read_dir(rig.manifest_path())
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0);
+    let manifest: u64 = checkvalve_tests::folder_bytes(&rig.manifest_path());
     eprintln!(
         "{} log lines, {} bytes of manifest, {} new-session lines",
         log.lines().count(),
@@ -501,14 +494,7 @@ fn ten_seconds_of_tiny_forged_files_from_sixteen_sessions_stay_bounded() {
     // real transfer.
     let state = rig.out.join(".checkvalve");
     let taken = || {
-        let records: u64 = std::fs::read_dir(rig.manifest_path())
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
+        let records: u64 = checkvalve_tests::folder_bytes(&rig.manifest_path());
         let datagrams = checkvalve_formats::live::State::read(&state).map_or(0, |s| s.datagrams);
         (datagrams, records)
     };
@@ -549,14 +535,7 @@ fn ten_seconds_of_tiny_forged_files_from_sixteen_sessions_stay_bounded() {
         .lines()
         .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
         .count();
-    let manifest: u64 = std::fs::read_dir(rig.manifest_path())
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0);
+    let manifest: u64 = checkvalve_tests::folder_bytes(&rig.manifest_path());
     let published = digest_tree(&rig.out.join("flood")).len() as u64;
     eprintln!(
         "{sent} datagrams sent; peak {peak} open files; {loud} ERROR/WARN lines of {}; {manifest} bytes of manifest for {published} files published",
