@@ -14,7 +14,10 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use ring::hkdf;
 use thiserror::Error;
 
-use crate::wire::{ANNOUNCE_HEADER_LEN, COMMON_HEADER_LEN, CRC_LEN, MAGIC, SHARD_HEADER_LEN, kind};
+use crate::wire::{
+    ANNOUNCE_HEADER_LEN, COMMON_HEADER_LEN, CRC_LEN, MAGIC, SHARD_HEADER_LEN, TAILS_HEADER_LEN,
+    kind,
+};
 
 /// Flag: the datagram carries an authentication trailer.
 pub const FLAG_AUTH: u16 = 0x0001;
@@ -177,6 +180,8 @@ fn payload_start(body: &[u8]) -> usize {
         Some(&kind::SHARD) => SHARD_HEADER_LEN.min(body.len()),
         // An announcement's entries are what encryption hides: names, sizes, digests.
         Some(&kind::ANNOUNCE) => ANNOUNCE_HEADER_LEN.min(body.len()),
+        // Likewise the tails' channel names and positions.
+        Some(&kind::TAILS) => TAILS_HEADER_LEN.min(body.len()),
         _ => body.len(),
     }
 }

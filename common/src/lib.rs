@@ -19,6 +19,7 @@ pub mod ranges;
 pub mod repair;
 pub mod settings;
 pub mod shed;
+pub mod stream;
 pub mod stripe;
 pub mod units;
 pub mod wire;

@@ -66,6 +66,127 @@ pub mod kind {
     pub const HEARTBEAT: u8 = 2;
     /// An announcement: objects named, with their sizes and digests (§2.4).
     pub const ANNOUNCE: u8 = 3;
+    /// Stream tails: how far each record channel of the session has been sent (§2.5).
+    pub const TAILS: u8 = 4;
+}
+
+/// Length of a stream tails datagram's header (common header, count, reserved).
+pub const TAILS_HEADER_LEN: usize = 20;
+/// Bytes of a tail entry besides its channel name: end, time, name length.
+pub const TAIL_ENTRY_FIXED: usize = 8 + 8 + 1;
+
+/// How far one record channel has been sent: every record below `end` went out whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamTail {
+    /// The channel.
+    pub channel: String,
+    /// One past the last sequence number sent.
+    pub end: u64,
+    /// Sender time of that last record, microseconds since the Unix epoch.
+    pub time_us: i64,
+}
+
+/// A received stream tails datagram: its entries, checked to fill it exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tails<'a> {
+    /// Sender session.
+    pub session: u64,
+    entries: &'a [u8],
+}
+
+impl<'a> Tails<'a> {
+    /// The entries, in order: channel (valid UTF-8; the name rules are the caller's to apply),
+    /// end and time.
+    pub fn entries(&self) -> impl Iterator<Item = (&'a str, u64, i64)> + 'a {
+        let mut rest = self.entries;
+        std::iter::from_fn(move || {
+            let (entry, len) = tail_at(rest).ok()?;
+            rest = &rest[len..];
+            Some(entry)
+        })
+    }
+
+    fn parse(bytes: &'a [u8], session: u64) -> Result<Self, WireError> {
+        if bytes.len() < TAILS_HEADER_LEN + TAIL_ENTRY_FIXED + CRC_LEN {
+            return Err(WireError::TooShort(bytes.len()));
+        }
+        if be_u16(bytes, 18) != 0 {
+            return Err(WireError::InvalidHeader("reserved tails bytes are not 0"));
+        }
+        let count = be_u16(bytes, 16);
+        let entries = &bytes[TAILS_HEADER_LEN..bytes.len() - CRC_LEN];
+        let mut rest = entries;
+        for _ in 0..count {
+            let (_, len) = tail_at(rest)?;
+            rest = &rest[len..];
+        }
+        if count == 0 || !rest.is_empty() {
+            return Err(WireError::InvalidHeader(
+                "tail entries do not fill the datagram exactly",
+            ));
+        }
+        Ok(Tails { session, entries })
+    }
+}
+
+/// The tail entry at the start of `bytes` and its length.
+fn tail_at(bytes: &[u8]) -> Result<((&str, u64, i64), usize), WireError> {
+    if bytes.len() < TAIL_ENTRY_FIXED {
+        return Err(WireError::InvalidHeader("tail entry cut short"));
+    }
+    let len = TAIL_ENTRY_FIXED + usize::from(bytes[16]);
+    let name = bytes
+        .get(TAIL_ENTRY_FIXED..len)
+        .ok_or(WireError::InvalidHeader("tail entry cut short"))?;
+    let name = std::str::from_utf8(name)
+        .map_err(|_| WireError::InvalidHeader("channel name is not UTF-8"))?;
+    let end = be_u64(bytes, 0);
+    if end > 1 << 63 {
+        return Err(WireError::InvalidHeader("sequence number past 2^63"));
+    }
+    Ok(((name, end, be_u64(bytes, 8) as i64), len))
+}
+
+/// Stream tails datagrams of `session` carrying `tails`, packed in order, each at most `max_len`
+/// bytes; a tail whose channel name is longer than 255 bytes is left out.
+pub fn emit_tails(session: u64, tails: &[StreamTail], max_len: usize) -> Vec<Vec<u8>> {
+    let room = max_len.saturating_sub(TAILS_HEADER_LEN + CRC_LEN);
+    let mut out = Vec::new();
+    let mut group: Vec<&StreamTail> = Vec::new();
+    let mut used = 0;
+    let flush = |group: &mut Vec<&StreamTail>, out: &mut Vec<Vec<u8>>| {
+        if group.is_empty() {
+            return;
+        }
+        let mut d = Vec::with_capacity(max_len);
+        emit_common(&mut d, VERSION, kind::TAILS, session);
+        d.extend_from_slice(&(group.len() as u16).to_be_bytes());
+        d.extend_from_slice(&[0; 2]);
+        for t in group.iter() {
+            d.extend_from_slice(&t.end.to_be_bytes());
+            d.extend_from_slice(&t.time_us.to_be_bytes());
+            d.push(t.channel.len() as u8);
+            d.extend_from_slice(t.channel.as_bytes());
+        }
+        let crc = crc32fast::hash(&d);
+        d.extend_from_slice(&crc.to_be_bytes());
+        out.push(d);
+        group.clear();
+    };
+    for t in tails {
+        let len = TAIL_ENTRY_FIXED + t.channel.len();
+        if t.channel.len() > usize::from(u8::MAX) || len > room {
+            continue;
+        }
+        if used + len > room || group.len() == usize::from(u16::MAX) {
+            flush(&mut group, &mut out);
+            used = 0;
+        }
+        group.push(t);
+        used += len;
+    }
+    flush(&mut group, &mut out);
+    out
 }
 
 /// Length of an announcement's header (common header, count, reserved).
@@ -303,6 +424,8 @@ pub enum Datagram<'a> {
     Heartbeat(Heartbeat),
     /// An announcement.
     Announce(Announcement<'a>),
+    /// Stream tails.
+    Tails(Tails<'a>),
 }
 
 fn be_u16(b: &[u8], at: usize) -> u16 {
@@ -480,6 +603,7 @@ pub fn parse(bytes: &[u8]) -> Result<Datagram<'_>, WireError> {
         }
         kind::HEARTBEAT => Ok(Datagram::Heartbeat(Heartbeat::parse(bytes, session)?)),
         kind::ANNOUNCE => Ok(Datagram::Announce(Announcement::parse(bytes, session)?)),
+        kind::TAILS => Ok(Datagram::Tails(Tails::parse(bytes, session)?)),
         other => Err(WireError::UnknownType(other)),
     }
 }
@@ -539,6 +663,37 @@ mod tests {
         let bytes = hb.to_bytes();
         assert_eq!(bytes.len(), HEARTBEAT_LEN);
         assert_eq!(parse(&bytes), Ok(Datagram::Heartbeat(hb)));
+    }
+
+    #[test]
+    fn tails_round_trip_and_cut_ones_are_refused() {
+        let tails = vec![
+            StreamTail {
+                channel: "syslog".into(),
+                end: 100,
+                time_us: -5,
+            },
+            StreamTail {
+                channel: "hist".into(),
+                end: 1 << 63,
+                time_us: 7,
+            },
+        ];
+        let out = emit_tails(3, &tails, 1400);
+        assert_eq!(out.len(), 1);
+        let Ok(Datagram::Tails(t)) = parse(&out[0]) else {
+            panic!("not tails");
+        };
+        assert_eq!(t.session, 3);
+        let got: Vec<_> = t.entries().collect();
+        assert_eq!(got, [("syslog", 100, -5), ("hist", 1 << 63, 7)]);
+        let two = emit_tails(3, &tails, TAILS_HEADER_LEN + CRC_LEN + TAIL_ENTRY_FIXED + 6);
+        assert_eq!(two.len(), 2);
+        let mut cut = out[0].clone();
+        cut.truncate(cut.len() - CRC_LEN - 1);
+        let crc = crc32fast::hash(&cut);
+        cut.extend_from_slice(&crc.to_be_bytes());
+        assert!(parse(&cut).is_err());
     }
 
     #[test]

@@ -291,3 +291,65 @@ fn the_announcement_vector_matches_the_spec_and_parses_back() {
         (0, 14, "hello.txt")
     );
 }
+
+fn vector_record_batch() -> checkvalve_common::stream::batch::RecordBatch {
+    use checkvalve_common::stream::batch::{Record, RecordBatch};
+    RecordBatch {
+        channel: "syslog".into(),
+        records: vec![
+            Record {
+                seq: 41,
+                time_us: 1_700_000_000_000_001,
+                topic: vec![],
+                payload: b"pump on".to_vec(),
+            },
+            Record {
+                seq: 42,
+                time_us: 1_700_000_000_500_000,
+                topic: b"plant/t1".to_vec(),
+                payload: b"21.5".to_vec(),
+            },
+        ],
+    }
+}
+
+#[test]
+fn the_record_batch_vector_matches_the_spec_and_decodes_back() {
+    use checkvalve_common::stream::batch::RecordBatch;
+    let batch = vector_record_batch();
+    let ours = hex(&batch.encode().expect("encodes"));
+    assert_eq!(
+        spec_block("<!-- vector:record-batch -->"),
+        vec![ours.clone()],
+        "docs/protocol.md record batch vector is stale; emitted:\n{ours}"
+    );
+    assert_eq!(RecordBatch::decode("syslog", &unhex(&ours)), Ok(batch));
+}
+
+#[test]
+fn the_tails_vector_matches_the_spec_and_parses_back() {
+    use checkvalve_common::wire::{Datagram, StreamTail, emit_tails, parse};
+    let session = checkvalve_common::stream::stream_session(SESSION);
+    let tail = StreamTail {
+        channel: "syslog".into(),
+        end: 43,
+        time_us: 1_700_000_000_500_000,
+    };
+    let mut out = emit_tails(session, &[tail], 1448);
+    assert_eq!(out.len(), 1);
+    let ours = hex(&out.remove(0));
+    assert_eq!(
+        spec_block("<!-- vector:tails -->"),
+        vec![ours.clone()],
+        "docs/protocol.md tails vector is stale; emitted:\n{ours}"
+    );
+    let bytes = unhex(&ours);
+    let Ok(Datagram::Tails(t)) = parse(&bytes) else {
+        panic!("not tails");
+    };
+    assert_eq!(t.session, session);
+    assert_eq!(
+        t.entries().collect::<Vec<_>>(),
+        [("syslog", 43, 1_700_000_000_500_000)]
+    );
+}

@@ -176,6 +176,8 @@ const SENDER: &[(&str, i64)] = &[
     ("sendto", libc::SYS_sendto),
     ("sendmsg", libc::SYS_sendmsg),
     ("sendmmsg", libc::SYS_sendmmsg),
+    // Whether the stream inputs' process (started before the confinement) still runs.
+    ("wait4", libc::SYS_wait4),
 ];
 
 /// What only the receiver may do: receive on the socket it already holds.

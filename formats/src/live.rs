@@ -173,6 +173,31 @@ pub struct State {
     pub manifest_hash: String,
     /// The last hour, one sample per 10 s.
     pub history: VecDeque<Sample>,
+    /// The record channels.
+    #[serde(default)]
+    pub streams: Vec<StreamView>,
+}
+
+/// One record channel as the receiver last wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamView {
+    /// The channel (its folder in the share).
+    pub name: String,
+    /// Records written since the receiver started.
+    pub records: u64,
+    /// Batches taken in.
+    pub batches: u64,
+    /// Gaps marked.
+    pub gaps: u64,
+    /// Records lost in them.
+    pub missing: u64,
+    /// Records that came again and were dropped.
+    pub duplicates: u64,
+    /// The next sequence number to write.
+    pub next_seq: Option<u64>,
+    /// From the sender taking the last record written to its writing, milliseconds (by the two
+    /// hosts' clocks).
+    pub lag_ms: Option<u64>,
 }
 
 impl State {

@@ -42,6 +42,8 @@ pub enum Status {
     /// Datagrams of new sessions refused over an interval: every session slot held a sender
     /// that may not give way.
     SessionsRefused,
+    /// Records of a stream channel lost for good: `missing` of them, where the marker line stands.
+    StreamGap,
 }
 
 impl Status {
@@ -61,6 +63,7 @@ impl Status {
             Status::Torn => "torn",
             Status::ChainBreak => "chain_break",
             Status::SessionsRefused => "sessions_refused",
+            Status::StreamGap => "stream_gap",
         }
     }
 
@@ -76,6 +79,7 @@ impl Status {
                 | Status::Torn
                 | Status::ChainBreak
                 | Status::SessionsRefused
+                | Status::StreamGap
         )
     }
 }
@@ -161,6 +165,15 @@ pub enum Detail {
         refused_datagrams: u64,
         /// Sessions the table held.
         sessions_held: u64,
+    },
+    /// `stream_gap`: the records of a channel that will never be delivered.
+    Gap {
+        /// The channel.
+        channel: String,
+        /// The first sequence number missing.
+        first_seq: u64,
+        /// How many are missing.
+        missing: u64,
     },
     /// `chain_break`: where the chain had reached, and where it was found to end.
     Break {

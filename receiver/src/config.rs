@@ -62,6 +62,8 @@ pub struct Settings {
     pub group: Option<String>,
     /// Which names the share accepts.
     pub names: NamePolicy,
+    /// How long a record channel waits for a late batch before marking its records lost.
+    pub reorder_window: Duration,
     /// The operator accepts unauthenticated datagrams: without a key, the receiver runs
     /// unauthenticated (and says so); with one, it accepts both (a migration).
     pub allow_unauthenticated: bool,
@@ -101,6 +103,7 @@ struct Raw {
     file_mode: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
     names: Option<Spanned<String>>,
+    reorder_window: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +146,8 @@ pub mod defaults {
     pub const FILE_MODE: &str = "0640";
     /// `names`.
     pub const NAMES: &str = "portable";
+    /// `reorder_window`.
+    pub const REORDER_WINDOW: &str = "1s";
 }
 
 /// A file mode in octal (`0640`, `640` or `0o640`): permission bits only, never writable by others.
@@ -200,6 +205,7 @@ impl Settings {
             file_mode: parse_mode(defaults::FILE_MODE).expect("default mode"),
             group: None,
             names: defaults::NAMES.parse().expect("default names"),
+            reorder_window: duration(defaults::REORDER_WINDOW),
         }
     }
 
@@ -280,6 +286,7 @@ impl Settings {
             (&raw.object_timeout, &mut s.object_timeout),
             (&raw.stats_interval, &mut s.stats_interval),
             (&raw.aggregate_interval, &mut s.aggregate_interval),
+            (&raw.reorder_window, &mut s.reorder_window),
         ];
         for (given, value) in durations {
             if let Some(d) = given {

@@ -68,6 +68,8 @@ pub struct Live {
     last_sample: Option<Instant>,
     chores: Queue,
     writer: Arc<Mutex<StateWriter>>,
+    /// The record channels, as their stage last said.
+    streams: crate::streams::Views,
 }
 
 /// What the receive loop hands over each second.
@@ -174,7 +176,9 @@ impl Live {
                 manifest_seq: 0,
                 manifest_hash: String::new(),
                 history: VecDeque::new(),
+                streams: Vec::new(),
             },
+            streams: crate::streams::Views::default(),
             loss_warn,
             loss_every,
             last_loss: Instant::now(),
@@ -187,6 +191,11 @@ impl Live {
             chores,
             writer,
         }
+    }
+
+    /// Takes the record channels' figures from `views` (kept by their stage).
+    pub fn show_streams(&mut self, views: crate::streams::Views) {
+        self.streams = views;
     }
 
     /// Datagrams arrive again (or for the first time).
@@ -247,6 +256,10 @@ impl Live {
     pub fn session(&mut self, session: u64, after_us: bool) {
         let id = format!("{session:016x}");
         match self.last_session {
+            Some(previous) if checkvalve_common::stream::same_sender(previous, session) => {
+                info!(session = %id, files = format_args!("{previous:016x}"), "the sender's record streams and files: two sessions of one sender");
+                return;
+            }
             Some(previous) => {
                 self.state.sender_restarts += 1;
                 warn!(session = %id, previous = format_args!("{previous:016x}"), "sender restarted: new session");
@@ -379,6 +392,7 @@ impl Live {
     /// the end, when it waits for room.
     fn write(&mut self, wall: SystemTime, stopped: bool, sample: Option<(u64, u64, u64)>) -> bool {
         self.state.stopped = stopped;
+        self.state.streams = self.streams.lock().map(|v| v.clone()).unwrap_or_default();
         self.state.updated = rfc3339(wall);
         self.state.updated_unix = unix(wall);
         let update = Update {

@@ -59,6 +59,9 @@ pub enum LossReason {
     /// The content could not be read to verify it.
     #[error("not published: cannot verify: {0}")]
     Unverifiable(#[source] io::Error),
+    /// Its head says it is a record batch, but not one a channel can take.
+    #[error("not a record batch a channel takes: {0}")]
+    NotRecords(#[source] checkvalve_common::stream::batch::BatchError),
     /// It verified, but could not be moved into the share.
     #[error("not published: {0}")]
     NotPublished(#[source] PublishError),

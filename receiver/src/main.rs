@@ -19,6 +19,7 @@ mod receive;
 mod report;
 mod retention;
 mod share;
+mod streams;
 mod writer;
 
 use std::path::PathBuf;
@@ -57,6 +58,9 @@ struct Args {
     /// Give up on an object after this long without a new datagram for it.
     #[arg(long, default_value = defaults::OBJECT_TIMEOUT, value_parser = parse_duration)]
     object_timeout: Duration,
+    /// How long a record channel waits for a late batch before marking its records lost.
+    #[arg(long, default_value = defaults::REORDER_WINDOW, value_parser = parse_duration)]
+    reorder_window: Duration,
     /// Largest file accepted.
     #[arg(long, default_value = defaults::MAX_OBJECT_SIZE, value_parser = parse_size)]
     max_object_size: u64,
@@ -232,6 +236,7 @@ fn settings(args: &Args) -> Result<Option<Settings>> {
         file_mode: args.file_mode,
         group: args.group.clone(),
         names: args.names,
+        reorder_window: args.reorder_window,
     })
     .filter(|s| match s.check_auth() {
         Ok(()) => true,

@@ -51,6 +51,11 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// The manifest it writes to.
+    pub fn manifest(&self) -> &Arc<Manifest> {
+        &self.manifest
+    }
+
     /// A recorder into `manifest`.
     pub fn new(manifest: Arc<Manifest>) -> Recorder {
         Recorder {

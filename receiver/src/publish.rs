@@ -8,13 +8,16 @@
 //! lane, whatever the case of its letters, so that two versions of it are published in the order
 //! they completed; the share checks precedence and case clashes under its own lock at the rename.
 
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
+
+use checkvalve_common::meta::ObjectKind;
 
 use tracing::error;
 
 use crate::manifest::Verified;
 use crate::outcome::{LossReason, Outcome, Recorder};
-use crate::pipeline::messages::PublishJob;
+use crate::pipeline::messages::{PublishJob, ToStreams};
 use crate::share::{PublishError, Published, Share};
 
 /// Files at least this large go to the large-file lane.
@@ -26,21 +29,53 @@ pub const SMALL_LANES: usize = 4;
 /// a full lane holds up the hasher, and so, in turn, the writer and the receive loop.
 pub const LANE_QUEUE: usize = 256;
 
-/// Where verified objects are queued: one queue per lane.
+/// Where verified objects are queued: one queue per lane, and record batches to the channels'
+/// stage.
 pub struct Publisher {
     small: Vec<SyncSender<PublishJob>>,
     large: SyncSender<PublishJob>,
+    streams: SyncSender<ToStreams>,
+    share: Arc<Share>,
 }
 
 impl Publisher {
-    /// Queues into the lanes `small` (at least one) and `large`.
-    pub fn new(small: Vec<SyncSender<PublishJob>>, large: SyncSender<PublishJob>) -> Self {
-        Publisher { small, large }
+    /// Queues files into the lanes `small` (at least one) and `large`, record batches (read from
+    /// their temporary files in `share`) into `streams`.
+    pub fn new(
+        small: Vec<SyncSender<PublishJob>>,
+        large: SyncSender<PublishJob>,
+        streams: SyncSender<ToStreams>,
+        share: Arc<Share>,
+    ) -> Self {
+        Publisher {
+            small,
+            large,
+            streams,
+            share,
+        }
     }
 
     /// Queues a job on its lane.
     pub fn send(&self, job: PublishJob) {
         let head = &job.object.head;
+        if head.kind == ObjectKind::Records {
+            let PublishJob { object, mut temp } = job;
+            let content = crate::streams::read_content(&mut temp.file, object.head.size);
+            self.share.discard(temp);
+            match content {
+                Ok(content) => {
+                    let msg = ToStreams::Batch {
+                        channel: object.head.path.clone(),
+                        content,
+                    };
+                    if self.streams.send(msg).is_err() {
+                        error!(object = %object.key, "record channels' stage stopped");
+                    }
+                }
+                Err(e) => error!(object = %object.key, "record batch not read back: {e}"),
+            }
+            return;
+        }
         let lane = if head.size >= LARGE || self.small.is_empty() {
             &self.large
         } else {

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant, SystemTime};
 use checkvalve_common::assembler::{Assembler, Event, ObjectKey};
 use checkvalve_common::auth::{Opener, Persisted, Refused};
 use checkvalve_common::link_state::LinkChange;
+use checkvalve_common::meta::ObjectKind;
 use checkvalve_common::repair::{Repair, Rows};
 use checkvalve_common::shed::{self, LossMeter};
+use checkvalve_common::stream::batch::{BatchError, MAX_BATCH_LEN, check_channel};
 use checkvalve_formats::manifest::{Detail, Status};
 use tracing::{debug, error, info, warn};
 
@@ -105,6 +107,8 @@ pub struct Wiring {
     pub failed: Receiver<(ObjectKey, LossReason)>,
     /// Bytes of objects in progress or queued for publication (their announced sizes).
     pub reserved: Reserved,
+    /// Into the record channels' stage, for the senders' tails.
+    pub streams: SyncSender<crate::pipeline::messages::ToStreams>,
     /// Link state, its records, and the live state file.
     pub live: Live,
     /// Authentication of datagrams, when keys are configured, and where its state is kept.
@@ -126,6 +130,8 @@ pub struct Receive {
     /// Path, size and disk reservation of objects whose head arrived (the name for a loss, the
     /// reservation for the object's way on).
     names: HashMap<ObjectKey, (String, u64, Reservation)>,
+    /// Record batch objects in progress (their heads said so).
+    batches: std::collections::HashSet<ObjectKey>,
     /// Free space kept on the output filesystem beyond everything in progress.
     min_free: u64,
     stats_every: Duration,
@@ -168,6 +174,7 @@ impl Receive {
             asm,
             out,
             names: HashMap::new(),
+            batches: std::collections::HashSet::new(),
             min_free,
             stats_every,
             last_stats: Instant::now(),
@@ -594,8 +601,29 @@ impl Receive {
             }
             Event::Link(LinkChange::Up) => self.out.live.link_up(Instant::now()),
             Event::Link(LinkChange::Silent(d)) => self.out.live.link_down(Instant::now(), d),
+            Event::Tails { tails, .. } => {
+                // Dropped when the stage is behind: the tails repeat every heartbeat.
+                let _ = self
+                    .out
+                    .streams
+                    .try_send(crate::pipeline::messages::ToStreams::Tails(tails));
+            }
             Event::Head { key, head } => {
                 debug!(path = %head.path, size = head.size, object = %key, "incoming");
+                if head.kind == ObjectKind::Records {
+                    if let Err(e) = check_channel(&head.path) {
+                        self.fail(key, LossReason::NotRecords(e));
+                        return;
+                    }
+                    if head.size > MAX_BATCH_LEN as u64 {
+                        self.fail(
+                            key,
+                            LossReason::NotRecords(BatchError::Size(head.size as usize)),
+                        );
+                        return;
+                    }
+                    self.batches.insert(key);
+                }
                 let (reservation, reserved) = self.out.reserved.take(head.size);
                 self.names
                     .insert(key, (head.path.clone(), head.size, reservation));
@@ -625,6 +653,7 @@ impl Receive {
                 precedence,
                 crossing,
             } => {
+                self.batches.remove(&key);
                 // The reservation goes on with the object, to its outcome.
                 let reservation = self.names.remove(&key).map(|(_, _, r)| r);
                 let (now, wall) = (Instant::now(), SystemTime::now());
@@ -651,6 +680,12 @@ impl Receive {
             } => {
                 let named = self.unname(key);
                 self.hand_to_writer(ToWriter::Discard { key });
+                if self.batches.remove(&key) {
+                    // A lost record batch is marked where its records would have been, from
+                    // the sequence numbers around it: not a file lost.
+                    debug!(object = %key, ?reason, "record batch lost");
+                    return;
+                }
                 let named = match (named, path) {
                     (Some((p, s)), _) => Some((p, Some(s))),
                     (None, p) => p.map(|p| (p, size)),

@@ -60,6 +60,9 @@ struct Report {
     removed_by_retention: u64,
     objects_lost: u64,
     lost: Vec<Lost>,
+    /// Record channels' gaps, and the records lost in them.
+    stream_gaps: u64,
+    records_missing: u64,
     datagrams_sent: u64,
     datagrams_received: u64,
     loss_rate: Option<f64>,
@@ -147,6 +150,12 @@ pub fn print(out: &Path, state: &Path, since: Option<Duration>, format: Format) 
                         objects: v.objects,
                         reason,
                     });
+                }
+                Status::StreamGap => {
+                    r.stream_gaps += 1;
+                    if let Some(Detail::Gap { missing, .. }) = v.detail {
+                        r.records_missing += missing;
+                    }
                 }
                 Status::Loss => {
                     if let Some(Detail::Loss { sent, received, .. }) = v.detail {
@@ -256,6 +265,10 @@ fn print_text(r: &Report, out: &Path) {
         };
         println!("  {}  {}  ({})", l.time, what, l.reason);
     }
+    println!(
+        "RECORDS MISSING:   {} in {} gap(s) of record channels",
+        r.records_missing, r.stream_gaps
+    );
     if !r.link_events.is_empty() {
         println!();
         println!("link events:");

@@ -64,6 +64,9 @@ pub enum PublishError {
     /// Something on the way is not a folder, or the target is a folder.
     #[error("{0} is in the way")]
     InTheWay(String),
+    /// The path lies in a folder a record channel writes.
+    #[error("{0}/ is a record channel's folder")]
+    ChannelFolder(String),
     /// The folder holds a name that differs only by case, which Windows readers could not tell apart.
     #[error("{existing:?} already exists in that folder and differs only by case")]
     CaseClash {
@@ -146,6 +149,8 @@ pub struct Share {
     file_mode: u32,
     /// Group given to published files and the folders made for them, if not the receiver's.
     group: Option<nix::unistd::Gid>,
+    /// Folders written by record channels (lower case): no file is published into them.
+    channels: Mutex<std::collections::HashSet<String>>,
     _lock: File,
 }
 
@@ -216,6 +221,7 @@ impl Share {
             folded: Mutex::new(FoldedNames::default()),
             file_mode: 0o640,
             group: None,
+            channels: Mutex::default(),
             _lock: lock,
         };
         Ok((share, stale))
@@ -318,6 +324,16 @@ impl Share {
         };
         let lock = || self.newest.lock().unwrap_or_else(|p| p.into_inner());
         let result = (|| {
+            let top = head.path.split('/').next().unwrap_or_default();
+            if head.path.contains('/')
+                && self
+                    .channels
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&top.to_lowercase())
+            {
+                return Err(PublishError::ChannelFolder(top.to_owned()));
+            }
             if let Some(r) = decide(&mut lock()) {
                 return r;
             }
@@ -469,6 +485,57 @@ impl Share {
         renameat(self.tmp_dir.as_fd(), temp.name.as_str(), parent, *last)?;
         self.folded().added(parent, last);
         Ok(dir)
+    }
+
+    /// Opens `channel/name` for appending (made, with its folder, if missing), beneath the share
+    /// like every write; the folder is claimed for the channel, so that no file is published into
+    /// it ([`PublishError::ChannelFolder`]).
+    pub fn open_channel_file(&self, channel: &str, name: &str) -> io::Result<File> {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(channel.to_lowercase());
+        let root = self.root_dir.as_fd();
+        let dir = match open_dir_beneath(root, channel) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                match mkdirat(root, channel, self.folder_mode()) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let fd = open_dir_beneath(root, channel)?;
+                nix::sys::stat::fchmod(&fd, self.folder_mode())?;
+                if let Some(gid) = self.group {
+                    nix::unistd::fchown(&fd, None, Some(gid))?;
+                }
+                fd
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_CLOEXEC)
+            .mode(Mode::from_bits_truncate(self.file_mode))
+            .resolve(beneath());
+        let file = File::from(openat2(dir.as_fd(), name, how)?);
+        if let Some(gid) = self.group {
+            nix::unistd::fchown(&file, None, Some(gid))?;
+        }
+        Ok(file)
+    }
+
+    /// Reads what a channel file holds (for recovery at start), beneath the share.
+    pub fn read_channel_file(&self, channel: &str, name: &str) -> io::Result<Vec<u8>> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+            .resolve(beneath());
+        let mut file = File::from(openat2(
+            self.root_dir.as_fd(),
+            format!("{channel}/{name}").as_str(),
+            how,
+        )?);
+        let mut out = Vec::new();
+        io::Read::read_to_end(&mut file, &mut out)?;
+        Ok(out)
     }
 
     fn folded(&self) -> std::sync::MutexGuard<'_, FoldedNames> {

@@ -577,7 +577,14 @@ mod tests {
         let recorder = Arc::new(Recorder::new(manifest));
         let reserved = Reserved::default();
         // The stages' memory: half of it keeps blocks to hash in order.
-        let (stages, queues) = Stages::start(&share, &recorder, stash_limit * 2).unwrap();
+        let (stages, queues) = Stages::start(
+            &share,
+            &recorder,
+            stash_limit * 2,
+            std::time::Duration::from_secs(1),
+            &crate::streams::Views::default(),
+        )
+        .unwrap();
         for (i, (path, content, digest)) in objects.iter().enumerate() {
             let key = ObjectKey {
                 session: 1,
@@ -621,6 +628,7 @@ mod tests {
                 .unwrap();
         }
         drop(queues.writer);
+        drop(queues.streams);
         stages.join();
         assert_eq!(reserved.bytes(), 0, "reservations not released");
         assert!(queues.recycled.try_iter().count() > 0);

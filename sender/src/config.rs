@@ -79,6 +79,10 @@ pub struct Config {
     pub allow_unauthenticated: bool,
     /// The watched channels.
     pub channels: Vec<Channel>,
+    /// The record stream inputs (their records cross as record channels).
+    pub streams: Vec<crate::inputs::StreamSpec>,
+    /// A stream's batch goes out when its first record has waited this long.
+    pub stream_flush: Duration,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +105,16 @@ struct Raw {
     allow_unauthenticated: Option<bool>,
     #[serde(default, rename = "channel")]
     channels: Vec<Spanned<RawChannel>>,
+    #[serde(default, rename = "stream")]
+    streams: Vec<RawStream>,
+    stream_flush: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStream {
+    name: Spanned<String>,
+    input: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -209,8 +223,25 @@ impl Config {
         let settle = duration(&raw.settle, Duration::from_secs(5))?;
         let rescan = duration(&raw.rescan, Duration::from_secs(30))?;
         let repeat_spacing = duration(&raw.repeat_spacing, Duration::from_secs(5))?;
-        if raw.channels.is_empty() {
-            return Err(at(text.len(), "no [[channel]]: nothing to watch".into()));
+        if raw.channels.is_empty() && raw.streams.is_empty() {
+            return Err(at(
+                text.len(),
+                "no [[channel]] and no [[stream]]: nothing to send".into(),
+            ));
+        }
+        let stream_flush = duration(&raw.stream_flush, Duration::from_millis(100))?;
+        let mut streams: Vec<crate::inputs::StreamSpec> = Vec::new();
+        for st in &raw.streams {
+            let name = st.name.get_ref().clone();
+            let input = crate::inputs::parse_input(&name, st.input.get_ref())
+                .map_err(|e| at(st.input.span().start, e))?;
+            if streams.iter().any(|o| o.name.eq_ignore_ascii_case(&name)) {
+                return Err(at(
+                    st.name.span().start,
+                    format!("stream {name:?} given twice"),
+                ));
+            }
+            streams.push(crate::inputs::StreamSpec { name, input });
         }
         let mut channels: Vec<Channel> = Vec::new();
         for c in &raw.channels {
@@ -389,8 +420,18 @@ impl Config {
                 .ignore
                 .unwrap_or_else(|| DEFAULT_IGNORE.iter().map(|s| s.to_string()).collect()),
             names,
-            state,
+            state: state.clone(),
             channels,
+            streams: {
+                if !streams.is_empty() && state.is_none() {
+                    return Err(at(
+                        0,
+                        "[[stream]] needs state = \"/path\": its records are spooled there".into(),
+                    ));
+                }
+                streams
+            },
+            stream_flush,
         })
     }
 }

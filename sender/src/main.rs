@@ -3,6 +3,8 @@
 
 mod archive;
 mod config;
+mod follow;
+mod inputs;
 mod kept;
 mod keys;
 mod produce;
@@ -63,9 +65,18 @@ struct Args {
     /// Log lines as text (human) or one JSON object per line (json).
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
-    /// With --watch: state folder (status file, record of kept files); see `checkvalve-send status`.
-    #[arg(long, value_name = "DIR", requires = "watch")]
+    /// With --watch or --stream: state folder (status file, record of kept files, the streams'
+    /// spool); see `checkvalve-send status`.
+    #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
+    /// A record stream input, as a service (repeatable): NAME=udp://HOST:PORT, tcp://HOST:PORT,
+    /// file:///PATH (followed like `tail -F`) or - (standard input); its records land in
+    /// OUT/NAME/YYYY-MM-DD.log. Needs --state.
+    #[arg(long = "stream", value_name = "NAME=URL", conflicts_with_all = ["paths", "config"], requires = "state")]
+    streams: Vec<inputs::StreamSpec>,
+    /// With --stream: a batch of records goes out when its first record has waited this long.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    stream_flush: Duration,
     /// With --watch: full rescan interval.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     rescan: Duration,
@@ -136,6 +147,16 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// The stream inputs' process, started by the sender itself (not for operators).
+    #[command(hide = true)]
+    Inputs {
+        /// The sender's state folder (the streams' spool is in it).
+        #[arg(long, value_name = "DIR")]
+        state: PathBuf,
+        /// The inputs.
+        #[arg(long = "stream", value_name = "NAME=URL")]
+        streams: Vec<inputs::StreamSpec>,
     },
     /// Write a new random pre-shared key (mode 0600) for `--key` / `key =` on both ends.
     Keygen {
@@ -254,6 +275,9 @@ fn interleave_for(fec: FecParams, depth: Option<usize>, stripe_span: u64) -> Int
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    if let Some(Command::Inputs { state, streams }) = &args.command {
+        return inputs::run(state, streams.clone());
+    }
     if let Some(Command::Keygen { id, out }) = &args.command {
         keys::keygen(*id, out)?;
         info!(id, file = %out.display(), "key written: copy it to the receiver over a trusted channel");
@@ -330,9 +354,18 @@ fn run(args: Args) -> Result<ExitCode> {
         bail!("--heartbeat must be positive");
     }
     let interleave = interleave_for(fec, args.interleave, args.stripe_span);
-    if let Some(dir) = &args.watch {
-        let spool =
-            std::path::absolute(dir).with_context(|| format!("cannot use {}", dir.display()))?;
+    if args.watch.is_some() || !args.streams.is_empty() {
+        let channels = match &args.watch {
+            Some(dir) => vec![config::Channel {
+                name: String::new(),
+                spool: std::path::absolute(dir)
+                    .with_context(|| format!("cannot use {}", dir.display()))?,
+                priority: 0,
+                repeat: 1,
+                after_send: config::AfterSend::Delete,
+            }],
+            None => Vec::new(),
+        };
         let cfg = config::Config {
             to,
             rate: args.rate,
@@ -346,13 +379,9 @@ fn run(args: Args) -> Result<ExitCode> {
                 .map(|s| s.to_string())
                 .collect(),
             names: args.names,
-            channels: vec![config::Channel {
-                name: String::new(),
-                spool,
-                priority: 0,
-                repeat: 1,
-                after_send: config::AfterSend::Delete,
-            }],
+            channels,
+            streams: args.streams.clone(),
+            stream_flush: args.stream_flush,
             key: args.key.clone(),
             encrypt: args.encrypt,
             allow_unauthenticated: args.allow_unauthenticated,

@@ -11,6 +11,12 @@
 //! spool ──Queue (by channel)──▶ produce ──batches (QUEUED_BATCHES = 2 groups)──▶ transmit ──▶ link
 //!   ▲                               └──names (QUEUED_NAMES = 4,096; full: a name not announced)──┘
 //!   └──── announce (object ids) / done (objects sent whole), unbounded, one entry per file ────┘
+//!
+//! with record streams (`[[stream]]`, `--stream`), also:
+//! [inputs' process] ─STATE/streams/*.seg─▶ follow ──StreamOut (QUEUED_STREAM_BATCHES = 16)──▶ transmit
+//!                                            ▲                  (sent before any file data)     │
+//!                                            └────────── Sent (positions sent, shared) ─────────┘
+//! inputs-watch: stops the sender (exit 1) when the inputs' process ends
 //! ```
 
 use std::collections::HashSet;
@@ -86,6 +92,9 @@ pub fn run(
         "watching"
     );
     log_channels(&cfg);
+    // The inputs' process first: it must hold nothing of this one (no link socket yet) and be
+    // started while starting a program is still allowed.
+    let inputs = start_inputs(&cfg)?;
     let mut tx = transmit::Transmitter::new(to, cfg.rate, &who, cfg.heartbeat)?;
     crate::one_direction(no_seccomp);
     // Before any thread starts, so that all of them are confined: exactly the spools (read, and
@@ -106,6 +115,59 @@ pub fn run(
         names_rx,
         checkvalve_common::wire::SHARD_OVERHEAD + usize::from(cfg.fec.shard_len),
     );
+    let streams = match (&cfg.state, cfg.streams.is_empty()) {
+        (Some(state), false) => {
+            let stream_session = checkvalve_common::stream::stream_session(session);
+            let stream_who = crate::keys::Identity {
+                session: stream_session,
+                sealer: key
+                    .as_ref()
+                    .map(|k| checkvalve_common::auth::Sealer::new(k, stream_session, cfg.encrypt)),
+            };
+            info!(
+                session = format_args!("{:016x}", stream_who.session),
+                streams = cfg.streams.len(),
+                "record streams: a session of their own"
+            );
+            let (stream_tx, stream_rx) = std::sync::mpsc::sync_channel(QUEUED_STREAM_BATCHES);
+            let sent = crate::follow::Sent::default();
+            tx.carry_streams(
+                &stream_who,
+                stream_rx,
+                Arc::clone(&sent),
+                checkvalve_common::wire::SHARD_OVERHEAD + usize::from(cfg.fec.shard_len),
+            );
+            let (state, names, fec, stop) = (
+                state.clone(),
+                cfg.streams.iter().map(|s| s.name.clone()).collect(),
+                cfg.fec,
+                Arc::clone(&stop),
+            );
+            let limits = checkvalve_common::stream::batcher::BatchLimits {
+                flush: cfg.stream_flush,
+                ..Default::default()
+            };
+            Some(
+                std::thread::Builder::new()
+                    .name("follow".into())
+                    .spawn(move || {
+                        crate::follow::run(
+                            &state, names, stream_who, fec, limits, stream_tx, sent, stop,
+                        )
+                    })
+                    .context("cannot start the stream follower thread")?,
+            )
+        }
+        _ => None,
+    };
+    let inputs_ended = Arc::new(AtomicBool::new(false));
+    if let Some(child) = inputs {
+        let (stop, ended) = (Arc::clone(&stop), Arc::clone(&inputs_ended));
+        std::thread::Builder::new()
+            .name("inputs-watch".into())
+            .spawn(move || watch_inputs(child, &stop, &ended))
+            .context("cannot start the inputs' watcher")?;
+    }
     let queue = Arc::new(Queue::default());
     let (announce_tx, announce_rx) = std::sync::mpsc::channel();
     let producer = {
@@ -176,13 +238,64 @@ pub fn run(
         .map_err(|_| anyhow!("spool thread panicked"))?;
     drop(batch_rx);
     let _ = producer.join();
+    if let Some(f) = streams {
+        let _ = f.join();
+    }
     let sent = tx.sent();
     info!(
         datagrams = sent.datagrams,
         send_errors = sent.errors,
         "stopped"
     );
+    if inputs_ended.load(Ordering::Relaxed) {
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Batches of records queued for the transmitter at most (each at most a few hundred KiB): a
+/// full queue holds up the follower, and the spool on disk absorbs the wait.
+const QUEUED_STREAM_BATCHES: usize = 16;
+
+/// Starts the stream inputs' process (this program's `inputs` command) when there are inputs.
+fn start_inputs(cfg: &Config) -> Result<Option<std::process::Child>> {
+    let Some(state) = &cfg.state else {
+        return Ok(None);
+    };
+    if cfg.streams.is_empty() {
+        return Ok(None);
+    }
+    let exe = std::env::current_exe().context("cannot find this program to start its inputs")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("inputs").arg("--state").arg(state);
+    for s in &cfg.streams {
+        cmd.arg("--stream").arg(format!("{}={}", s.name, s.input));
+    }
+    let child = cmd
+        .spawn()
+        .context("cannot start the stream inputs' process")?;
+    info!(pid = child.id(), "stream inputs' process started");
+    Ok(Some(child))
+}
+
+/// Stops the sender if its inputs' process ends: systemd (or the operator) restarts both.
+fn watch_inputs(mut child: std::process::Child, stop: &AtomicBool, ended: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                error!(%status, "the stream inputs' process ended: stopping (a restart starts both again)");
+                ended.store(true, Ordering::Relaxed);
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!("cannot watch the stream inputs' process: {e}");
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// The folders the service may write in (Landlock): fixed at start.

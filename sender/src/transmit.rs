@@ -11,10 +11,11 @@ use checkvalve_common::announce::Announcer;
 use checkvalve_common::auth::Sealer;
 use checkvalve_common::interleave::{Batch, Spares};
 use checkvalve_common::pacer::Pacer;
-use checkvalve_common::wire::{Announced, Heartbeat};
+use checkvalve_common::wire::{Announced, Heartbeat, StreamTail, emit_tails};
 use checkvalve_host::udp;
 use tracing::{debug, info, warn};
 
+use crate::follow::{Sent as SentPositions, StreamOut};
 use crate::keys::Identity;
 
 /// Most datagrams in one segmentation-offload send (the kernel's UDP_MAX_SEGMENTS).
@@ -83,6 +84,25 @@ pub struct Transmitter {
     unsent: std::collections::VecDeque<Announced>,
     /// When each announcement is due.
     announcer: Announcer,
+    /// The stream session, when the sender carries record streams.
+    lane: Option<Lane>,
+}
+
+/// The stream session's share of the transmitter: its batches go before any file data, with
+/// heartbeats and tails of their own.
+struct Lane {
+    session: u64,
+    sealer: Option<Sealer>,
+    rx: Receiver<StreamOut>,
+    heartbeat_seq: u64,
+    /// Datagrams of this session sent (its heartbeats count them, not the file session's).
+    datagrams: u64,
+    objects_sent: u64,
+    /// Each channel's tail, sent with every heartbeat of the session.
+    tails: std::collections::BTreeMap<String, StreamTail>,
+    /// Told how far each channel has been sent, for the saved positions.
+    sent: SentPositions,
+    max_len: usize,
 }
 
 impl Transmitter {
@@ -121,6 +141,7 @@ impl Transmitter {
             names: None,
             unsent: std::collections::VecDeque::new(),
             announcer: Announcer::new(session, 0),
+            lane: None,
             shared: Arc::new(Shared {
                 rate_bps: AtomicU64::new(rate_bps),
                 ..Shared::default()
@@ -193,6 +214,83 @@ impl Transmitter {
             .map_or(self.next_heartbeat, |a| a.min(self.next_heartbeat))
     }
 
+    /// Sends the stream session `who`'s batches from `rx` ahead of any file data, with its own
+    /// heartbeats and tails (datagrams of at most `max_len` bytes before sealing); tells `sent`
+    /// how far each channel went out.
+    pub fn carry_streams(
+        &mut self,
+        who: &Identity,
+        rx: Receiver<StreamOut>,
+        sent: SentPositions,
+        max_len: usize,
+    ) {
+        self.lane = Some(Lane {
+            session: who.session,
+            sealer: who.sealer.clone(),
+            rx,
+            heartbeat_seq: 0,
+            datagrams: 0,
+            objects_sent: 0,
+            tails: std::collections::BTreeMap::new(),
+            sent,
+            max_len,
+        });
+    }
+
+    /// Sends every stream batch waiting, before anything else.
+    fn send_streams(&mut self) {
+        loop {
+            let Some(out) = self.lane.as_ref().and_then(|l| l.rx.try_recv().ok()) else {
+                return;
+            };
+            let per_ms = usize::try_from(self.rate_bps / 8 / 1000).unwrap_or(usize::MAX);
+            let max_bytes = per_ms.clamp(1, GSO_MAX_BYTES);
+            let before = self.sent.datagrams;
+            for (bytes, seg, count) in out.batch.runs(GSO_MAX_SEGMENTS, max_bytes) {
+                self.paced_send_run(bytes, seg, count);
+            }
+            let sent = self.sent.datagrams - before;
+            if let Some(lane) = self.lane.as_mut() {
+                lane.datagrams += sent;
+                lane.objects_sent = lane.objects_sent.max(out.batch.objects_end);
+                if let Ok(mut positions) = lane.sent.lock() {
+                    for t in &out.tails {
+                        positions.insert(t.channel.clone(), t.end);
+                    }
+                }
+                for t in out.tails {
+                    lane.tails.insert(t.channel.clone(), t);
+                }
+            }
+        }
+    }
+
+    /// The stream session's heartbeat and tails.
+    fn lane_heartbeat(&mut self) {
+        let Some(lane) = self.lane.as_mut() else {
+            return;
+        };
+        let hb = Heartbeat {
+            session: lane.session,
+            seq: lane.heartbeat_seq,
+            datagrams_sent: lane.datagrams,
+            objects_sent: lane.objects_sent,
+            interval_ms: self.interval.as_millis().min(u128::from(u32::MAX)) as u32,
+        };
+        lane.heartbeat_seq += 1;
+        let mut datagrams = vec![hb.to_bytes()];
+        let tails: Vec<StreamTail> = lane.tails.values().cloned().collect();
+        datagrams.extend(emit_tails(lane.session, &tails, lane.max_len));
+        lane.datagrams += datagrams.len() as u64;
+        let sealer = lane.sealer.clone();
+        for mut d in datagrams {
+            if let Some(s) = &sealer {
+                s.seal_heartbeat(&mut d, 0);
+            }
+            self.raw_send(&d);
+        }
+    }
+
     /// Where batches go back once sent: give it to the producer's interleaver.
     pub fn spares(&self) -> Spares {
         self.spares.clone()
@@ -210,8 +308,15 @@ impl Transmitter {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
+            self.send_streams();
             let wait = self.next_chore().saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
+            // With streams, look at their queue often: a record waits at most this long.
+            let most = if self.lane.is_some() {
+                Duration::from_millis(2)
+            } else {
+                Duration::from_millis(100)
+            };
+            match rx.recv_timeout(wait.min(most)) {
                 Ok(batch) => {
                     self.follow_rate();
                     // One segmentation-offload send carries at most a millisecond at the set
@@ -222,6 +327,8 @@ impl Transmitter {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
+                        // Records go before the rest of a file's batch: they wait a run at most.
+                        self.send_streams();
                         self.paced_send_run(bytes, seg, count);
                     }
                     self.objects_sent = self.objects_sent.max(batch.objects_end);
@@ -317,7 +424,7 @@ impl Transmitter {
         let hb = Heartbeat {
             session: self.session,
             seq: self.heartbeat_seq,
-            datagrams_sent: self.sent.datagrams,
+            datagrams_sent: self.sent.datagrams - self.lane.as_ref().map_or(0, |l| l.datagrams),
             objects_sent: self.objects_sent,
             interval_ms: self.interval.as_millis().min(u128::from(u32::MAX)) as u32,
         };
@@ -334,6 +441,7 @@ impl Transmitter {
             s.seal_heartbeat(&mut bytes, 0);
         }
         self.raw_send(&bytes);
+        self.lane_heartbeat();
     }
 
     fn raw_send(&mut self, datagram: &[u8]) {

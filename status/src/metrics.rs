@@ -158,6 +158,40 @@ pub fn render(view: &View) -> Result<String, std::fmt::Error> {
             "Datagram loss of a sender session since first heard (from its heartbeats)",
             loss,
         );
+        // One series per record channel: the receiver keeps at most 256.
+        let channel = |name: &str| vec![("channel".to_owned(), name.to_owned())];
+        let records = Family::<Labels, Counter<u64>>::default();
+        let gaps = Family::<Labels, Counter<u64>>::default();
+        let missing = Family::<Labels, Counter<u64>>::default();
+        let lag = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        for s in &l.streams {
+            records.get_or_create(&channel(&s.name)).inc_by(s.records);
+            gaps.get_or_create(&channel(&s.name)).inc_by(s.gaps);
+            missing.get_or_create(&channel(&s.name)).inc_by(s.missing);
+            if let Some(ms) = s.lag_ms {
+                lag.get_or_create(&channel(&s.name)).set(ms as f64 / 1000.0);
+            }
+        }
+        r.register(
+            "stream_records",
+            "Records of a record channel written to its file since the receiver started",
+            records,
+        );
+        r.register(
+            "stream_gaps",
+            "Gaps marked in a record channel's file since the receiver started",
+            gaps,
+        );
+        r.register(
+            "stream_records_missing",
+            "Records of a record channel lost for good (the markers' missing= counts)",
+            missing,
+        );
+        r.register(
+            "stream_lag_seconds",
+            "From the sender taking a channel's last record written to its writing (two hosts' clocks)",
+            lag,
+        );
     }
     let mut text = String::new();
     encode(&mut text, &r)?;

@@ -163,6 +163,22 @@ impl Assembler {
                 self.on_announce(now, a);
                 Ok(())
             }
+            Datagram::Tails(t) => {
+                // Tails make no session: the session's heartbeats (which say where its objects
+                // start) do, and the tails repeat.
+                let Some(s) = self.sessions.get_mut(&t.session) else {
+                    return Ok(());
+                };
+                s.last_seen = now;
+                s.received += 1;
+                s.announcing = true;
+                self.on_datagram_accepted(now);
+                self.events.push_back(Event::Tails {
+                    session: t.session,
+                    tails: t.entries().map(|(c, e, t)| (c.to_owned(), e, t)).collect(),
+                });
+                Ok(())
+            }
         }
     }
     pub(crate) fn on_datagram_accepted(&mut self, now: Instant) {

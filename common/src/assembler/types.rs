@@ -162,6 +162,14 @@ pub enum Event {
     },
     /// The link state changed.
     Link(LinkChange),
+    /// A sender said how far its record channels have been sent (stream tails, §2.5).
+    Tails {
+        /// The session.
+        session: u64,
+        /// Each channel (its name unchecked), one past its last record sent, and that record's
+        /// sender time.
+        tails: Vec<(String, u64, i64)>,
+    },
     /// The metadata head of an object was decoded and accepted.
     Head {
         /// The object.

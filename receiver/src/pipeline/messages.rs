@@ -118,3 +118,16 @@ pub struct PublishJob {
     /// The temporary file holding its content.
     pub temp: Temp,
 }
+
+/// What the record channels' stage is handed ([`crate::streams`]).
+pub enum ToStreams {
+    /// The verified content of a record batch object of `channel`.
+    Batch {
+        /// The channel (the object's path).
+        channel: String,
+        /// The content, checked against the sender's SHA-256.
+        content: Vec<u8>,
+    },
+    /// The sender's tails: each channel (unchecked), one past its last record sent, its time.
+    Tails(Vec<(String, u64, i64)>),
+}

@@ -19,6 +19,10 @@
 //!                    PublishJob (bounded: LANE_QUEUE per lane)
 //!                                          ▼
 //!                  [publish-small-0..3] [publish-large] ── rename into the share, record
+//!                                          │
+//!            (record batches, by the hasher) ToStreams (bounded: STREAM_QUEUE) ◄── tails (loop)
+//!                                          ▼
+//!                                     [streams] ── order per channel, append to OUT/CHANNEL/*.log
 //!
 //!   [chores] ◄── Chore (bounded: 4, never waited for but at a stop) ── live.json, manifest sync,
 //!                                                                      replay state
@@ -37,6 +41,9 @@
 //!   lane holds up the hasher;
 //! - recycled buffers and write failures back to the loop: unbounded, but they only return what
 //!   the assembler's budget handed out, and a failure at most once per object;
+//! - ToStreams: [`STREAM_QUEUE`] messages, each a verified record batch (at most 1 MiB) or a
+//!   session's tails: a full queue holds up the hasher; the loop drops tails that find it full
+//!   (they repeat every heartbeat);
 //! - Chore: [`chores::QUEUED`]; a chore that finds the queue full is skipped (the next one, a
 //!   second later, carries everything it would have written).
 //!
@@ -63,12 +70,18 @@ use crate::publish::{self, Publisher};
 use crate::writer::{Hasher, Writer};
 use crate::{chores, keys, live, manifest, net, rebuild, receive, retention, share};
 use checkvalve_common::assembler::ObjectKey;
-use messages::{PublishJob, ToWriter};
+use checkvalve_common::stream::order::OrderConfig;
+use messages::{PublishJob, ToStreams, ToWriter};
 use reservation::Reserved;
 
 /// A block of decoded content at the default shape (64 x 1,400 bytes, rounded up): the unit in
 /// which the writer's and hasher's queues are sized.
 pub const WRITE_UNIT: usize = 128 << 10;
+
+/// Record batches and tails queued for the record channels' stage at most (each batch at most
+/// `stream::batch::MAX_BATCH_LEN`): a full queue holds up the hasher; tails that find it full
+/// are dropped (they repeat every heartbeat).
+pub const STREAM_QUEUE: usize = 64;
 
 /// Said at start, and in every statistics line, by a receiver running without a key.
 pub const UNAUTHENTICATED: &str = "--allow-unauthenticated: datagrams are NOT authenticated: anything that reaches this port is trusted as far as its CRC (anyone on the DMZ side can forge files, or fill the session table)";
@@ -184,7 +197,14 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
         None
     };
     let recorder = Arc::new(Recorder::new(Arc::clone(&manifest)));
-    let (stages, to_stages) = Stages::start(&share, &recorder, writer_bytes)?;
+    let stream_views = crate::streams::Views::default();
+    let (stages, to_stages) = Stages::start(
+        &share,
+        &recorder,
+        writer_bytes,
+        args.reorder_window,
+        &stream_views,
+    )?;
     let defaults = AssemblerConfig::default();
     let config = AssemblerConfig {
         object_timeout: args.object_timeout,
@@ -234,6 +254,8 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
         auth.is_some(),
         chores.clone(),
     );
+    let mut live = live;
+    live.show_streams(stream_views);
     info!(bind = %local, out = %share.root().display(), state = %share.state().display(), manifest = %manifest_path.display(), "receiving");
     let rx = receive::Receive::new(
         Assembler::new(config, Instant::now()),
@@ -244,6 +266,7 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
             writer: to_stages.writer,
             recycled: to_stages.recycled,
             failed: to_stages.failed,
+            streams: to_stages.streams,
             reserved: Reserved::default(),
             live,
             auth,
@@ -296,6 +319,8 @@ pub struct StageQueues {
     pub recycled: mpsc::Receiver<Vec<u8>>,
     /// Objects the writer could not write, with why.
     pub failed: mpsc::Receiver<(ObjectKey, LossReason)>,
+    /// Into the record channels' stage (the senders' tails).
+    pub streams: mpsc::SyncSender<ToStreams>,
 }
 
 impl Stages {
@@ -305,6 +330,8 @@ impl Stages {
         share: &Arc<share::Share>,
         recorder: &Arc<Recorder>,
         writer_bytes: usize,
+        reorder_window: std::time::Duration,
+        views: &crate::streams::Views,
     ) -> Result<(Stages, StageQueues)> {
         let mut lanes = Vec::new();
         let mut lane = |name: String| -> Result<mpsc::SyncSender<PublishJob>> {
@@ -316,7 +343,23 @@ impl Stages {
         let small = (0..publish::SMALL_LANES)
             .map(|i| lane(format!("publish-small-{i}")))
             .collect::<Result<Vec<_>>>()?;
-        let publisher = Publisher::new(small, lane("publish-large".into())?);
+        let (streams_tx, streams_rx) = mpsc::sync_channel(STREAM_QUEUE);
+        let stage = crate::streams::Streams::new(
+            Arc::clone(share),
+            Arc::clone(recorder.manifest()),
+            OrderConfig {
+                window: reorder_window,
+                ..OrderConfig::default()
+            },
+            Arc::clone(views),
+        );
+        let streams = spawn("streams", move || stage.run(streams_rx))?;
+        let publisher = Publisher::new(
+            small,
+            lane("publish-large".into())?,
+            streams_tx.clone(),
+            Arc::clone(share),
+        );
         // Of the writer's share, a quarter queues blocks to write, a quarter blocks written and
         // not yet hashed, and half keeps blocks to hash in order.
         let queue = (writer_bytes / 4 / WRITE_UNIT).max(1);
@@ -357,6 +400,7 @@ impl Stages {
             .into_iter()
             .flatten()
             .chain(lanes)
+            .chain([streams])
             .collect();
         Ok((
             Stages { threads },
@@ -364,6 +408,7 @@ impl Stages {
                 writer: writer_tx,
                 recycled: recycle_rx,
                 failed: failed_rx,
+                streams: streams_tx,
             },
         ))
     }

@@ -1,0 +1,649 @@
+//! The stream inputs' process (`checkvalve-send inputs`): takes records from the plant (UDP, TCP,
+//! a followed file, standard input) and hands them to the sender through the stream spool,
+//! durably, with their sequence numbers. The sender starts it before confining itself; it never
+//! sees the link socket, and the sender never receives.
+//!
+//! ```text
+//! [udp NAME] [tcp NAME ─► conn…] [file NAME] [stdin NAME]
+//!      └──────────── Taken (bounded: QUEUED) ─────────────► [spool writer, main thread]
+//!                                                   STATE/streams/NAME/FIRSTSEQ.seg (appended)
+//! ```
+//!
+//! A full queue holds up the TCP, file and stdin readers (their producers wait, nothing is
+//! lost); a UDP input cannot hold its senders up, so the kernel's buffer absorbs what it can and
+//! the rest is dropped and counted there (as by any syslog server). A record is handed over once
+//! its frame is written: a restart of either process repeats or loses nothing written. A
+//! followed file's position is in every frame it produced, so it resumes exactly after the last
+//! line spooled.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow};
+use checkvalve_common::stream::batch::{MAX_RECORD_LEN, Record, check_channel};
+use checkvalve_common::stream::spool::{Frame, Spooled, segment_name, segment_seq};
+use tracing::{error, info, warn};
+
+/// Records taken and not yet spooled, at most.
+const QUEUED: usize = 8192;
+/// A segment is closed and a new one begun past this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// TCP connections served at once per input; more are closed at once (and logged).
+const MAX_CONNECTIONS: usize = 64;
+/// How often a followed file is looked at.
+const FOLLOW_EVERY: Duration = Duration::from_millis(50);
+/// The folder of the stream spool in the state folder.
+pub const SPOOL_DIR: &str = "streams";
+
+/// Where a stream's records come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// One record per datagram.
+    Udp(SocketAddr),
+    /// Newline-delimited or octet-counted (RFC 6587) records, per connection.
+    Tcp(SocketAddr),
+    /// A growing file, followed across rotation and truncation.
+    File(PathBuf),
+    /// Standard input, one record per line.
+    Stdin,
+}
+
+/// A named stream input: `NAME=URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// The channel.
+    pub name: String,
+    /// Its input.
+    pub input: Input,
+}
+
+impl FromStr for StreamSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, url) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected NAME=URL"))?;
+        Ok(StreamSpec {
+            name: name.to_owned(),
+            input: parse_input(name, url)?,
+        })
+    }
+}
+
+/// Parses a stream input's URL for channel `name`.
+pub fn parse_input(name: &str, url: &str) -> Result<Input, String> {
+    check_channel(name).map_err(|e| e.to_string())?;
+    let addr = |rest: &str| {
+        use std::net::ToSocketAddrs;
+        rest.to_socket_addrs()
+            .map_err(|e| format!("{url:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{url:?}: no address"))
+    };
+    if url == "-" {
+        Ok(Input::Stdin)
+    } else if let Some(rest) = url.strip_prefix("udp://") {
+        Ok(Input::Udp(addr(rest)?))
+    } else if let Some(rest) = url.strip_prefix("tcp://") {
+        Ok(Input::Tcp(addr(rest)?))
+    } else if let Some(rest) = url.strip_prefix("file://") {
+        let path = PathBuf::from(rest);
+        if !path.is_absolute() {
+            return Err(format!("{url:?}: file://PATH needs an absolute path"));
+        }
+        Ok(Input::File(path))
+    } else {
+        Err(format!(
+            "{url:?}: expected udp://HOST:PORT, tcp://HOST:PORT, file:///PATH or -"
+        ))
+    }
+}
+
+impl std::fmt::Display for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Udp(a) => write!(f, "udp://{a}"),
+            Input::Tcp(a) => write!(f, "tcp://{a}"),
+            Input::File(p) => write!(f, "file://{}", p.display()),
+            Input::Stdin => write!(f, "-"),
+        }
+    }
+}
+
+/// A record taken from an input, not yet numbered.
+struct Taken {
+    channel: usize,
+    time_us: i64,
+    topic: Vec<u8>,
+    payload: Vec<u8>,
+    source: (u64, u64),
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// One channel's spool: its folder, the segment being appended to, and the next number.
+struct ChannelSpool {
+    name: String,
+    dir: PathBuf,
+    file: Option<File>,
+    len: u64,
+    next: u64,
+    buf: Vec<u8>,
+}
+
+impl ChannelSpool {
+    /// Opens the channel's spool, cutting a frame its writer left half-written, and says where
+    /// it stands: its next sequence number and the last frame's source position.
+    fn open(state: &Path, name: &str) -> Result<(Self, (u64, u64))> {
+        let dir = state.join(SPOOL_DIR).join(name);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the stream spool {}", dir.display()))?;
+        let mut segments: Vec<u64> = std::fs::read_dir(&dir)?
+            .flatten()
+            .filter_map(|e| segment_seq(e.file_name().to_str()?))
+            .collect();
+        segments.sort_unstable();
+        let mut spool = ChannelSpool {
+            name: name.to_owned(),
+            dir,
+            file: None,
+            len: 0,
+            next: 0,
+            buf: Vec::new(),
+        };
+        let mut source = (0, 0);
+        if let Some(&last) = segments.last() {
+            let path = spool.dir.join(segment_name(last));
+            let bytes = std::fs::read(&path)?;
+            let mut at = 0;
+            spool.next = last;
+            while let Frame::Whole(s, len) = Spooled::decode(&bytes[at..]) {
+                spool.next = s.record.seq + 1;
+                source = s.source;
+                at += len;
+            }
+            if at < bytes.len() {
+                warn!(channel = name, segment = %path.display(), bytes = bytes.len() - at, "stream spool: a frame cut short by a stop was removed");
+            }
+            let f = OpenOptions::new().append(true).open(&path)?;
+            f.set_len(at as u64)?;
+            spool.len = at as u64;
+            spool.file = Some(f);
+        }
+        Ok((spool, source))
+    }
+
+    fn push(&mut self, t: Taken) {
+        let s = Spooled {
+            record: Record {
+                seq: self.next,
+                time_us: t.time_us,
+                topic: t.topic,
+                payload: t.payload,
+            },
+            source: t.source,
+        };
+        self.next += 1;
+        s.encode(&mut self.buf);
+    }
+
+    /// Writes what was numbered since the last flush: handed over once this returns.
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.file.is_none() || self.len >= SEGMENT_BYTES {
+            // The first frame in the buffer is the new segment's first record.
+            let first = match Spooled::decode(&self.buf) {
+                Frame::Whole(s, _) => s.record.seq,
+                _ => self.next,
+            };
+            let path = self.dir.join(segment_name(first));
+            self.file = Some(OpenOptions::new().create(true).append(true).open(&path)?);
+            self.len = 0;
+        }
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(&self.buf)?;
+            self.len += self.buf.len() as u64;
+        }
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// Runs the inputs of `streams` into the spool under `state` until SIGTERM, SIGINT, or the
+/// sender that started it stops.
+pub fn run(state: &Path, streams: Vec<StreamSpec>) -> Result<ExitCode> {
+    let parent = nix::unistd::getppid();
+    let stop = checkvalve_host::signals::stop_flag().context("cannot install signal handler")?;
+    let _lock = lock_spool(state)?;
+    let mut spools = Vec::new();
+    let mut sources = Vec::new();
+    for s in &streams {
+        let (spool, source) = ChannelSpool::open(state, &s.name)?;
+        info!(channel = %s.name, input = %s.input, next_seq = spool.next, "stream input");
+        spools.push(spool);
+        sources.push(source);
+    }
+    // Bound before confinement, so that a port in use is an error at start.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Taken>(QUEUED);
+    let mut starts: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+    for (i, s) in streams.iter().enumerate() {
+        let tx = tx.clone();
+        let stop = Arc::clone(&stop);
+        match &s.input {
+            Input::Udp(addr) => {
+                let socket = udp_socket(*addr)?;
+                info!(channel = %s.name, bind = %socket.local_addr()?, "stream input listening (udp)");
+                starts.push(Box::new(move || udp(i, socket, tx, &stop)));
+            }
+            Input::Tcp(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .with_context(|| format!("cannot listen on tcp://{addr}"))?;
+                info!(channel = %s.name, bind = %listener.local_addr()?, "stream input listening (tcp)");
+                let name = s.name.clone();
+                starts.push(Box::new(move || tcp(i, &name, listener, tx, &stop)));
+            }
+            Input::File(path) => {
+                let (path, from) = (path.clone(), sources[i]);
+                starts.push(Box::new(move || follow(i, &path, from, tx, &stop)));
+            }
+            Input::Stdin => starts.push(Box::new(move || stdin(i, tx, &stop))),
+        }
+    }
+    drop(tx);
+    let writable = vec![state.join(SPOOL_DIR)];
+    let readable: Vec<PathBuf> = streams
+        .iter()
+        .filter_map(|s| match &s.input {
+            Input::File(p) => p.parent().map(Path::to_path_buf),
+            _ => None,
+        })
+        .collect();
+    crate::confine_files(&writable, &readable);
+    for (i, start) in starts.into_iter().enumerate() {
+        std::thread::Builder::new()
+            .name(format!("input-{}", streams[i].name))
+            .spawn(start)
+            .context("cannot start an input thread")?;
+    }
+    write_spool(&rx, &mut spools, &stop, parent);
+    for s in &mut spools {
+        if let Err(e) = s.flush() {
+            error!(channel = %s.name, "stream spool not written: {e}");
+        }
+    }
+    info!("stream inputs stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Takes the stream spool's lock: one writer only, even while the inputs' process of a sender
+/// killed a moment ago is still finishing (it stops within a fraction of a second).
+fn lock_spool(state: &Path) -> Result<File> {
+    let dir = state.join(SPOOL_DIR);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the stream spool {}", dir.display()))?;
+    let path = dir.join(".lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    for _ in 0..100 {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(50)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow!("cannot lock {}: {e}", path.display()));
+            }
+        }
+    }
+    Err(anyhow!(
+        "another inputs' process holds the stream spool {} (is another sender running on this state folder?)",
+        dir.display()
+    ))
+}
+
+/// The spool writer: numbers each record and appends it, flushing whenever the queue is empty.
+fn write_spool(
+    rx: &Receiver<Taken>,
+    spools: &mut [ChannelSpool],
+    stop: &AtomicBool,
+    parent: nix::unistd::Pid,
+) {
+    let mut failing: HashMap<usize, bool> = HashMap::new();
+    loop {
+        if stop.load(Ordering::Relaxed) || nix::unistd::getppid() != parent {
+            return;
+        }
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(t) => {
+                let c = t.channel;
+                spools[c].push(t);
+                while let Ok(t) = rx.try_recv() {
+                    let c = t.channel;
+                    spools[c].push(t);
+                    if spools[c].buf.len() > 1 << 20 {
+                        break;
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        for (i, s) in spools.iter_mut().enumerate() {
+            match s.flush() {
+                Ok(()) => {
+                    if failing.remove(&i).is_some() {
+                        info!(channel = %s.name, "stream spool written again");
+                    }
+                }
+                Err(e) => {
+                    if failing.insert(i, true).is_none() {
+                        error!(channel = %s.name, "stream spool not written (records are held and retried): {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn udp_socket(addr: SocketAddr) -> Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    // Records arrive in bursts; the writer may pause on the disk.
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot bind udp://{addr}"))?;
+    let socket: UdpSocket = socket.into();
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok(socket)
+}
+
+fn trim_line(mut b: &[u8]) -> &[u8] {
+    while let [rest @ .., b'\n' | b'\r' | b'\0'] = b {
+        b = rest;
+    }
+    b
+}
+
+fn take(channel: usize, payload: &[u8], source: (u64, u64)) -> Taken {
+    Taken {
+        channel,
+        time_us: now_us(),
+        topic: Vec::new(),
+        payload: payload[..payload.len().min(MAX_RECORD_LEN)].to_vec(),
+        source,
+    }
+}
+
+fn udp(channel: usize, socket: UdpSocket, tx: SyncSender<Taken>, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 65_536];
+    while !stop.load(Ordering::Relaxed) {
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                let line = trim_line(&buf[..n]);
+                if !line.is_empty() && tx.send(take(channel, line, (0, 0))).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                warn!("udp input: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn tcp(
+    channel: usize,
+    name: &str,
+    listener: TcpListener,
+    tx: SyncSender<Taken>,
+    stop: &Arc<AtomicBool>,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for conn in listener.incoming() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(channel = name, "tcp input: {e}");
+                continue;
+            }
+        };
+        if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            warn!(
+                channel = name,
+                "tcp input: {MAX_CONNECTIONS} connections already: one refused"
+            );
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let (tx, active, owned) = (tx.clone(), Arc::clone(&active), name.to_owned());
+        let spawned = std::thread::Builder::new()
+            .name("input-conn".into())
+            .spawn(move || {
+                if let Err(e) = connection(channel, conn, &tx) {
+                    warn!(channel = %owned, "tcp input: connection ended: {e}");
+                }
+                active.fetch_sub(1, Ordering::Relaxed);
+            });
+        if let Err(e) = spawned {
+            warn!(channel = name, "tcp input: no thread for a connection: {e}");
+        }
+    }
+}
+
+/// Reads one TCP connection: octet-counted frames (RFC 6587) if it starts with `LEN SP`, else
+/// one record per line, as rsyslog tells them apart.
+fn connection(channel: usize, conn: TcpStream, tx: &SyncSender<Taken>) -> Result<()> {
+    let mut r = BufReader::with_capacity(256 << 10, conn);
+    let counted = {
+        let head = r.fill_buf()?;
+        let digits = head.iter().take_while(|b| b.is_ascii_digit()).count();
+        digits > 0 && digits < 10 && head.get(digits) == Some(&b' ') && head[0] != b'0'
+    };
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if counted {
+            let mut len = Vec::new();
+            if r.read_until(b' ', &mut len)? == 0 {
+                return Ok(());
+            }
+            let n: usize = std::str::from_utf8(trim_line(&len[..len.len() - 1]))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .filter(|&n| n <= MAX_RECORD_LEN)
+                .ok_or_else(|| anyhow!("bad octet count {:?}", String::from_utf8_lossy(&len)))?;
+            line.resize(n, 0);
+            r.read_exact(&mut line)?;
+        } else if r.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let rec = trim_line(&line);
+        if !rec.is_empty() && tx.send(take(channel, rec, (0, 0))).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+fn stdin(channel: usize, tx: SyncSender<Taken>, stop: &AtomicBool) {
+    let mut r = std::io::stdin().lock();
+    let mut line = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) => {
+                info!("standard input ended");
+                return;
+            }
+            Ok(_) => {
+                let rec = trim_line(&line);
+                if !rec.is_empty() && tx.send(take(channel, rec, (0, 0))).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!("standard input: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// A file's identity: device and inode folded into one number.
+fn identity(m: &std::fs::Metadata) -> u64 {
+    m.ino() ^ m.dev().rotate_left(32)
+}
+
+/// Follows `path` like `tail -F`, from `from` (identity, offset) when that is still the file:
+/// a rename rotation is read to its end before the new file is taken from its start; a file
+/// truncated in place (copytruncate) is read again from its start.
+fn follow(channel: usize, path: &Path, from: (u64, u64), tx: SyncSender<Taken>, stop: &AtomicBool) {
+    let mut current: Option<(File, u64, u64)> = None;
+    let mut partial = Vec::new();
+    let mut warned = false;
+    let mut buf = vec![0u8; 256 << 10];
+    while !stop.load(Ordering::Relaxed) {
+        if current.is_none() {
+            match File::open(path).and_then(|f| Ok((f.metadata()?, f))) {
+                Ok((m, mut f)) => {
+                    let id = identity(&m);
+                    let offset = if id == from.0 && from.1 <= m.len() {
+                        from.1
+                    } else {
+                        0
+                    };
+                    if f.seek(SeekFrom::Start(offset)).is_ok() {
+                        info!(file = %path.display(), offset, "following");
+                        current = Some((f, id, offset));
+                        partial.clear();
+                        warned = false;
+                    }
+                }
+                Err(e) => {
+                    if !warned {
+                        warn!(file = %path.display(), "cannot follow (yet): {e}");
+                        warned = true;
+                    }
+                }
+            }
+        }
+        let Some((f, id, offset)) = current.as_mut() else {
+            std::thread::sleep(FOLLOW_EVERY);
+            continue;
+        };
+        // Everything there is, line by line.
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    // `offset` is where `partial` (the line not yet ended) starts in the file.
+                    let mut start = 0;
+                    for (i, &b) in buf[..n].iter().enumerate() {
+                        if b != b'\n' {
+                            continue;
+                        }
+                        partial.extend_from_slice(&buf[start..i]);
+                        *offset += partial.len() as u64 + 1;
+                        start = i + 1;
+                        let rec = trim_line(&partial);
+                        if !rec.is_empty() && tx.send(take(channel, rec, (*id, *offset))).is_err() {
+                            return;
+                        }
+                        partial.clear();
+                    }
+                    partial.extend_from_slice(&buf[start..n]);
+                    if partial.len() > MAX_RECORD_LEN {
+                        // A line longer than a record can be goes out cut, as a record.
+                        *offset += partial.len() as u64;
+                        if tx.send(take(channel, &partial, (*id, *offset))).is_err() {
+                            return;
+                        }
+                        partial.clear();
+                    }
+                }
+                Err(e) => {
+                    warn!(file = %path.display(), "read failed: {e}");
+                    break;
+                }
+            }
+        }
+        let (id, offset) = (*id, *offset);
+        match std::fs::metadata(path) {
+            Ok(m) if identity(&m) != id => {
+                // Renamed away: its end was just read; the new file from its start.
+                info!(file = %path.display(), "rotated: following the new file");
+                current = None;
+                continue;
+            }
+            Ok(m) if m.len() < offset + partial.len() as u64 => {
+                info!(file = %path.display(), "truncated: reading again from its start");
+                if let Some((f, _, o)) = current.as_mut()
+                    && f.seek(SeekFrom::Start(0)).is_ok()
+                {
+                    *o = 0;
+                    partial.clear();
+                }
+            }
+            _ => {}
+        }
+        std::thread::sleep(FOLLOW_EVERY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_urls_parse_and_bad_ones_say_why() {
+        let s: StreamSpec = "syslog=tcp://127.0.0.1:6514".parse().unwrap();
+        assert_eq!(s.input, Input::Tcp("127.0.0.1:6514".parse().unwrap()));
+        assert_eq!(
+            "app=file:///var/log/app.log"
+                .parse::<StreamSpec>()
+                .unwrap()
+                .input,
+            Input::File("/var/log/app.log".into())
+        );
+        assert_eq!("p=-".parse::<StreamSpec>().unwrap().input, Input::Stdin);
+        for bad in [
+            "nourl",
+            "a/b=-",
+            "x=http://h:1",
+            "x=file://rel",
+            "x=udp://nohost",
+        ] {
+            assert!(bad.parse::<StreamSpec>().is_err(), "{bad}");
+        }
+    }
+}
