@@ -73,6 +73,22 @@ pub struct ChannelStatus {
     pub oldest_age_s: Option<u64>,
 }
 
+/// A record stream input in the status file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamStatus {
+    /// The channel.
+    pub name: String,
+    /// Its input, as configured (`tcp://…`, `udp://…`, `mqtt://…`, `file://…`, `-`).
+    pub input: String,
+    /// One past the last record read from the spool.
+    pub spooled: u64,
+    /// One past the last record sent whole.
+    pub sent: u64,
+    /// When the last record read was taken (RFC 3339).
+    pub last_record: Option<String>,
+}
+
 /// The status file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -97,6 +113,8 @@ pub struct Status {
     pub send_errors: u64,
     /// Per channel.
     pub channels: Vec<ChannelStatus>,
+    /// Per record stream input.
+    pub streams: Vec<StreamStatus>,
     /// The last warning or error logged.
     pub last_problem: Option<Problem>,
 }

@@ -570,6 +570,31 @@ after_send = "keep"
         assert_eq!(c.channels.len(), 3);
         assert!(matches!(c.channels[1].after_send, AfterSend::Move(_)));
         assert_eq!(c.channels[0].name, "alarms");
+        assert_eq!(c.streams.len(), 2);
+        assert_eq!(c.stream_flush, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn streams_need_a_state_folder_and_a_valid_input_named_on_its_line() {
+        let ok = Config::parse(
+            Path::new("s.toml"),
+            "to = \"127.0.0.1:9\"\nallow_unauthenticated = true\nstate = \"/var/lib/cv\"\n[[stream]]\nname = \"syslog\"\ninput = \"udp://127.0.0.1:514\"\n",
+        )
+        .expect("streams alone are something to send");
+        assert!(ok.channels.is_empty());
+        assert_eq!(ok.streams[0].name, "syslog");
+        let no_state = Config::parse(
+            Path::new("s.toml"),
+            "to = \"127.0.0.1:9\"\nallow_unauthenticated = true\n[[stream]]\nname = \"syslog\"\ninput = \"-\"\n",
+        );
+        assert!(no_state.unwrap_err().to_string().contains("needs state"));
+        let bad = Config::parse(
+            Path::new("s.toml"),
+            "to = \"127.0.0.1:9\"\nallow_unauthenticated = true\nstate = \"/var/lib/cv\"\n[[stream]]\nname = \"syslog\"\ninput = \"http://x:1\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains(":6"), "the input's line: {bad}");
     }
 
     #[test]

@@ -38,8 +38,19 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// The positions file in the stream spool.
 const POSITIONS: &str = ".positions.json";
 
-/// Per channel, one past the last record the transmitter sent whole.
-pub type Sent = Arc<Mutex<BTreeMap<String, u64>>>;
+/// Where a channel stands on the sender.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// One past the last record read from the spool.
+    pub read: u64,
+    /// One past the last record the transmitter sent whole.
+    pub sent: u64,
+    /// When the last record read was taken (µs since the Unix epoch).
+    pub last_us: Option<i64>,
+}
+
+/// Each channel's position, shared by the follower, the transmitter and the status file.
+pub type Sent = Arc<Mutex<BTreeMap<String, Position>>>;
 
 /// A batch of the stream session for the transmitter, with the channels' tails once it is sent.
 pub struct StreamOut {
@@ -63,6 +74,8 @@ struct Reader {
     pending: Vec<u8>,
     /// The next sequence number to take.
     next: u64,
+    /// When the last record taken was taken.
+    last_us: Option<i64>,
     batcher: Batcher,
 }
 
@@ -127,6 +140,7 @@ impl Reader {
                         continue;
                     }
                     self.next = s.record.seq + 1;
+                    self.last_us = Some(s.record.time_us);
                     if let Some(full) = self.batcher.push(now, s.record) {
                         out.push(full);
                     }
@@ -180,7 +194,14 @@ pub fn run(
         .map(|name| {
             let next = saved.channels.get(&name).copied().unwrap_or(0);
             if let Ok(mut s) = sent.lock() {
-                s.insert(name.clone(), next);
+                s.insert(
+                    name.clone(),
+                    Position {
+                        read: next,
+                        sent: next,
+                        last_us: None,
+                    },
+                );
             }
             info!(channel = %name, next_seq = next, "stream: sending from");
             Reader {
@@ -189,6 +210,7 @@ pub fn run(
                 segment: None,
                 pending: Vec::new(),
                 next,
+                last_us: None,
                 batcher: Batcher::new(limits),
             }
         })
@@ -205,7 +227,15 @@ pub fn run(
         let now = Instant::now();
         for r in &mut readers {
             let mut out = Vec::new();
+            let (before, last) = (r.next, r.last_us);
             r.read(now, &mut out);
+            if (r.next, r.last_us) != (before, last)
+                && let Ok(mut s) = sent.lock()
+            {
+                let p = s.entry(r.name.clone()).or_default();
+                p.read = r.next;
+                p.last_us = r.last_us;
+            }
             for records in out {
                 match encode(who.session, object, &r.name, records, fec, &mut inter) {
                     Ok((batches, tail)) => {
@@ -288,8 +318,8 @@ fn encode(
 /// Saves the positions sent and removes the segments wholly sent (never the newest: the inputs
 /// may still append to it).
 fn save(file: &Path, sent: &Sent, readers: &[Reader]) {
-    let channels = match sent.lock() {
-        Ok(s) => s.clone(),
+    let channels: BTreeMap<String, u64> = match sent.lock() {
+        Ok(s) => s.iter().map(|(n, p)| (n.clone(), p.sent)).collect(),
         Err(_) => return,
     };
     for r in readers {

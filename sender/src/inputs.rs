@@ -1,10 +1,10 @@
 //! The stream inputs' process (`checkvalve-send inputs`): takes records from the plant (UDP, TCP,
-//! a followed file, standard input) and hands them to the sender through the stream spool,
+//! an MQTT broker, a followed file, standard input) and hands them to the sender through the stream spool,
 //! durably, with their sequence numbers. The sender starts it before confining itself; it never
 //! sees the link socket, and the sender never receives.
 //!
 //! ```text
-//! [udp NAME] [tcp NAME ─► conn…] [file NAME] [stdin NAME]
+//! [udp NAME] [tcp NAME ─► conn…] [mqtt NAME] [file NAME] [stdin NAME]
 //!      └──────────── Taken (bounded: QUEUED) ─────────────► [spool writer, main thread]
 //!                                                   STATE/streams/NAME/FIRSTSEQ.seg (appended)
 //! ```
@@ -54,6 +54,13 @@ pub enum Input {
     Tcp(SocketAddr),
     /// A growing file, followed across rotation and truncation.
     File(PathBuf),
+    /// Messages of an MQTT broker's topics matching `filter` (QoS 1, a persistent session).
+    Mqtt {
+        /// The broker, HOST:PORT as given (resolved at each connection).
+        broker: String,
+        /// The topic filter (`+` and `#` wildcards).
+        filter: String,
+    },
     /// Standard input, one record per line.
     Stdin,
 }
@@ -96,6 +103,18 @@ pub fn parse_input(name: &str, url: &str) -> Result<Input, String> {
         Ok(Input::Udp(addr(rest)?))
     } else if let Some(rest) = url.strip_prefix("tcp://") {
         Ok(Input::Tcp(addr(rest)?))
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        let (broker, filter) = rest
+            .split_once('/')
+            .ok_or_else(|| format!("{url:?}: expected mqtt://HOST:PORT/TOPIC-FILTER"))?;
+        addr(broker)?;
+        if filter.is_empty() {
+            return Err(format!("{url:?}: no topic filter"));
+        }
+        Ok(Input::Mqtt {
+            broker: broker.to_owned(),
+            filter: filter.to_owned(),
+        })
     } else if let Some(rest) = url.strip_prefix("file://") {
         let path = PathBuf::from(rest);
         if !path.is_absolute() {
@@ -104,7 +123,7 @@ pub fn parse_input(name: &str, url: &str) -> Result<Input, String> {
         Ok(Input::File(path))
     } else {
         Err(format!(
-            "{url:?}: expected udp://HOST:PORT, tcp://HOST:PORT, file:///PATH or -"
+            "{url:?}: expected udp://HOST:PORT, tcp://HOST:PORT, mqtt://HOST:PORT/TOPIC-FILTER, file:///PATH or -"
         ))
     }
 }
@@ -115,6 +134,7 @@ impl std::fmt::Display for Input {
             Input::Udp(a) => write!(f, "udp://{a}"),
             Input::Tcp(a) => write!(f, "tcp://{a}"),
             Input::File(p) => write!(f, "file://{}", p.display()),
+            Input::Mqtt { broker, filter } => write!(f, "mqtt://{broker}/{filter}"),
             Input::Stdin => write!(f, "-"),
         }
     }
@@ -261,6 +281,12 @@ pub fn run(state: &Path, streams: Vec<StreamSpec>) -> Result<ExitCode> {
             Input::File(path) => {
                 let (path, from) = (path.clone(), sources[i]);
                 starts.push(Box::new(move || follow(i, &path, from, tx, &stop)));
+            }
+            Input::Mqtt { broker, filter } => {
+                let (broker, filter, name) = (broker.clone(), filter.clone(), s.name.clone());
+                starts.push(Box::new(move || {
+                    mqtt(i, &name, &broker, &filter, tx, &stop)
+                }));
             }
             Input::Stdin => starts.push(Box::new(move || stdin(i, tx, &stop))),
         }
@@ -491,6 +517,80 @@ fn connection(channel: usize, conn: TcpStream, tx: &SyncSender<Taken>) -> Result
         let rec = trim_line(&line);
         if !rec.is_empty() && tx.send(take(channel, rec, (0, 0))).is_err() {
             return Ok(());
+        }
+    }
+}
+
+/// Subscribes to `filter` on `broker` with QoS 1 in a persistent session (client id
+/// `checkvalve-NAME`, clean session off), so that what the broker kept while this input was away
+/// arrives after a restart. A message is acknowledged once queued for the spool.
+fn mqtt(
+    channel: usize,
+    name: &str,
+    broker: &str,
+    filter: &str,
+    tx: SyncSender<Taken>,
+    stop: &AtomicBool,
+) {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let Some((host, port)) = broker
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+    else {
+        error!(channel = name, broker, "mqtt input: not HOST:PORT");
+        return;
+    };
+    let mut opts = MqttOptions::new(format!("checkvalve-{name}"), host, port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(MAX_RECORD_LEN + 4096, 64 << 10);
+    let (client, mut connection) = Client::new(opts, 1024);
+    let mut connected = false;
+    while !stop.load(Ordering::Relaxed) {
+        match connection.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                info!(
+                    channel = name,
+                    broker,
+                    filter,
+                    session_present = ack.session_present,
+                    "mqtt input: connected"
+                );
+                connected = true;
+                // The broker keeps a persistent session's subscription; asking again is harmless.
+                if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce) {
+                    warn!(channel = name, "mqtt input: cannot subscribe: {e}");
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                let taken = Taken {
+                    channel,
+                    time_us: now_us(),
+                    topic: p.topic.as_bytes().to_vec(),
+                    payload: p.payload[..p.payload.len().min(MAX_RECORD_LEN)].to_vec(),
+                    source: (0, 0),
+                };
+                if tx.send(taken).is_err() {
+                    return;
+                }
+                if let Err(e) = client.ack(&p) {
+                    warn!(channel = name, "mqtt input: cannot acknowledge: {e}");
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                if connected {
+                    warn!(
+                        channel = name,
+                        broker, "mqtt input: connection lost: {e} (retrying)"
+                    );
+                    connected = false;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(rumqttc::RecvTimeoutError::Timeout) => {}
+            Err(rumqttc::RecvTimeoutError::Disconnected) => return,
         }
     }
 }

@@ -115,6 +115,7 @@ pub fn run(
         names_rx,
         checkvalve_common::wire::SHARD_OVERHEAD + usize::from(cfg.fec.shard_len),
     );
+    let positions = crate::follow::Sent::default();
     let streams = match (&cfg.state, cfg.streams.is_empty()) {
         (Some(state), false) => {
             let stream_session = checkvalve_common::stream::stream_session(session);
@@ -130,7 +131,7 @@ pub fn run(
                 "record streams: a session of their own"
             );
             let (stream_tx, stream_rx) = std::sync::mpsc::sync_channel(QUEUED_STREAM_BATCHES);
-            let sent = crate::follow::Sent::default();
+            let sent = Arc::clone(&positions);
             tx.carry_streams(
                 &stream_who,
                 stream_rx,
@@ -213,12 +214,14 @@ pub fn run(
                 datagrams: 0,
                 send_errors: 0,
                 channels: Vec::new(),
+                streams: Vec::new(),
                 last_problem: None,
             },
             cfg,
             file,
             confined,
             shared: tx.shared(),
+            positions,
             announce: announce_rx,
             done: done_rx,
             status_failing: false,
@@ -354,6 +357,8 @@ struct SpoolThread {
     /// The folders this run may write in.
     confined: Confined,
     shared: Arc<Shared>,
+    /// The record streams' positions.
+    positions: crate::follow::Sent,
     announce: Receiver<(u64, u64)>,
     done: Receiver<u64>,
     status_failing: bool,
@@ -500,6 +505,30 @@ impl SpoolThread {
         }
     }
 
+    /// Each stream input and where its records stand.
+    fn stream_status(&self) -> Vec<checkvalve_formats::sender::StreamStatus> {
+        let positions = self.positions.lock().map(|p| p.clone()).unwrap_or_default();
+        self.cfg
+            .streams
+            .iter()
+            .map(|s| {
+                let p = positions.get(&s.name).copied().unwrap_or_default();
+                checkvalve_formats::sender::StreamStatus {
+                    name: s.name.clone(),
+                    input: s.input.to_string(),
+                    spooled: p.read,
+                    sent: p.sent,
+                    last_record: p.last_us.map(|us| {
+                        humantime::format_rfc3339_micros(
+                            std::time::UNIX_EPOCH + Duration::from_micros(us.max(0) as u64),
+                        )
+                        .to_string()
+                    }),
+                }
+            })
+            .collect()
+    }
+
     fn write_status(&mut self, stopped: bool) {
         let Some(state) = self.cfg.state.clone() else {
             return;
@@ -509,6 +538,7 @@ impl SpoolThread {
         self.status.datagrams = self.shared.datagrams.load(Ordering::Relaxed);
         self.status.send_errors = self.shared.errors.load(Ordering::Relaxed);
         self.status.channels = self.spools.backlog_by_channel(SystemTime::now());
+        self.status.streams = self.stream_status();
         match crate::status::write(&mut self.status, &state) {
             Ok(()) => self.status_failing = false,
             Err(e) if !self.status_failing => {

@@ -186,6 +186,20 @@ pub fn print(cfg: Option<&Config>, state: Option<&Path>, json: bool) -> anyhow::
             c.queued, c.queued_bytes
         );
     }
+    if let Some(s) = status.as_ref().filter(|s| !s.streams.is_empty()) {
+        println!("streams:");
+        for st in &s.streams {
+            println!(
+                "  {:<14} {}  spooled {}, sent {} ({} waiting), last record {}",
+                st.name,
+                st.input,
+                st.spooled,
+                st.sent,
+                st.spooled.saturating_sub(st.sent),
+                st.last_record.as_deref().unwrap_or("none yet")
+            );
+        }
+    }
     Ok(healthy)
 }
 

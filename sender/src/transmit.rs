@@ -255,7 +255,7 @@ impl Transmitter {
                 lane.objects_sent = lane.objects_sent.max(out.batch.objects_end);
                 if let Ok(mut positions) = lane.sent.lock() {
                     for t in &out.tails {
-                        positions.insert(t.channel.clone(), t.end);
+                        positions.entry(t.channel.clone()).or_default().sent = t.end;
                     }
                 }
                 for t in out.tails {

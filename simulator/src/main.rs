@@ -33,6 +33,48 @@ struct Cli {
 enum Command {
     /// Run the real sender and receiver through a range of loss rates; write CSV and SVG.
     Sweep(SweepArgs),
+    /// Feed historian point records (time, tag, value, quality, number) to a stream input.
+    Historian(HistorianArgs),
+}
+
+/// `checkvalve-sim historian`.
+#[derive(Debug, ClapArgs)]
+struct HistorianArgs {
+    /// Tags (each a seeded random walk), taking turns.
+    #[arg(long, default_value_t = 500)]
+    tags: usize,
+    /// Records per second (`1000`, `1000/s`, `50k/s`).
+    #[arg(long, default_value = "1000/s", value_parser = records_per_second)]
+    rate: f64,
+    /// Where: tcp://HOST:PORT (a line per record), udp://HOST:PORT (a datagram per record) or
+    /// mqtt://HOST:PORT[/PREFIX] (a message per record on PREFIX/TAG, QoS 1; prefix `historian`).
+    #[arg(long, value_name = "URL")]
+    to: checkvalve_sim::feed::Target,
+    /// Stop after this many records.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this long.
+    #[arg(long, value_parser = duration)]
+    duration: Option<Duration>,
+    /// Seed of the values.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// Parses a record rate: `1000`, `1000/s`, `50k/s`.
+fn records_per_second(s: &str) -> Result<f64, String> {
+    let n = s.trim().trim_end_matches("/s");
+    let (digits, mult) = match n.strip_suffix(['k', 'K']) {
+        Some(d) => (d, 1e3),
+        None => (n, 1.0),
+    };
+    let v: f64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected records per second, e.g. 1000/s or 50k/s"))?;
+    if v.is_nan() || v <= 0.0 {
+        return Err(format!("{s:?}: must be positive"));
+    }
+    Ok(v * mult)
 }
 
 #[derive(Debug, ClapArgs)]
@@ -167,6 +209,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Sweep(args)) => run_sweep(args),
+        Some(Command::Historian(a)) => checkvalve_sim::feed::run(
+            checkvalve_sim::historian::Points::new(a.tags, a.seed),
+            &a.to,
+            checkvalve_sim::feed::Pace {
+                rate: a.rate,
+                count: a.count,
+                duration: a.duration,
+            },
+        )
+        .map(|n| info!(records = n, "historian feed done")),
         None => run_link(cli.link),
     };
     match result {

@@ -147,6 +147,25 @@ fn a_hundred_thousand_records_from_logger_over_tcp_arrive_in_order_each_once() {
     );
     assert_eq!(s.numbers.first(), Some(&0));
     assert_eq!(s.numbers.last(), Some(&99_999));
+    // `checkvalve-send status` shows the input and how far its records went.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(checkvalve_tests::bin("checkvalve-send"))
+            .args(["status", "--json", "--state"])
+            .arg(&state)
+            .output()
+            .expect("status");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        let st = &v["status"]["streams"][0];
+        if st["sent"] == 100_000 || Instant::now() >= deadline {
+            assert_eq!(st["name"], "syslog");
+            assert_eq!(st["input"], "tcp://127.0.0.1:0");
+            assert_eq!(st["spooled"], 100_000, "{v}");
+            assert_eq!(st["sent"], 100_000, "{v}");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Sends 100,000 numbered records through `logger` (`framing` its extra arguments) and the
@@ -365,4 +384,244 @@ fn a_followed_file_rotated_by_rename_and_by_copytruncate_across_a_sigkill_gives_
         "{}",
         checkvalve_tests::tail(&sender.log)
     );
+}
+
+/// A port on 127.0.0.1 free a moment ago, for a program that cannot bind port 0 and say so.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Publishes `per_topic` numbered messages (`value rec I`, I from `first`) on each of `topics`
+/// topics `plant/tN` with QoS 1 through `mosquitto_pub`.
+fn publish(port: u16, topics: u64, per_topic: u64, first: u64) {
+    use std::io::Write;
+    for t in 0..topics {
+        let mut child = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-l"])
+            .args(["-t", &format!("plant/t{t}")])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub (mosquitto-clients) runs");
+        let mut stdin = child.stdin.take().expect("stdin");
+        for i in 0..per_topic {
+            writeln!(stdin, "21.5 good rec {}", first + t * per_topic + i).expect("publish");
+        }
+        drop(stdin);
+        assert!(child.wait().expect("mosquitto_pub").success());
+    }
+}
+
+/// The (topic, number) of every record line of an MQTT channel: `TOPIC<TAB>PAYLOAD`.
+fn topics_seen(out: &Path, channel: &str) -> Vec<(String, u64)> {
+    channel_lines(out, channel)
+        .iter()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (topic, payload) = l.split_once('\t').expect("TOPIC<TAB>PAYLOAD");
+            let n = payload
+                .rsplit_once("rec ")
+                .and_then(|(_, n)| n.parse().ok())
+                .expect("numbered payload");
+            (topic.to_owned(), n)
+        })
+        .collect()
+}
+
+#[test]
+fn ten_thousand_mqtt_messages_on_a_hundred_topics_arrive_with_their_topics_and_a_restart_misses_none()
+ {
+    let rig = Rig::start(None, &[]);
+    let port = free_tcp_port();
+    let conf = rig.dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )
+    .expect("broker config");
+    let broker = Proc::start(
+        rig.dir.path(),
+        "mosquitto",
+        Path::new("mosquitto"),
+        &["-c".into(), conf.display().to_string()],
+    );
+    checkvalve_tests::wait_for_log(&broker, "running", Duration::from_secs(20));
+    let state = rig.dir.path().join("state");
+    let input = format!("points=mqtt://127.0.0.1:{port}/plant/#");
+    let mut sender = stream_sender(&rig, "sender-1", &state, &[&input]);
+    checkvalve_tests::wait_for_log(&sender, "mqtt input: connected", Duration::from_secs(20));
+    publish(port, 100, 100, 0);
+    let s = wait_for_records(&rig.out, "points", 10_000, Duration::from_secs(60));
+    assert_eq!(
+        s.numbers.len(),
+        10_000,
+        "{}",
+        checkvalve_tests::tail(&sender.log)
+    );
+    // The sender away: the broker keeps its persistent session's messages until it is back.
+    assert!(sender.stop().success());
+    publish(port, 10, 50, 10_000);
+    let sender = stream_sender(&rig, "sender-2", &state, &[&input]);
+    let s = wait_for_records(&rig.out, "points", 10_500, Duration::from_secs(60));
+    assert_eq!(s.markers, 0);
+    assert_eq!(
+        s.numbers.len(),
+        10_500,
+        "{}",
+        checkvalve_tests::tail(&sender.log)
+    );
+    let seen = topics_seen(&rig.out, "points");
+    let mut want: Vec<(String, u64)> = (0..10_000)
+        .map(|i| (format!("plant/t{}", i / 100), i))
+        .chain((10_000..10_500).map(|i| (format!("plant/t{}", (i - 10_000) / 50), i)))
+        .collect();
+    let mut got = seen.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every message once, with its topic");
+    // Per topic, in the order published.
+    for t in 0..100 {
+        let topic = format!("plant/t{t}");
+        let n: Vec<u64> = seen
+            .iter()
+            .filter(|(p, _)| *p == topic)
+            .map(|p| p.1)
+            .collect();
+        assert!(n.windows(2).all(|w| w[0] < w[1]), "{topic} in order");
+    }
+}
+
+#[test]
+fn real_rsyslog_tails_a_channel_file_and_forwards_every_record() {
+    use std::io::BufRead;
+    let rig = Rig::start(None, &[]);
+    let state = rig.dir.path().join("state");
+    let sender = stream_sender(&rig, "sender", &state, &["syslog=tcp://127.0.0.1:0"]);
+    let at = bound_addr(
+        &sender,
+        "stream input listening (tcp) channel=syslog",
+        Duration::from_secs(20),
+    );
+    let (host, port) = at.rsplit_once(':').expect("HOST:PORT");
+    let lines = numbered(rig.dir.path(), "lines", 5_000);
+    logger(&[
+        "-T",
+        "-n",
+        host,
+        "-P",
+        port,
+        "-f",
+        &lines.display().to_string(),
+    ]);
+    let s = wait_for_records(&rig.out, "syslog", 5_000, Duration::from_secs(60));
+    assert_eq!(s.numbers.len(), 5_000);
+    // The SIEM: a TCP listener in the test, counting what rsyslog forwards.
+    let siem = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let siem_port = siem.local_addr().expect("addr").port();
+    let (got_tx, got_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in siem.incoming().flatten() {
+            let got_tx = got_tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(conn).lines().map_while(Result::ok) {
+                    let _ = got_tx.send(line);
+                }
+            });
+        }
+    });
+    let work = rig.dir.path().join("rsyslog");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let conf = work.join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"global(workDirectory="{work}")
+module(load="imfile")
+template(name="raw" type="string" string="%msg%\n")
+ruleset(name="fwd") {{
+  action(type="omfwd" target="127.0.0.1" port="{siem_port}" protocol="tcp" template="raw")
+}}
+input(type="imfile" file="{out}/syslog/*.log" tag="plant:" ruleset="fwd" freshStartTail="off")
+"#,
+            work = work.display(),
+            out = rig.out.display(),
+        ),
+    )
+    .expect("rsyslog config");
+    let _rsyslog = Proc::start(
+        rig.dir.path(),
+        "rsyslog",
+        Path::new("rsyslogd"),
+        &[
+            "-n".into(),
+            "-f".into(),
+            conf.display().to_string(),
+            "-i".into(),
+            work.join("rsyslogd.pid").display().to_string(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut forwarded = std::collections::BTreeSet::new();
+    while forwarded.len() < 5_000 && Instant::now() < deadline {
+        if let Ok(line) = got_rx.recv_timeout(Duration::from_millis(200))
+            && let Some(n) = line
+                .rsplit_once("rec ")
+                .and_then(|(_, n)| n.trim().parse::<u64>().ok())
+        {
+            forwarded.insert(n);
+        }
+    }
+    assert_eq!(
+        forwarded.len(),
+        5_000,
+        "rsyslog forwarded every record of the channel file"
+    );
+}
+
+#[test]
+fn the_simulators_historian_feed_crosses_as_numbered_points_in_order() {
+    let rig = Rig::start(None, &[]);
+    let state = rig.dir.path().join("state");
+    let sender = stream_sender(&rig, "sender", &state, &["historian=tcp://127.0.0.1:0"]);
+    let at = bound_addr(
+        &sender,
+        "stream input listening (tcp) channel=historian",
+        Duration::from_secs(20),
+    );
+    let feed = Command::new(checkvalve_tests::bin("checkvalve-sim"))
+        .args([
+            "historian",
+            "--tags",
+            "50",
+            "--rate",
+            "5k/s",
+            "--count",
+            "3000",
+        ])
+        .args(["--to", &format!("tcp://{at}")])
+        .output()
+        .expect("checkvalve-sim historian");
+    assert!(
+        feed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&feed.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = channel_lines(&rig.out, "historian");
+    while lines.len() < 3000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        lines = channel_lines(&rig.out, "historian");
+    }
+    assert_eq!(lines.len(), 3000, "{}", checkvalve_tests::tail(&sender.log));
+    for (i, line) in lines.iter().enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 5, "time,tag,value,quality,number: {line}");
+        assert!(f[1].starts_with("PLANT1.U01."), "{line}");
+        assert!(f[2].parse::<f64>().is_ok(), "{line}");
+        assert!(["GOOD", "UNCERTAIN", "BAD"].contains(&f[3]), "{line}");
+        assert_eq!(f[4], i.to_string(), "in order, each once");
+        assert!(humantime::parse_rfc3339(f[0]).is_ok(), "{line}");
+    }
 }

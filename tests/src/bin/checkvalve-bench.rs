@@ -36,9 +36,14 @@ struct Args {
     #[arg(long, default_value = "max")]
     rate: String,
     /// Cases to run (comma-separated): ceiling, max1400, auth1400 (max1400 with a key: every
-    /// datagram authenticated), max8900, small, loss5, stall.
+    /// datagram authenticated), max8900, small, loss5, stall; records (record-to-file latency at
+    /// 1,000 and 50,000 records/s, alone and beside an unthrottled transfer of the large file,
+    /// and the highest rate sustained).
     #[arg(long, default_value = "ceiling,max1400,max8900,small,loss5,stall")]
     cases: String,
+    /// Seconds each `records` case feeds records.
+    #[arg(long, default_value_t = 10)]
+    record_secs: u64,
     /// Scratch folder (sources and outputs; needs twice the file size free).
     #[arg(long)]
     work: Option<PathBuf>,
@@ -593,7 +598,243 @@ fn main() {
         let c = one_big("stall", &["--rate", "1G"], None, stalls);
         println!("{}", run_case(&b, work, &c));
     }
+    if cases.contains(&"records") {
+        if !big.exists() {
+            write_file(&big, usize::try_from(args.size).expect("size"), 1);
+        }
+        let secs = Duration::from_secs(args.record_secs);
+        for (rate, bulk) in [
+            (Some(1_000.0), false),
+            (Some(50_000.0), false),
+            (Some(1_000.0), true),
+            (Some(50_000.0), true),
+            (None, false),
+        ] {
+            println!(
+                "{}",
+                records_case(&b, work, rate, bulk.then_some(big.as_path()), secs)
+            );
+        }
+    }
     if args.keep {
         let _ = scratch.keep();
     }
+}
+
+/// Bytes of every benchmark record, its newline included.
+const RECORD_BYTES: usize = 200;
+
+/// Microseconds since the Unix epoch.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Record-to-file latency: a keyed sender service with a TCP stream input (and, with `bulk`, a
+/// spool into which the large file is put a second in), the receiver, and a feeder writing
+/// 200-byte records stamped with their time at `rate` records/s (`None`: as fast as the input
+/// takes them) for `secs`; the channel file is tailed as it grows and each record's latency is
+/// now minus its stamp. Beside a transfer, the percentiles count only the records fed while the
+/// file was crossing (from its first datagram to its last, by the manifest).
+fn records_case(
+    b: &Bins,
+    work: &Path,
+    rate: Option<f64>,
+    bulk: Option<&Path>,
+    secs: Duration,
+) -> String {
+    use std::io::{Read, Write};
+    let name = format!(
+        "records-{}{}",
+        rate.map_or("max".to_string(), |r| format!("{}k", r / 1000.0)),
+        if bulk.is_some() { "-bulk" } else { "" }
+    );
+    let dir = work.join(&name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("mkdir");
+    let key = dir.join("bench.key");
+    let made = Command::new(&b.send)
+        .args(["keygen", "--id", "1", "--out"])
+        .arg(&key)
+        .status()
+        .expect("keygen");
+    assert!(made.success(), "keygen failed");
+    let out = dir.join("out");
+    let recv_args: Vec<String> = vec![
+        "--bind".into(),
+        "127.0.0.1:0".into(),
+        "--out".into(),
+        out.display().to_string(),
+        "--stats-interval".into(),
+        "1h".into(),
+        "--key".into(),
+        key.display().to_string(),
+    ];
+    let mut receiver = Running::start(&b.receive, &recv_args, dir.join("receiver.log"));
+    let raddr = wait_bind(&dir.join("receiver.log"), " receiving");
+    let spool = dir.join("spool");
+    fs::create_dir_all(&spool).expect("spool");
+    let send_args: Vec<String> = vec![
+        "--to".into(),
+        raddr,
+        "--rate".into(),
+        "max".into(),
+        "--key".into(),
+        key.display().to_string(),
+        "--state".into(),
+        dir.join("state").display().to_string(),
+        "--watch".into(),
+        spool.display().to_string(),
+        "--settle".into(),
+        "1s".into(),
+        "--stream".into(),
+        "bench=tcp://127.0.0.1:0".into(),
+    ];
+    let mut sender = Running::start(&b.send, &send_args, dir.join("sender.log"));
+    let input = wait_bind(
+        &dir.join("sender.log"),
+        "stream input listening (tcp) channel=bench",
+    );
+    // The feeder, on its own thread: stamped records at the rate, or as fast as TCP takes them.
+    let fed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let feeder = {
+        let fed = std::sync::Arc::clone(&fed);
+        std::thread::spawn(move || {
+            let mut conn =
+                std::io::BufWriter::new(std::net::TcpStream::connect(&input).expect("input"));
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < secs {
+                let due = rate.map_or(n + 1000, |r| (start.elapsed().as_secs_f64() * r) as u64 + 1);
+                while n < due {
+                    let mut line = format!("{:016} {n:010} ", now_us());
+                    line.extend(std::iter::repeat_n('x', RECORD_BYTES - 1 - line.len()));
+                    line.push('\n');
+                    conn.write_all(line.as_bytes()).expect("feed");
+                    n += 1;
+                }
+                conn.flush().expect("feed");
+                fed.store(n, std::sync::atomic::Ordering::Relaxed);
+                if rate.is_some() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            conn.flush().expect("feed");
+            fed.store(n, std::sync::atomic::Ordering::Relaxed);
+            n
+        })
+    };
+    let started = Instant::now();
+    let mut bulk_placed = false;
+    // Tail the channel file: (stamp, latency) of every record, and the markers' missing counts.
+    let mut seen: Vec<(u64, u64)> = Vec::new();
+    let mut missing = 0u64;
+    let mut file: Option<fs::File> = None;
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total: Option<u64> = None;
+    let deadline = Instant::now() + secs + Duration::from_secs(120);
+    loop {
+        if let (Some(src), false) = (bulk, bulk_placed)
+            && started.elapsed() >= Duration::from_secs(1)
+        {
+            fs::hard_link(src, spool.join("bulk.bin"))
+                .or_else(|_| fs::copy(src, spool.join("bulk.bin")).map(|_| ()))
+                .expect("bulk file into the spool");
+            bulk_placed = true;
+        }
+        if file.is_none() {
+            file = fs::read_dir(out.join("bench"))
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(|e| e.ok())
+                .and_then(|e| fs::File::open(e.path()).ok());
+        }
+        if let Some(f) = file.as_mut() {
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let now = now_us();
+                pending.extend_from_slice(&buf[..n]);
+                let mut at = 0;
+                while let Some(end) = pending[at..].iter().position(|&c| c == b'\n') {
+                    let line = &pending[at..at + end];
+                    at += end + 1;
+                    if line.starts_with(b"#") {
+                        missing += std::str::from_utf8(line)
+                            .ok()
+                            .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("missing=")))
+                            .and_then(|m| m.parse::<u64>().ok())
+                            .unwrap_or(0);
+                    } else if let Some(stamp) = std::str::from_utf8(&line[..16.min(line.len())])
+                        .ok()
+                        .and_then(|t| t.parse::<u64>().ok())
+                    {
+                        seen.push((stamp, now.saturating_sub(stamp)));
+                    }
+                }
+                pending.drain(..at);
+            }
+        }
+        if total.is_none() && feeder.is_finished() {
+            total = Some(fed.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        sender.poll();
+        receiver.poll();
+        if total.is_some_and(|t| seen.len() as u64 + missing >= t) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let total = feeder.join().unwrap_or(0);
+    let feed_secs = secs.as_secs_f64();
+    // With a transfer: only the records fed while it crossed.
+    let window = bulk.and_then(|_| {
+        let o = Outcome::read(&out.join(".checkvalve/manifest"));
+        let r = o.records.iter().find(|r| r.status == Status::Delivered)?;
+        let us = |t: &Option<String>| -> Option<u64> {
+            let t = humantime::parse_rfc3339(t.as_deref()?).ok()?;
+            Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_micros() as u64)
+        };
+        Some((us(&r.first_datagram)?, us(&r.last_datagram)?))
+    });
+    let mut lat: Vec<u64> = seen
+        .iter()
+        .filter(|(stamp, _)| window.is_none_or(|(a, z)| (a..=z).contains(stamp)))
+        .map(|&(_, l)| l)
+        .collect();
+    lat.sort_unstable();
+    let pct = |p: f64| -> String {
+        if lat.is_empty() {
+            return "-".into();
+        }
+        let i = ((lat.len() - 1) as f64 * p).round() as usize;
+        format!("{:.1}", lat[i] as f64 / 1000.0)
+    };
+    let (_, _) = sender.stop();
+    let (_, _) = receiver.stop();
+    let window_text = match (bulk, window) {
+        (Some(_), Some((a, z))) => format!(
+            " | beside the transfer: {:.1} s of it, {} records",
+            (z - a) as f64 / 1e6,
+            lat.len()
+        ),
+        (Some(_), None) => " | the transfer did not arrive".to_string(),
+        _ => String::new(),
+    };
+    format!(
+        "{name:<18} {} fed {total} ({:.0}/s) written {} missing {missing} | latency ms p50 {} p99 {} max {}{window_text}",
+        if seen.len() as u64 == total {
+            "OK  "
+        } else {
+            "LOST"
+        },
+        total as f64 / feed_secs,
+        seen.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+    )
 }
