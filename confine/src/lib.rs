@@ -37,6 +37,9 @@ pub enum Role {
     Sender,
     /// Receives only: every sending and connecting call is forbidden.
     Receiver,
+    /// The sender's stream inputs' process: it listens, accepts and connects (an MQTT broker),
+    /// over IPv4 and IPv6 only; it never starts a program, traces one or opens a raw socket.
+    Inputs,
 }
 
 /// System calls both programs may make once confined: memory, threads, time, signals, and files
@@ -187,6 +190,27 @@ const RECEIVER: &[(&str, i64)] = &[
     ("recvmmsg", libc::SYS_recvmmsg),
 ];
 
+/// What only the stream inputs' process may do: take records from the network, its sockets
+/// (made by `socket` for IPv4 and IPv6 only, [`program`]) its own.
+const INPUTS: &[(&str, i64)] = &[
+    ("socket", libc::SYS_socket),
+    ("connect", libc::SYS_connect),
+    ("accept", libc::SYS_accept),
+    ("accept4", libc::SYS_accept4),
+    ("getsockopt", libc::SYS_getsockopt),
+    ("setsockopt", libc::SYS_setsockopt),
+    ("getsockname", libc::SYS_getsockname),
+    ("getpeername", libc::SYS_getpeername),
+    ("shutdown", libc::SYS_shutdown),
+    ("recvfrom", libc::SYS_recvfrom),
+    ("recvmsg", libc::SYS_recvmsg),
+    ("sendto", libc::SYS_sendto),
+    ("sendmsg", libc::SYS_sendmsg),
+    // The MQTT client's runtime wakes itself through a pair of connected Unix sockets (no name,
+    // no way out of the process).
+    ("socketpair", libc::SYS_socketpair),
+];
+
 /// The system calls `role` may make once confined (an allowlist: everything else fails with
 /// `EPERM`). Neither role may create a socket, bind, connect, listen, accept, set a socket's
 /// options, shut one down, splice, execute a program or use `io_uring`; the sender may not
@@ -195,15 +219,33 @@ pub fn allowed(role: Role) -> Vec<(&'static str, i64)> {
     let own = match role {
         Role::Sender => SENDER,
         Role::Receiver => RECEIVER,
+        Role::Inputs => INPUTS,
     };
     COMMON.iter().chain(LEGACY).chain(own).copied().collect()
 }
 
 fn program(role: Role) -> Result<BpfProgram, ConfineError> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = allowed(role)
+    let mut rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = allowed(role)
         .into_iter()
         .map(|(_, nr)| (nr, Vec::new()))
         .collect();
+    if role == Role::Inputs {
+        // Internet sockets only: no packet, netlink or Unix socket.
+        let family = |f: i32| {
+            seccompiler::SeccompCondition::new(
+                0,
+                seccompiler::SeccompCmpArgLen::Dword,
+                seccompiler::SeccompCmpOp::Eq,
+                f as u64,
+            )
+            .and_then(|c| seccompiler::SeccompRule::new(vec![c]))
+            .map_err(|e| ConfineError::Seccomp(e.to_string()))
+        };
+        rules.insert(
+            libc::SYS_socket,
+            vec![family(libc::AF_INET)?, family(libc::AF_INET6)?],
+        );
+    }
     let arch: TargetArch = std::env::consts::ARCH
         .try_into()
         .map_err(|e| ConfineError::Seccomp(format!("{e:?}")))?;
@@ -352,6 +394,36 @@ mod tests {
                 e.kind(),
                 std::io::ErrorKind::WouldBlock,
                 "receiving stays allowed"
+            );
+        })
+        .join()
+        .unwrap();
+        // The inputs' process: internet sockets only, and no program started.
+        std::thread::spawn(|| {
+            one_direction_this_thread(Role::Inputs).unwrap();
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+                .expect("an input's socket");
+            socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+                .expect("an input's socket");
+            let raw = socket2::Socket::new(
+                socket2::Domain::PACKET,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(i32::from(
+                    (libc::ETH_P_ALL as u16).to_be(),
+                ))),
+            )
+            .expect_err("a packet socket");
+            assert_eq!(raw.raw_os_error(), Some(libc::EPERM), "{raw}");
+            let unix = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+                .expect_err("a Unix socket");
+            assert_eq!(unix.raw_os_error(), Some(libc::EPERM), "{unix}");
+            let exec = std::process::Command::new("/bin/true")
+                .status()
+                .expect_err("a program started");
+            assert!(
+                exec.raw_os_error() == Some(libc::EPERM)
+                    || exec.kind() == std::io::ErrorKind::PermissionDenied,
+                "{exec}"
             );
         })
         .join()

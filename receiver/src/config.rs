@@ -64,6 +64,8 @@ pub struct Settings {
     pub names: NamePolicy,
     /// How long a record channel waits for a late batch before marking its records lost.
     pub reorder_window: Duration,
+    /// How records are written in the channel files.
+    pub stream_format: crate::streams::StreamFormat,
     /// The operator accepts unauthenticated datagrams: without a key, the receiver runs
     /// unauthenticated (and says so); with one, it accepts both (a migration).
     pub allow_unauthenticated: bool,
@@ -104,6 +106,7 @@ struct Raw {
     group: Option<Spanned<String>>,
     names: Option<Spanned<String>>,
     reorder_window: Option<Spanned<String>>,
+    stream_format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -206,6 +209,7 @@ impl Settings {
             group: None,
             names: defaults::NAMES.parse().expect("default names"),
             reorder_window: duration(defaults::REORDER_WINDOW),
+            stream_format: crate::streams::StreamFormat::default(),
         }
     }
 
@@ -292,6 +296,9 @@ impl Settings {
             if let Some(d) = given {
                 *value = duration(d)?;
             }
+        }
+        if let Some(f) = &raw.stream_format {
+            s.stream_format = f.get_ref().parse().map_err(|e| at(f.span().start, e))?;
         }
         let sizes = [
             (&raw.max_object_size, &mut s.max_object_size),

@@ -61,6 +61,10 @@ struct Args {
     /// How long a record channel waits for a late batch before marking its records lost.
     #[arg(long, default_value = defaults::REORDER_WINDOW, value_parser = parse_duration)]
     reorder_window: Duration,
+    /// How records are written in channel files: lines (escaped, YYYY-MM-DD.log) or json (one
+    /// object per record with its number, sender time and topic, YYYY-MM-DD.jsonl).
+    #[arg(long, value_name = "FORMAT", default_value = "lines")]
+    stream_format: crate::streams::StreamFormat,
     /// Largest file accepted.
     #[arg(long, default_value = defaults::MAX_OBJECT_SIZE, value_parser = parse_size)]
     max_object_size: u64,
@@ -237,6 +241,7 @@ fn settings(args: &Args) -> Result<Option<Settings>> {
         group: args.group.clone(),
         names: args.names,
         reorder_window: args.reorder_window,
+        stream_format: args.stream_format,
     })
     .filter(|s| match s.check_auth() {
         Ok(()) => true,

@@ -32,6 +32,47 @@ use crate::manifest::Manifest;
 use crate::pipeline::messages::ToStreams;
 use crate::share::Share;
 
+/// How records are written in a channel's file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StreamFormat {
+    /// One record per line, escaped (`YYYY-MM-DD.log`).
+    #[default]
+    Lines,
+    /// One JSON object per line with the record's number, sender time and topic
+    /// (`YYYY-MM-DD.jsonl`).
+    Json,
+}
+
+impl std::str::FromStr for StreamFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "lines" => Ok(StreamFormat::Lines),
+            "json" => Ok(StreamFormat::Json),
+            other => Err(format!("{other:?}: expected lines or json")),
+        }
+    }
+}
+
+impl StreamFormat {
+    /// The extension of its files.
+    fn extension(self) -> &'static str {
+        match self {
+            StreamFormat::Lines => "log",
+            StreamFormat::Json => "jsonl",
+        }
+    }
+}
+
+/// The stage's settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// How long a hole is waited for, and how much is held meanwhile.
+    pub order: OrderConfig,
+    /// How records are written.
+    pub format: StreamFormat,
+}
+
 /// Channels kept at most: a batch of another channel is refused (and counted) beyond them.
 pub const MAX_CHANNELS: usize = 256;
 /// Every marker line starts with this.
@@ -77,6 +118,7 @@ pub struct Streams {
     share: Arc<Share>,
     manifest: Arc<Manifest>,
     config: OrderConfig,
+    format: StreamFormat,
     channels: HashMap<String, Channel>,
     state_file: PathBuf,
     /// Batches refused (undecodable, or one channel too many).
@@ -89,9 +131,10 @@ impl Streams {
     pub fn new(
         share: Arc<Share>,
         manifest: Arc<Manifest>,
-        config: OrderConfig,
+        settings: StreamSettings,
         views: Views,
     ) -> Self {
+        let config = settings.order;
         let state_file = share.state().join(STATE_FILE);
         let saved: Saved = std::fs::read(&state_file)
             .ok()
@@ -103,6 +146,7 @@ impl Streams {
             share,
             manifest,
             config,
+            format: settings.format,
             channels: HashMap::new(),
             state_file,
             refused: 0,
@@ -135,7 +179,7 @@ impl Streams {
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|f| f.ends_with(".log") && *f >= p.file)
+            .filter(|f| f.ends_with(&format!(".{}", self.format.extension())) && *f >= p.file)
             .collect();
         files.sort();
         let before = p.next;
@@ -152,11 +196,24 @@ impl Streams {
                 if line.is_empty() {
                     continue;
                 }
-                p.next += match marker_missing(line) {
-                    Some(n) => n,
-                    None if line.starts_with(b"#") => 0,
-                    None => 1,
-                };
+                match self.format {
+                    StreamFormat::Lines => {
+                        p.next += match marker_missing(line) {
+                            Some(n) => n,
+                            None if line.starts_with(b"#") => 0,
+                            None => 1,
+                        };
+                    }
+                    // Each JSON line says its numbers: a record its `seq`, a gap its last.
+                    StreamFormat::Json => {
+                        let v: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+                        if let Some(seq) = v["seq"].as_u64() {
+                            p.next = p.next.max(seq + 1);
+                        } else if let Some(last) = v["gap"]["last_seq"].as_u64() {
+                            p.next = p.next.max(last + 1);
+                        }
+                    }
+                }
             }
             p.len = bytes.len() as u64;
             p.file = f;
@@ -307,7 +364,45 @@ impl Streams {
         let Some(c) = self.channels.get_mut(name) else {
             return;
         };
+        let format = self.format;
         for emit in out {
+            let first = match &emit {
+                Emit::Records(records) => records[0].seq,
+                Emit::Gap(gap) => gap.first_seq,
+            };
+            if first > c.position.next {
+                // Records the order emitted whose write failed (a full or failing disk): marked
+                // in place once writing works again, like records the link lost.
+                let unwritten = Gap {
+                    first_seq: c.position.next,
+                    missing: first - c.position.next,
+                    after_us: None,
+                    before_us: None,
+                };
+                let day = c
+                    .file
+                    .as_ref()
+                    .map_or_else(|| day_of(0), |(d, _)| d.clone());
+                let text = gap_line(format, name, &unwritten, Some("not-written"));
+                if append(&self.share, name, c, &day, format, &text).is_err() {
+                    continue;
+                }
+                c.position.next = first;
+                warn!(channel = %name, missing = unwritten.missing, first_seq = unwritten.first_seq, "record channel: records not written (a write failed): marked");
+                self.manifest.event(
+                    Status::StreamGap,
+                    None,
+                    format!(
+                        "{} records of channel {name} not written (a write failed)",
+                        unwritten.missing
+                    ),
+                    Some(Detail::Gap {
+                        channel: name.to_owned(),
+                        first_seq: unwritten.first_seq,
+                        missing: unwritten.missing,
+                    }),
+                );
+            }
             let (day, text) = match &emit {
                 Emit::Records(records) => {
                     let day = day_of(records[0].time_us);
@@ -315,7 +410,10 @@ impl Streams {
                         Vec::with_capacity(records.iter().map(|r| r.payload.len() + 1).sum());
                     // A run straddling midnight goes whole into the day it began in.
                     for r in records {
-                        line(r, &mut text);
+                        match format {
+                            StreamFormat::Lines => line(r, &mut text),
+                            StreamFormat::Json => json_line(r, &mut text),
+                        }
                     }
                     if let Some(r) = records.last() {
                         c.last_lag = lag(r.time_us);
@@ -328,12 +426,11 @@ impl Streams {
                         .as_ref()
                         .map(|(d, _)| d.clone())
                         .unwrap_or_else(|| day_of(gap.before_us.or(gap.after_us).unwrap_or(0)));
-                    (day, marker(name, gap).into_bytes())
+                    (day, gap_line(format, name, gap, None))
                 }
             };
-            if let Err(e) = append(&self.share, name, c, &day, &text) {
-                // The records stay unwritten; the position does not move past them, so the
-                // channel's next write starts with their gap's marker.
+            if let Err(e) = append(&self.share, name, c, &day, format, &text) {
+                // The position does not move past them: the next write that works marks them.
                 warn!(channel = %name, "record channel file not written: {e}");
                 continue;
             }
@@ -395,9 +492,10 @@ fn append(
     name: &str,
     c: &mut Channel,
     day: &str,
+    format: StreamFormat,
     text: &[u8],
 ) -> std::io::Result<()> {
-    let file_name = format!("{day}.log");
+    let file_name = format!("{day}.{}", format.extension());
     if c.file.as_ref().is_none_or(|(d, _)| d != day) {
         let f = share.open_channel_file(name, &file_name)?;
         c.file = Some((day.to_owned(), f));
@@ -437,17 +535,67 @@ fn escape(bytes: &[u8], tab: bool, out: &mut Vec<u8>) {
     }
 }
 
-/// The marker line of a gap.
-pub fn marker(channel: &str, gap: &Gap) -> String {
+/// The marker line of a gap (`reason`: why, when not lost on the link).
+pub fn marker(channel: &str, gap: &Gap, reason: Option<&str>) -> String {
     let time = |t: Option<i64>| t.map_or_else(|| "-".to_string(), rfc3339);
     format!(
-        "{MARKER} channel={channel} missing={} first_seq={} last_seq={} after={} before={}\n",
+        "{MARKER} channel={channel} missing={} first_seq={} last_seq={} after={} before={}{}\n",
         gap.missing,
         gap.first_seq,
         gap.first_seq + gap.missing - 1,
         time(gap.after_us),
         time(gap.before_us),
+        reason.map_or_else(String::new, |r| format!(" reason={r}")),
     )
+}
+
+/// A gap's line in `format`.
+fn gap_line(format: StreamFormat, channel: &str, gap: &Gap, reason: Option<&str>) -> Vec<u8> {
+    match format {
+        StreamFormat::Lines => marker(channel, gap, reason).into_bytes(),
+        StreamFormat::Json => {
+            let time = |t: Option<i64>| t.map(rfc3339);
+            let mut v = serde_json::json!({
+                "gap": {
+                    "channel": channel,
+                    "missing": gap.missing,
+                    "first_seq": gap.first_seq,
+                    "last_seq": gap.first_seq + gap.missing - 1,
+                    "after": time(gap.after_us),
+                    "before": time(gap.before_us),
+                }
+            });
+            if let Some(r) = reason {
+                v["gap"]["reason"] = r.into();
+            }
+            let mut out = v.to_string().into_bytes();
+            out.push(b'\n');
+            out
+        }
+    }
+}
+
+/// Appends the JSON line of `r`: its number, sender time, topic (MQTT) and the record, as a
+/// string when it is UTF-8, else as hex (`record_hex`).
+fn json_line(r: &Record, out: &mut Vec<u8>) {
+    let mut v = serde_json::json!({ "seq": r.seq, "time": rfc3339(r.time_us) });
+    if !r.topic.is_empty() {
+        v["topic"] = String::from_utf8_lossy(&r.topic).into();
+    }
+    match std::str::from_utf8(&r.payload) {
+        Ok(text) => v["record"] = text.into(),
+        Err(_) => {
+            v["record_hex"] = r
+                .payload
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into()
+        }
+    }
+    if serde_json::to_writer(&mut *out, &v).is_ok() {
+        out.push(b'\n');
+    }
 }
 
 /// The `missing=` count of a marker line.
@@ -497,6 +645,59 @@ pub fn read_content(file: &mut File, size: u64) -> std::io::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// A share holding channel `c`'s file with `before` (saved as written up to its end) and
+    /// `after` (written after the last save), resumed by a new stage in `format`.
+    fn resumed(format: StreamFormat, next: u64, before: &str, after: &str) -> Option<u64> {
+        let dir = tempfile::tempdir().unwrap();
+        let (share, _) = Share::open(&dir.path().join("out"), None).unwrap();
+        let share = Arc::new(share);
+        let manifest = Arc::new(Manifest::open(&dir.path().join("m"), 0).unwrap());
+        let name = format!("2026-12-03.{}", format.extension());
+        let mut f = share.open_channel_file("c", &name).unwrap();
+        f.write_all(before.as_bytes()).unwrap();
+        f.write_all(after.as_bytes()).unwrap();
+        let saved = Saved {
+            channels: [(
+                "c".to_string(),
+                Position {
+                    next,
+                    file: name,
+                    len: before.len() as u64,
+                },
+            )]
+            .into(),
+        };
+        std::fs::write(
+            share.state().join(STATE_FILE),
+            serde_json::to_vec(&saved).unwrap(),
+        )
+        .unwrap();
+        let settings = StreamSettings {
+            format,
+            ..StreamSettings::default()
+        };
+        let s = Streams::new(share, manifest, settings, Views::default());
+        s.channels.get("c").and_then(|c| c.order.next_seq())
+    }
+
+    #[test]
+    fn lines_written_after_the_last_save_are_counted_back_in_at_start() {
+        let marker =
+            "#checkvalve gap channel=c missing=4 first_seq=8 last_seq=11 after=- before=-\n";
+        assert_eq!(
+            resumed(
+                StreamFormat::Lines,
+                5,
+                "a\nb\nc\nd\ne\n",
+                &format!("f\n\\#g\nh\n{marker}")
+            ),
+            Some(12)
+        );
+        assert_eq!(resumed(StreamFormat::Lines, 5, "a\n", ""), Some(5));
+        let after = "{\"seq\":5,\"time\":\"x\",\"record\":\"f\"}\n{\"gap\":{\"first_seq\":6,\"last_seq\":9,\"missing\":4}}\n";
+        assert_eq!(resumed(StreamFormat::Json, 5, "", after), Some(10));
+    }
+
     #[test]
     fn lines_escape_newlines_and_leading_hashes_and_markers_count_back() {
         let mut out = Vec::new();
@@ -521,6 +722,7 @@ mod tests {
                 after_us: Some(0),
                 before_us: None,
             },
+            None,
         );
         assert_eq!(
             m,

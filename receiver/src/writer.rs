@@ -581,7 +581,7 @@ mod tests {
             &share,
             &recorder,
             stash_limit * 2,
-            std::time::Duration::from_secs(1),
+            crate::streams::StreamSettings::default(),
             &crate::streams::Views::default(),
         )
         .unwrap();

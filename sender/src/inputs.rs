@@ -283,7 +283,14 @@ pub fn run(state: &Path, streams: Vec<StreamSpec>) -> Result<ExitCode> {
                 starts.push(Box::new(move || follow(i, &path, from, tx, &stop)));
             }
             Input::Mqtt { broker, filter } => {
-                let (broker, filter, name) = (broker.clone(), filter.clone(), s.name.clone());
+                // Resolved now: once confined, this process reads none of the resolver's files.
+                use std::net::ToSocketAddrs;
+                let resolved = broker
+                    .to_socket_addrs()
+                    .with_context(|| format!("cannot resolve the MQTT broker {broker}"))?
+                    .next()
+                    .ok_or_else(|| anyhow!("no address for the MQTT broker {broker}"))?;
+                let (broker, filter, name) = (resolved.to_string(), filter.clone(), s.name.clone());
                 starts.push(Box::new(move || {
                     mqtt(i, &name, &broker, &filter, tx, &stop)
                 }));
@@ -301,17 +308,38 @@ pub fn run(state: &Path, streams: Vec<StreamSpec>) -> Result<ExitCode> {
         })
         .collect();
     crate::confine_files(&writable, &readable);
+    match checkvalve_confine::one_direction(checkvalve_confine::Role::Inputs) {
+        Ok(()) => info!(
+            "seccomp: the inputs' process may use internet sockets and its files only: no program started, no raw or Unix socket"
+        ),
+        Err(e) => warn!("cannot install the inputs' seccomp filter: {e}"),
+    }
+    let mut threads = Vec::new();
     for (i, start) in starts.into_iter().enumerate() {
-        std::thread::Builder::new()
+        let t = std::thread::Builder::new()
             .name(format!("input-{}", streams[i].name))
             .spawn(start)
             .context("cannot start an input thread")?;
+        // Standard input may end; any other input ending is a failure of this process.
+        if streams[i].input != Input::Stdin {
+            threads.push((streams[i].name.clone(), t));
+        }
     }
-    write_spool(&rx, &mut spools, &stop, parent);
+    let ended = || {
+        threads
+            .iter()
+            .find(|(_, t)| t.is_finished())
+            .map(|(n, _)| n.clone())
+    };
+    let failed = write_spool(&rx, &mut spools, &stop, parent, &ended);
     for s in &mut spools {
         if let Err(e) = s.flush() {
             error!(channel = %s.name, "stream spool not written: {e}");
         }
+    }
+    if let Some(name) = failed {
+        error!(channel = %name, "stream input ended: the inputs' process stops (the sender with it, and a restart starts both)");
+        return Ok(ExitCode::from(1));
     }
     info!("stream inputs stopped");
     Ok(ExitCode::SUCCESS)
@@ -345,17 +373,22 @@ fn lock_spool(state: &Path) -> Result<File> {
     ))
 }
 
-/// The spool writer: numbers each record and appends it, flushing whenever the queue is empty.
+/// The spool writer: numbers each record and appends it, flushing whenever the queue is empty;
+/// until a stop, or an input ended (`ended` names it, and so does the return value).
 fn write_spool(
     rx: &Receiver<Taken>,
     spools: &mut [ChannelSpool],
     stop: &AtomicBool,
     parent: nix::unistd::Pid,
-) {
+    ended: &dyn Fn() -> Option<String>,
+) -> Option<String> {
     let mut failing: HashMap<usize, bool> = HashMap::new();
     loop {
         if stop.load(Ordering::Relaxed) || nix::unistd::getppid() != parent {
-            return;
+            return None;
+        }
+        if let Some(name) = ended() {
+            return Some(name);
         }
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(t) => {
@@ -370,7 +403,17 @@ fn write_spool(
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Some(name) = ended() {
+                    return Some(name);
+                }
+                // Only standard input, and it ended: nothing more will come, but the sender
+                // keeps running (and sending what was spooled) until it is stopped.
+                while !stop.load(Ordering::Relaxed) && nix::unistd::getppid() == parent {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                return None;
+            }
         }
         for (i, s) in spools.iter_mut().enumerate() {
             match s.flush() {

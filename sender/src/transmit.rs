@@ -281,13 +281,18 @@ impl Transmitter {
         let mut datagrams = vec![hb.to_bytes()];
         let tails: Vec<StreamTail> = lane.tails.values().cloned().collect();
         datagrams.extend(emit_tails(lane.session, &tails, lane.max_len));
-        lane.datagrams += datagrams.len() as u64;
         let sealer = lane.sealer.clone();
+        // Counted as the kernel takes them, like every other datagram: one refused is not sent.
+        let before = self.sent.datagrams;
         for mut d in datagrams {
             if let Some(s) = &sealer {
                 s.seal_heartbeat(&mut d, 0);
             }
             self.raw_send(&d);
+        }
+        let sent = self.sent.datagrams - before;
+        if let Some(lane) = self.lane.as_mut() {
+            lane.datagrams += sent;
         }
     }
 
@@ -424,7 +429,10 @@ impl Transmitter {
         let hb = Heartbeat {
             session: self.session,
             seq: self.heartbeat_seq,
-            datagrams_sent: self.sent.datagrams - self.lane.as_ref().map_or(0, |l| l.datagrams),
+            datagrams_sent: self
+                .sent
+                .datagrams
+                .saturating_sub(self.lane.as_ref().map_or(0, |l| l.datagrams)),
             objects_sent: self.objects_sent,
             interval_ms: self.interval.as_millis().min(u128::from(u32::MAX)) as u32,
         };

@@ -153,7 +153,7 @@ pub fn render(view: &View) -> String {
     h.push_str(
         r##"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5"><title>checkvalve receiver</title>
 <style>body{font-family:sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}.state{padding:.6em 1em;border-radius:6px;font-weight:bold;display:inline-block;margin:.2em 0}
-.up{background:#d8f5d8}.down{background:#f8d0d0}.unknown{background:#eee}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border-bottom:1px solid #ddd;padding:.25em .8em;text-align:left;font-size:.9em}
+.up{background:#d8f5d8}.down,.alarm{background:#f8d0d0}.unknown{background:#eee}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border-bottom:1px solid #ddd;padding:.25em .8em;text-align:left;font-size:.9em}
 figure{margin:.5em 0 1em}figcaption{font-weight:bold;margin-bottom:.2em}</style></head><body><h1>checkvalve receiver</h1>"##,
     );
     let Some(l) = &view.live else {
@@ -279,13 +279,71 @@ figure{margin:.5em 0 1em}figcaption{font-weight:bold;margin-bottom:.2em}</style>
             esc(&l.reason)
         );
     }
-    h.push_str("</table><p>The full record is the manifest; <code>checkvalve-receive report</code> prints it.</p></body></html>");
+    h.push_str("</table>");
+    if let Some(l) = &view.live
+        && !l.streams.is_empty()
+    {
+        h.push_str(r##"<h2>Record channels</h2><table id="streams"><tr><th>channel</th><th>records</th><th>gaps</th><th>records missing</th><th>lag</th></tr>"##);
+        for c in &l.streams {
+            let alarm = if c.missing > 0 {
+                r##" class="alarm""##
+            } else {
+                ""
+            };
+            let _ = write!(
+                h,
+                "<tr{alarm}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&c.name),
+                c.records,
+                c.gaps,
+                c.missing,
+                c.lag_ms
+                    .map_or_else(|| "-".to_string(), |ms| format!("{ms} ms"))
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<p>The full record is the manifest; <code>checkvalve-receive report</code> prints it.</p></body></html>");
     h
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_channels_are_listed_and_one_with_records_missing_stands_out() {
+        let live = checkvalve_formats::live::State {
+            streams: vec![
+                checkvalve_formats::live::StreamView {
+                    name: "syslog".into(),
+                    records: 1000,
+                    gaps: 2,
+                    missing: 17,
+                    lag_ms: Some(140),
+                    ..Default::default()
+                },
+                checkvalve_formats::live::StreamView {
+                    name: "hist<1>".into(),
+                    records: 5,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let h = render(&View {
+            live: Some(live),
+            running: true,
+            age_s: Some(0),
+        });
+        assert!(h.contains(r#"<table id="streams">"#));
+        assert!(h.contains(
+            r#"<tr class="alarm"><td>syslog</td><td>1000</td><td>2</td><td>17</td><td>140 ms</td></tr>"#
+        ));
+        assert!(
+            h.contains("<tr><td>hist&lt;1&gt;</td><td>5</td><td>0</td><td>0</td><td>-</td></tr>")
+        );
+    }
 
     #[test]
     fn names_are_escaped_and_rates_come_from_differences() {

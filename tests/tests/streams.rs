@@ -625,3 +625,147 @@ fn the_simulators_historian_feed_crosses_as_numbered_points_in_order() {
         assert!(humantime::parse_rfc3339(f[0]).is_ok(), "{line}");
     }
 }
+
+#[test]
+fn json_lines_carry_each_records_number_and_a_receiver_killed_mid_stream_writes_none_twice() {
+    let mut rig = Rig::start(None, &["--stream-format", "json"]);
+    let state = rig.dir.path().join("state");
+    let sender = stream_sender(&rig, "sender", &state, &["points=tcp://127.0.0.1:0"]);
+    let at = bound_addr(
+        &sender,
+        "stream input listening (tcp) channel=points",
+        Duration::from_secs(20),
+    );
+    let mut feed = Command::new(checkvalve_tests::bin("checkvalve-sim"))
+        .args([
+            "historian",
+            "--tags",
+            "20",
+            "--rate",
+            "2000/s",
+            "--count",
+            "8000",
+        ])
+        .args(["--to", &format!("tcp://{at}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("checkvalve-sim historian");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Killed outright: its saved positions lag what it wrote, and must be counted back at start.
+    let pid = rig.receiver.pid().expect("running") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL");
+    rig.receiver.wait(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let key = rig.key.clone().expect("keyed rig");
+    let restarted = Proc::start(
+        rig.dir.path(),
+        "receiver-2",
+        &checkvalve_tests::bin("checkvalve-receive"),
+        &[
+            "--bind".into(),
+            rig.receiver_addr.clone(),
+            "--out".into(),
+            rig.out.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            "--stream-format".into(),
+            "json".into(),
+        ],
+    );
+    assert!(feed.wait().expect("feed").success());
+    let file = || -> Vec<serde_json::Value> {
+        std::fs::read_dir(rig.out.join("points"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+            .flat_map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).expect("every line one JSON object"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut records, mut missing) = (Vec::new(), 0);
+    while Instant::now() < deadline {
+        let lines = file();
+        records = lines.iter().filter_map(|v| v["seq"].as_u64()).collect();
+        missing = lines
+            .iter()
+            .filter_map(|v| v["gap"]["missing"].as_u64())
+            .sum::<u64>();
+        if records.len() as u64 + missing >= 8000 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        records.windows(2).all(|w| w[0] < w[1]),
+        "in order, none twice"
+    );
+    assert_eq!(
+        records.len() as u64 + missing,
+        8000,
+        "written + missing = sent:\n{}",
+        checkvalve_tests::tail(&restarted.log)
+    );
+    // Each record line says what it carries: its number, the sender's time, the point itself.
+    let lines = file();
+    let first = lines.iter().find(|v| v["seq"] == 0).expect("record 0");
+    assert!(first["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(first["record"].as_str().is_some_and(|r| r.ends_with(",0")));
+    for v in lines.iter().filter(|v| v.get("gap").is_some()) {
+        let g = &v["gap"];
+        assert_eq!(
+            g["last_seq"].as_u64().unwrap() + 1 - g["first_seq"].as_u64().unwrap(),
+            g["missing"].as_u64().unwrap()
+        );
+    }
+}
+
+#[test]
+fn records_piped_into_standard_input_cross_and_the_sender_outlives_the_pipe() {
+    use std::io::Write;
+    let rig = Rig::start(None, &[]);
+    let state = rig.dir.path().join("state");
+    let mut args = vec![
+        "--to".to_string(),
+        rig.send_to.clone(),
+        "--state".into(),
+        state.display().to_string(),
+        "--stream".into(),
+        "piped=-".into(),
+    ];
+    args.extend(rig.sender_auth());
+    let mut sender = Command::new(checkvalve_tests::bin("checkvalve-send"))
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(rig.dir.path().join("sender.log")).expect("log"))
+        .spawn()
+        .expect("sender");
+    {
+        let mut pipe = sender.stdin.take().expect("stdin");
+        for i in 0..5000 {
+            writeln!(pipe, "piped line rec {i}").expect("pipe");
+        }
+    }
+    let s = wait_for_records(&rig.out, "piped", 5000, Duration::from_secs(60));
+    assert_eq!(s.numbers, (0..5000).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        sender.try_wait().expect("sender").is_none(),
+        "the sender runs on after its standard input ended"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sender.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = sender.wait();
+}

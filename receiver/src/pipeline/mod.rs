@@ -202,7 +202,13 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
         &share,
         &recorder,
         writer_bytes,
-        args.reorder_window,
+        crate::streams::StreamSettings {
+            order: OrderConfig {
+                window: args.reorder_window,
+                ..OrderConfig::default()
+            },
+            format: args.stream_format,
+        },
         &stream_views,
     )?;
     let defaults = AssemblerConfig::default();
@@ -330,7 +336,7 @@ impl Stages {
         share: &Arc<share::Share>,
         recorder: &Arc<Recorder>,
         writer_bytes: usize,
-        reorder_window: std::time::Duration,
+        streams: crate::streams::StreamSettings,
         views: &crate::streams::Views,
     ) -> Result<(Stages, StageQueues)> {
         let mut lanes = Vec::new();
@@ -347,13 +353,10 @@ impl Stages {
         let stage = crate::streams::Streams::new(
             Arc::clone(share),
             Arc::clone(recorder.manifest()),
-            OrderConfig {
-                window: reorder_window,
-                ..OrderConfig::default()
-            },
+            streams,
             Arc::clone(views),
         );
-        let streams = spawn("streams", move || stage.run(streams_rx))?;
+        let streams_thread = spawn("streams", move || stage.run(streams_rx))?;
         let publisher = Publisher::new(
             small,
             lane("publish-large".into())?,
@@ -400,7 +403,7 @@ impl Stages {
             .into_iter()
             .flatten()
             .chain(lanes)
-            .chain([streams])
+            .chain([streams_thread])
             .collect();
         Ok((
             Stages { threads },
