@@ -428,15 +428,18 @@ pub enum Datagram<'a> {
     Tails(Tails<'a>),
 }
 
-fn be_u16(b: &[u8], at: usize) -> u16 {
+/// The big-endian `u16` at `at` (the caller checked the length).
+pub(crate) fn be_u16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn be_u32(b: &[u8], at: usize) -> u32 {
+/// The big-endian `u32` at `at`.
+pub(crate) fn be_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn be_u64(b: &[u8], at: usize) -> u64 {
+/// The big-endian `u64` at `at`.
+pub(crate) fn be_u64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_be_bytes(a)

@@ -398,6 +398,16 @@ mod tests {
         })
         .join()
         .unwrap();
+        /// A socket for raw frames of every protocol.
+        fn packet_socket() -> std::io::Result<socket2::Socket> {
+            socket2::Socket::new(
+                socket2::Domain::PACKET,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(i32::from(
+                    (libc::ETH_P_ALL as u16).to_be(),
+                ))),
+            )
+        }
         // The inputs' process: internet sockets only, and no program started.
         std::thread::spawn(|| {
             one_direction_this_thread(Role::Inputs).unwrap();
@@ -405,14 +415,7 @@ mod tests {
                 .expect("an input's socket");
             socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
                 .expect("an input's socket");
-            let raw = socket2::Socket::new(
-                socket2::Domain::PACKET,
-                socket2::Type::RAW,
-                Some(socket2::Protocol::from(i32::from(
-                    (libc::ETH_P_ALL as u16).to_be(),
-                ))),
-            )
-            .expect_err("a packet socket");
+            let raw = packet_socket().expect_err("a packet socket");
             assert_eq!(raw.raw_os_error(), Some(libc::EPERM), "{raw}");
             let unix = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
                 .expect_err("a Unix socket");
@@ -434,14 +437,7 @@ mod tests {
                 one_direction_this_thread(role).unwrap();
                 let e = UdpSocket::bind("127.0.0.1:0").expect_err("a new socket");
                 assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{role:?}: {e}");
-                let raw = socket2::Socket::new(
-                    socket2::Domain::PACKET,
-                    socket2::Type::RAW,
-                    Some(socket2::Protocol::from(i32::from(
-                        (libc::ETH_P_ALL as u16).to_be(),
-                    ))),
-                )
-                .expect_err("a packet socket");
+                let raw = packet_socket().expect_err("a packet socket");
                 assert_eq!(raw.raw_os_error(), Some(libc::EPERM), "{role:?}: {raw}");
                 let pair =
                     socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::STREAM, None)

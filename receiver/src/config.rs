@@ -66,6 +66,8 @@ pub struct Settings {
     pub reorder_window: Duration,
     /// How records are written in the channel files.
     pub stream_format: crate::streams::StreamFormat,
+    /// A channel's file of the day is continued in a new part past this size.
+    pub stream_max_file: Option<u64>,
     /// The operator accepts unauthenticated datagrams: without a key, the receiver runs
     /// unauthenticated (and says so); with one, it accepts both (a migration).
     pub allow_unauthenticated: bool,
@@ -107,6 +109,7 @@ struct Raw {
     names: Option<Spanned<String>>,
     reorder_window: Option<Spanned<String>>,
     stream_format: Option<Spanned<String>>,
+    stream_max_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +213,7 @@ impl Settings {
             names: defaults::NAMES.parse().expect("default names"),
             reorder_window: duration(defaults::REORDER_WINDOW),
             stream_format: crate::streams::StreamFormat::default(),
+            stream_max_file: None,
         }
     }
 
@@ -296,6 +300,9 @@ impl Settings {
             if let Some(d) = given {
                 *value = duration(d)?;
             }
+        }
+        if let Some(m) = &raw.stream_max_file {
+            s.stream_max_file = Some(size(m)?);
         }
         if let Some(f) = &raw.stream_format {
             s.stream_format = f.get_ref().parse().map_err(|e| at(f.span().start, e))?;

@@ -65,6 +65,9 @@ struct Args {
     /// object per record with its number, sender time and topic, YYYY-MM-DD.jsonl).
     #[arg(long, value_name = "FORMAT", default_value = "lines")]
     stream_format: crate::streams::StreamFormat,
+    /// A channel's file of the day is continued in YYYY-MM-DD.1.log, .2.log… past this size.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    stream_max_file: Option<u64>,
     /// Largest file accepted.
     #[arg(long, default_value = defaults::MAX_OBJECT_SIZE, value_parser = parse_size)]
     max_object_size: u64,
@@ -242,6 +245,7 @@ fn settings(args: &Args) -> Result<Option<Settings>> {
         names: args.names,
         reorder_window: args.reorder_window,
         stream_format: args.stream_format,
+        stream_max_file: args.stream_max_file,
     })
     .filter(|s| match s.check_auth() {
         Ok(()) => true,

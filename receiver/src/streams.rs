@@ -71,6 +71,26 @@ pub struct StreamSettings {
     pub order: OrderConfig,
     /// How records are written.
     pub format: StreamFormat,
+    /// A channel's file of the day is continued in `YYYY-MM-DD.N.log` past this size.
+    pub max_file: Option<u64>,
+}
+
+/// A channel file's name: the day's first file, or its `part`-th continuation.
+fn file_name(day: &str, part: u32, format: StreamFormat) -> String {
+    match part {
+        0 => format!("{day}.{}", format.extension()),
+        n => format!("{day}.{n}.{}", format.extension()),
+    }
+}
+
+/// The day and part of a channel file's name, for ordering them (`None`: not one).
+fn file_key(name: &str, format: StreamFormat) -> Option<(String, u32)> {
+    let stem = name.strip_suffix(&format!(".{}", format.extension()))?;
+    let (day, part) = match stem.split_once('.') {
+        Some((day, n)) => (day, n.parse().ok()?),
+        None => (stem, 0),
+    };
+    (day.len() == 10).then(|| (day.to_owned(), part))
 }
 
 /// Channels kept at most: a batch of another channel is refused (and counted) beyond them.
@@ -101,8 +121,8 @@ struct Saved {
 /// One channel: its order and its file.
 struct Channel {
     order: Order,
-    /// The file of the day being appended to.
-    file: Option<(String, File)>,
+    /// The file being appended to: its day and part.
+    file: Option<(String, u32, File)>,
     position: Position,
     /// Sender time of the last record written (for the lag).
     last_lag: Option<Duration>,
@@ -119,6 +139,7 @@ pub struct Streams {
     manifest: Arc<Manifest>,
     config: OrderConfig,
     format: StreamFormat,
+    max_file: Option<u64>,
     channels: HashMap<String, Channel>,
     state_file: PathBuf,
     /// Batches refused (undecodable, or one channel too many).
@@ -147,6 +168,7 @@ impl Streams {
             manifest,
             config,
             format: settings.format,
+            max_file: settings.max_file,
             channels: HashMap::new(),
             state_file,
             refused: 0,
@@ -174,14 +196,19 @@ impl Streams {
     /// Counts back what was written after the last save: the lines past its length in its
     /// file, and every line of the channel's later files.
     fn recover(&mut self, name: &str, mut p: Position) -> Position {
-        let mut files: Vec<String> = std::fs::read_dir(self.share.root().join(name))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|f| f.ends_with(&format!(".{}", self.format.extension())) && *f >= p.file)
-            .collect();
+        let format = self.format;
+        let from_key = file_key(&p.file, format);
+        let mut files: Vec<((String, u32), String)> =
+            std::fs::read_dir(self.share.root().join(name))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter_map(|f| Some((file_key(&f, format)?, f)))
+                .filter(|(k, _)| from_key.as_ref().is_none_or(|from| k >= from))
+                .collect();
         files.sort();
+        let files: Vec<String> = files.into_iter().map(|(_, f)| f).collect();
         let before = p.next;
         for f in files {
             let Ok(bytes) = self.share.read_channel_file(name, &f) else {
@@ -364,7 +391,7 @@ impl Streams {
         let Some(c) = self.channels.get_mut(name) else {
             return;
         };
-        let format = self.format;
+        let (format, max_file) = (self.format, self.max_file);
         for emit in out {
             let first = match &emit {
                 Emit::Records(records) => records[0].seq,
@@ -382,9 +409,9 @@ impl Streams {
                 let day = c
                     .file
                     .as_ref()
-                    .map_or_else(|| day_of(0), |(d, _)| d.clone());
+                    .map_or_else(|| day_of(0), |(d, _, _)| d.clone());
                 let text = gap_line(format, name, &unwritten, Some("not-written"));
-                if append(&self.share, name, c, &day, format, &text).is_err() {
+                if append(&self.share, name, c, &day, (format, max_file), &text).is_err() {
                     continue;
                 }
                 c.position.next = first;
@@ -424,12 +451,12 @@ impl Streams {
                     let day = c
                         .file
                         .as_ref()
-                        .map(|(d, _)| d.clone())
+                        .map(|(d, _, _)| d.clone())
                         .unwrap_or_else(|| day_of(gap.before_us.or(gap.after_us).unwrap_or(0)));
                     (day, gap_line(format, name, gap, None))
                 }
             };
-            if let Err(e) = append(&self.share, name, c, &day, format, &text) {
+            if let Err(e) = append(&self.share, name, c, &day, (format, max_file), &text) {
                 // The position does not move past them: the next write that works marks them.
                 warn!(channel = %name, "record channel file not written: {e}");
                 continue;
@@ -486,25 +513,39 @@ impl Streams {
     }
 }
 
-/// Appends `text` to the channel's file of `day`, switching files at a new day.
+/// Appends `text` to the channel's file of `day`, switching files at a new day, and to the next
+/// part of the day past the size limit (`how`: the format and the limit).
 fn append(
     share: &Share,
     name: &str,
     c: &mut Channel,
     day: &str,
-    format: StreamFormat,
+    how: (StreamFormat, Option<u64>),
     text: &[u8],
 ) -> std::io::Result<()> {
-    let file_name = format!("{day}.{}", format.extension());
-    if c.file.as_ref().is_none_or(|(d, _)| d != day) {
-        let f = share.open_channel_file(name, &file_name)?;
-        c.file = Some((day.to_owned(), f));
+    let (format, max_file) = how;
+    let current = c.file.as_ref().map(|(d, part, _)| (d.clone(), *part));
+    let part = match &current {
+        Some((d, part)) if d == day => {
+            let full = max_file
+                .is_some_and(|max| c.position.len > 0 && c.position.len + text.len() as u64 > max);
+            *part + u32::from(full)
+        }
+        // A new day, or the first write of this run: where the saved position says, that day.
+        _ => file_key(&c.position.file, format)
+            .filter(|(d, _)| d == day)
+            .map_or(0, |(_, part)| part),
+    };
+    if current.as_ref().is_none_or(|(d, p)| d != day || *p != part) {
+        let f = share.open_channel_file(name, &file_name(day, part, format))?;
+        c.position.len = f.metadata()?.len();
+        c.file = Some((day.to_owned(), part, f));
     }
-    let Some((_, f)) = c.file.as_mut() else {
+    let Some((_, _, f)) = c.file.as_mut() else {
         return Ok(());
     };
     f.write_all(text)?;
-    c.position.file = file_name;
+    c.position.file = file_name(day, part, format);
     c.position.len = f
         .stream_position()
         .or_else(|_| f.metadata().map(|m| m.len()))?;
@@ -730,5 +771,27 @@ mod tests {
         );
         assert_eq!(marker_missing(m.trim_end().as_bytes()), Some(7));
         assert_eq!(day_of(86_400_000_000), "1970-01-02");
+        let key = |n: &str| file_key(n, StreamFormat::Lines);
+        let mut names = [
+            "2026-12-03.10.log",
+            "2026-12-04.log",
+            "2026-12-03.log",
+            "2026-12-03.2.log",
+        ];
+        names.sort_by_key(|n| key(n));
+        assert_eq!(
+            names,
+            [
+                "2026-12-03.log",
+                "2026-12-03.2.log",
+                "2026-12-03.10.log",
+                "2026-12-04.log"
+            ]
+        );
+        assert_eq!(key("2026-12-03.jsonl"), None);
+        assert_eq!(
+            file_name("2026-12-03", 2, StreamFormat::Json),
+            "2026-12-03.2.jsonl"
+        );
     }
 }

@@ -48,8 +48,9 @@ pub const SPOOL_DIR: &str = "streams";
 /// Where a stream's records come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
-    /// One record per datagram.
-    Udp(SocketAddr),
+    /// One record per datagram; a multicast address joins its group (on the interface of
+    /// `iface`, an IPv4 address, or the one the kernel picks).
+    Udp(SocketAddr, Option<std::net::Ipv4Addr>),
     /// Newline-delimited or octet-counted (RFC 6587) records, per connection.
     Tcp(SocketAddr),
     /// A growing file, followed across rotation and truncation.
@@ -100,7 +101,21 @@ pub fn parse_input(name: &str, url: &str) -> Result<Input, String> {
     if url == "-" {
         Ok(Input::Stdin)
     } else if let Some(rest) = url.strip_prefix("udp://") {
-        Ok(Input::Udp(addr(rest)?))
+        let (rest, iface) = match rest.split_once("?iface=") {
+            Some((a, i)) => (
+                a,
+                Some(
+                    i.parse::<std::net::Ipv4Addr>()
+                        .map_err(|_| format!("{url:?}: iface= takes an IPv4 address"))?,
+                ),
+            ),
+            None => (rest, None),
+        };
+        let a = addr(rest)?;
+        if iface.is_some() && !a.ip().is_multicast() {
+            return Err(format!("{url:?}: iface= is for a multicast group"));
+        }
+        Ok(Input::Udp(a, iface))
     } else if let Some(rest) = url.strip_prefix("tcp://") {
         Ok(Input::Tcp(addr(rest)?))
     } else if let Some(rest) = url.strip_prefix("mqtt://") {
@@ -131,7 +146,8 @@ pub fn parse_input(name: &str, url: &str) -> Result<Input, String> {
 impl std::fmt::Display for Input {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Input::Udp(a) => write!(f, "udp://{a}"),
+            Input::Udp(a, None) => write!(f, "udp://{a}"),
+            Input::Udp(a, Some(i)) => write!(f, "udp://{a}?iface={i}"),
             Input::Tcp(a) => write!(f, "tcp://{a}"),
             Input::File(p) => write!(f, "file://{}", p.display()),
             Input::Mqtt { broker, filter } => write!(f, "mqtt://{broker}/{filter}"),
@@ -266,8 +282,8 @@ pub fn run(state: &Path, streams: Vec<StreamSpec>) -> Result<ExitCode> {
         let tx = tx.clone();
         let stop = Arc::clone(&stop);
         match &s.input {
-            Input::Udp(addr) => {
-                let socket = udp_socket(*addr)?;
+            Input::Udp(addr, iface) => {
+                let socket = udp_socket(*addr, *iface)?;
                 info!(channel = %s.name, bind = %socket.local_addr()?, "stream input listening (udp)");
                 starts.push(Box::new(move || udp(i, socket, tx, &stop)));
             }
@@ -432,7 +448,7 @@ fn write_spool(
     }
 }
 
-fn udp_socket(addr: SocketAddr) -> Result<UdpSocket> {
+fn udp_socket(addr: SocketAddr, iface: Option<std::net::Ipv4Addr>) -> Result<UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
@@ -440,9 +456,30 @@ fn udp_socket(addr: SocketAddr) -> Result<UdpSocket> {
     )?;
     // Records arrive in bursts; the writer may pause on the disk.
     let _ = socket.set_recv_buffer_size(8 << 20);
+    let bind: SocketAddr = match addr.ip() {
+        // A group's datagrams are addressed to the group: bind its port on every address.
+        std::net::IpAddr::V4(g) if g.is_multicast() => {
+            socket.set_reuse_address(true)?;
+            (std::net::Ipv4Addr::UNSPECIFIED, addr.port()).into()
+        }
+        std::net::IpAddr::V6(g) if g.is_multicast() => {
+            socket.set_reuse_address(true)?;
+            (std::net::Ipv6Addr::UNSPECIFIED, addr.port()).into()
+        }
+        _ => addr,
+    };
     socket
-        .bind(&addr.into())
+        .bind(&bind.into())
         .with_context(|| format!("cannot bind udp://{addr}"))?;
+    match addr.ip() {
+        std::net::IpAddr::V4(g) if g.is_multicast() => socket
+            .join_multicast_v4(&g, &iface.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED))
+            .with_context(|| format!("cannot join the multicast group {g}"))?,
+        std::net::IpAddr::V6(g) if g.is_multicast() => socket
+            .join_multicast_v6(&g, 0)
+            .with_context(|| format!("cannot join the multicast group {g}"))?,
+        _ => {}
+    }
     let socket: UdpSocket = socket.into();
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     Ok(socket)
@@ -767,6 +804,12 @@ fn follow(channel: usize, path: &Path, from: (u64, u64), tx: SyncSender<Taken>, 
 mod tests {
     use super::*;
 
+    impl StreamSpec {
+        fn to_string_input(&self) -> String {
+            self.input.to_string()
+        }
+    }
+
     #[test]
     fn stream_urls_parse_and_bad_ones_say_why() {
         let s: StreamSpec = "syslog=tcp://127.0.0.1:6514".parse().unwrap();
@@ -779,7 +822,16 @@ mod tests {
             Input::File("/var/log/app.log".into())
         );
         assert_eq!("p=-".parse::<StreamSpec>().unwrap().input, Input::Stdin);
+        assert_eq!(
+            "m=udp://239.255.7.7:5514?iface=127.0.0.1"
+                .parse::<StreamSpec>()
+                .unwrap()
+                .to_string_input(),
+            "udp://239.255.7.7:5514?iface=127.0.0.1"
+        );
         for bad in [
+            "x=udp://127.0.0.1:5514?iface=127.0.0.1",
+            "x=udp://239.255.7.7:5514?iface=eth0",
             "nourl",
             "a/b=-",
             "x=http://h:1",

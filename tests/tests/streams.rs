@@ -17,7 +17,19 @@ fn stream_sender(rig: &Rig, tag: &str, state: &Path, streams: &[&str]) -> Proc {
     rig.start_sender(tag, &[], &extra)
 }
 
-/// The channel's lines, all its files in order of their day.
+/// The day and part of a channel file (`2026-12-03.log` is part 0, `2026-12-03.2.log` part 2).
+fn file_key(path: &Path) -> (String, u32) {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    match stem.split_once('.') {
+        Some((day, part)) => (day.to_owned(), part.parse().expect("part number")),
+        None => (stem.to_owned(), 0),
+    }
+}
+
+/// The channel's lines, all its files in order of their day and part.
 fn channel_lines(out: &Path, channel: &str) -> Vec<String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(out.join(channel))
         .into_iter()
@@ -26,7 +38,7 @@ fn channel_lines(out: &Path, channel: &str) -> Vec<String> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "log"))
         .collect();
-    files.sort();
+    files.sort_by_key(|p| file_key(p));
     files
         .iter()
         .flat_map(|f| {
@@ -95,6 +107,24 @@ fn numbered(dir: &Path, name: &str, n: u64) -> PathBuf {
     path
 }
 
+/// Where a sender's input of `kind` (`tcp`, `udp`) for `channel` listens, from its log.
+fn input_at(sender: &Proc, kind: &str, channel: &str) -> String {
+    bound_addr(
+        sender,
+        &format!("stream input listening ({kind}) channel={channel}"),
+        Duration::from_secs(20),
+    )
+}
+
+/// Sends the lines of `file` with `logger` (`args`: transport and framing) to `at`.
+fn logger_to(at: &str, args: &[&str], file: &Path) {
+    let (host, port) = at.rsplit_once(':').expect("HOST:PORT");
+    let file = file.display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["-n", host, "-P", port, "-f", &file]);
+    logger(&all);
+}
+
 fn logger(args: &[&str]) {
     let out = Command::new("logger")
         .args(args)
@@ -119,22 +149,9 @@ fn a_hundred_thousand_records_from_logger_over_tcp_arrive_in_order_each_once() {
     let rig = Rig::start(None, &[]);
     let state = rig.dir.path().join("state");
     let sender = stream_sender(&rig, "sender", &state, &["syslog=tcp://127.0.0.1:0"]);
-    let at = bound_addr(
-        &sender,
-        "stream input listening (tcp) channel=syslog",
-        Duration::from_secs(20),
-    );
-    let (host, port) = at.rsplit_once(':').expect("HOST:PORT");
+    let at = input_at(&sender, "tcp", "syslog");
     let lines = numbered(rig.dir.path(), "lines", 100_000);
-    logger(&[
-        "-T",
-        "-n",
-        host,
-        "-P",
-        port,
-        "-f",
-        &lines.display().to_string(),
-    ]);
+    logger_to(&at, &["-T"], &lines);
     let s = wait_for_records(&rig.out, "syslog", 100_000, Duration::from_secs(120));
     assert_eq!(s.garbled, 0);
     assert_eq!(s.markers, 0, "no loss on a clean link");
@@ -176,17 +193,11 @@ fn through_loss(sim: &[&str], framing: &[&str]) -> Seen {
     let rig = Rig::start(Some(sim), &[]);
     let state = rig.dir.path().join("state");
     let sender = stream_sender(&rig, "sender", &state, &["syslog=tcp://127.0.0.1:0"]);
-    let at = bound_addr(
-        &sender,
-        "stream input listening (tcp) channel=syslog",
-        Duration::from_secs(20),
-    );
-    let (host, port) = at.rsplit_once(':').expect("HOST:PORT");
+    let at = input_at(&sender, "tcp", "syslog");
     let lines = numbered(rig.dir.path(), "lines", 100_000);
-    let file = lines.display().to_string();
-    let mut args = vec!["-T", "-n", host, "-P", port, "-f", &file];
+    let mut args = vec!["-T"];
     args.extend(framing);
-    logger(&args);
+    logger_to(&at, &args, &lines);
     let s = wait_for_records(&rig.out, "syslog", 100_000, Duration::from_secs(120));
     assert_eq!(s.garbled, 0, "every delivered record intact");
     assert_in_order_once(&s);
@@ -266,22 +277,9 @@ fn twenty_thousand_records_from_logger_over_udp_arrive_in_order() {
     let rig = Rig::start(None, &[]);
     let state = rig.dir.path().join("state");
     let sender = stream_sender(&rig, "sender", &state, &["fw=udp://127.0.0.1:0"]);
-    let at = bound_addr(
-        &sender,
-        "stream input listening (udp) channel=fw",
-        Duration::from_secs(20),
-    );
-    let (host, port) = at.rsplit_once(':').expect("HOST:PORT");
+    let at = input_at(&sender, "udp", "fw");
     let lines = numbered(rig.dir.path(), "lines", 20_000);
-    logger(&[
-        "-d",
-        "-n",
-        host,
-        "-P",
-        port,
-        "-f",
-        &lines.display().to_string(),
-    ]);
+    logger_to(&at, &["-d"], &lines);
     // UDP may drop before the sender (the kernel's buffer): what arrived is then all written.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut s = seen(&rig.out, "fw");
@@ -499,22 +497,9 @@ fn real_rsyslog_tails_a_channel_file_and_forwards_every_record() {
     let rig = Rig::start(None, &[]);
     let state = rig.dir.path().join("state");
     let sender = stream_sender(&rig, "sender", &state, &["syslog=tcp://127.0.0.1:0"]);
-    let at = bound_addr(
-        &sender,
-        "stream input listening (tcp) channel=syslog",
-        Duration::from_secs(20),
-    );
-    let (host, port) = at.rsplit_once(':').expect("HOST:PORT");
+    let at = input_at(&sender, "tcp", "syslog");
     let lines = numbered(rig.dir.path(), "lines", 5_000);
-    logger(&[
-        "-T",
-        "-n",
-        host,
-        "-P",
-        port,
-        "-f",
-        &lines.display().to_string(),
-    ]);
+    logger_to(&at, &["-T"], &lines);
     let s = wait_for_records(&rig.out, "syslog", 5_000, Duration::from_secs(60));
     assert_eq!(s.numbers.len(), 5_000);
     // The SIEM: a TCP listener in the test, counting what rsyslog forwards.
@@ -585,11 +570,7 @@ fn the_simulators_historian_feed_crosses_as_numbered_points_in_order() {
     let rig = Rig::start(None, &[]);
     let state = rig.dir.path().join("state");
     let sender = stream_sender(&rig, "sender", &state, &["historian=tcp://127.0.0.1:0"]);
-    let at = bound_addr(
-        &sender,
-        "stream input listening (tcp) channel=historian",
-        Duration::from_secs(20),
-    );
+    let at = input_at(&sender, "tcp", "historian");
     let feed = Command::new(checkvalve_tests::bin("checkvalve-sim"))
         .args([
             "historian",
@@ -631,11 +612,7 @@ fn json_lines_carry_each_records_number_and_a_receiver_killed_mid_stream_writes_
     let mut rig = Rig::start(None, &["--stream-format", "json"]);
     let state = rig.dir.path().join("state");
     let sender = stream_sender(&rig, "sender", &state, &["points=tcp://127.0.0.1:0"]);
-    let at = bound_addr(
-        &sender,
-        "stream input listening (tcp) channel=points",
-        Duration::from_secs(20),
-    );
+    let at = input_at(&sender, "tcp", "points");
     let mut feed = Command::new(checkvalve_tests::bin("checkvalve-sim"))
         .args([
             "historian",
@@ -768,4 +745,74 @@ fn records_piped_into_standard_input_cross_and_the_sender_outlives_the_pipe() {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = sender.wait();
+}
+
+#[test]
+fn a_channel_file_past_its_size_limit_continues_in_numbered_parts_in_order() {
+    let rig = Rig::start(None, &["--stream-max-file", "64K"]);
+    let state = rig.dir.path().join("state");
+    let sender = stream_sender(&rig, "sender", &state, &["syslog=tcp://127.0.0.1:0"]);
+    let at = input_at(&sender, "tcp", "syslog");
+    let lines = numbered(rig.dir.path(), "lines", 20_000);
+    logger_to(&at, &["-T"], &lines);
+    let s = wait_for_records(&rig.out, "syslog", 20_000, Duration::from_secs(60));
+    assert_eq!(
+        s.numbers,
+        (0..20_000).collect::<Vec<_>>(),
+        "in order across the parts"
+    );
+    let parts: Vec<(PathBuf, u64)> = std::fs::read_dir(rig.out.join("syslog"))
+        .expect("channel folder")
+        .flatten()
+        .map(|e| (e.path(), e.metadata().expect("size").len()))
+        .collect();
+    assert!(
+        parts.len() > 10,
+        "about 2 MB in parts of 64 KiB: {} parts",
+        parts.len()
+    );
+    for (path, len) in &parts {
+        // A part ends with the batch that would have crossed the limit.
+        assert!(
+            *len <= (64 << 10) + (256 << 10),
+            "{}: {len} bytes",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn a_udp_input_on_a_multicast_group_takes_what_is_sent_to_the_group() {
+    let rig = Rig::start(None, &[]);
+    let state = rig.dir.path().join("state");
+    let group = "239.255.77.7";
+    let sender = stream_sender(
+        &rig,
+        "sender",
+        &state,
+        &[&format!("mc=udp://{group}:0?iface=127.0.0.1")],
+    );
+    let at = input_at(&sender, "udp", "mc");
+    let port: u16 = at
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port");
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+    socket2::SockRef::from(&tx)
+        .set_multicast_if_v4(&"127.0.0.1".parse().expect("addr"))
+        .expect("IP_MULTICAST_IF");
+    for i in 0..2000 {
+        tx.send_to(format!("historian point rec {i}").as_bytes(), (group, port))
+            .expect("send to the group");
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let s = wait_for_records(&rig.out, "mc", 2000, Duration::from_secs(30));
+    assert_in_order_once(&s);
+    assert!(
+        s.numbers.len() >= 1980,
+        "{} of 2,000 arrived",
+        s.numbers.len()
+    );
 }

@@ -6,6 +6,8 @@
 
 use thiserror::Error;
 
+use crate::wire::{be_u16, be_u32, be_u64};
+
 /// Version of the batch layout (byte 0).
 pub const BATCH_VERSION: u8 = 1;
 /// Length of a batch's fixed header.
@@ -96,20 +98,6 @@ pub fn check_channel(name: &str) -> Result<(), BatchError> {
     } else {
         Err(BatchError::Channel(name.to_string()))
     }
-}
-
-fn be_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
 }
 
 impl RecordBatch {

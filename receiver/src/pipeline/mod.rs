@@ -208,6 +208,7 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
                 ..OrderConfig::default()
             },
             format: args.stream_format,
+            max_file: args.stream_max_file,
         },
         &stream_views,
     )?;
