@@ -311,6 +311,16 @@ pub enum Enforced {
     Not,
 }
 
+impl std::fmt::Display for Enforced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Enforced::Fully => "fully",
+            Enforced::Partially => "partially",
+            Enforced::Not => "not",
+        })
+    }
+}
+
 /// Threads of this process other than the calling one. Landlock confines the calling thread and
 /// the threads it starts afterwards, never threads already running (a library's, started before
 /// `main`): a caller about to confine files warns when there are any.

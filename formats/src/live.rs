@@ -60,6 +60,8 @@ pub struct Sample {
     pub sender_sent: u64,
     /// Datagrams received of those sessions.
     pub received: u64,
+    /// Datagrams refused by authentication.
+    pub refused_auth: u64,
 }
 
 /// One sender session.
@@ -102,7 +104,8 @@ pub struct RecentLoss {
     pub reason: String,
 }
 
-/// What the manifest recorded since the receiver started.
+/// What the manifest holds: counted over all its records when the receiver starts, then kept up
+/// as it writes, so that a restart forgets no loss.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Tally {
@@ -130,8 +133,12 @@ pub struct Tally {
 pub struct State {
     /// Receiver process id.
     pub pid: u32,
+    /// Its version and commit.
+    pub version: String,
     /// When it started (RFC 3339).
     pub started: String,
+    /// The same, seconds since the Unix epoch.
+    pub started_unix: u64,
     /// When this was written (RFC 3339).
     pub updated: String,
     /// The same, seconds since the Unix epoch.
@@ -143,6 +150,8 @@ pub struct State {
     /// Datagrams are authenticated by a key (false: the operator ran it with
     /// `--allow-unauthenticated` and no key).
     pub authenticated: bool,
+    /// Ids of the keys it accepts datagrams from.
+    pub key_ids: Vec<u32>,
     /// The link.
     pub link: Link,
     /// Since when (RFC 3339).
@@ -161,12 +170,18 @@ pub struct State {
     pub malformed: u64,
     /// Datagrams dropped because the receive loop fell behind.
     pub dropped_behind: u64,
+    /// Datagrams the kernel dropped because the socket's receive buffer was full.
+    pub kernel_overflows: u64,
     /// Datagrams refused by authentication (forged, replayed, unauthenticated).
     pub refused_auth: u64,
     /// Datagrams of new sessions refused because every session slot held an active sender.
     pub refused_sessions: u64,
     /// What the manifest recorded since start.
     pub tally: Tally,
+    /// Manifest records not written (disk below half of `min_free`, or a write error).
+    pub manifest_dropped: u64,
+    /// The share's filesystem, as last measured.
+    pub disk: Option<Disk>,
     /// The manifest's last record: `verify-manifest` checks the chain reaches it.
     pub manifest_seq: u64,
     /// Its hash.
@@ -176,6 +191,15 @@ pub struct State {
     /// The record channels.
     #[serde(default)]
     pub streams: Vec<StreamView>,
+}
+
+/// Space on the share's filesystem.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// Bytes free (for the receiver's user).
+    pub free_bytes: u64,
+    /// The free space the receiver always leaves (`min_free`): files are refused below it.
+    pub min_free_bytes: u64,
 }
 
 /// One record channel as the receiver last wrote it.

@@ -42,6 +42,8 @@ pub struct Counts {
     pub malformed: u64,
     /// Dropped for being behind.
     pub dropped_behind: u64,
+    /// Dropped by the kernel (receive buffer full).
+    pub kernel_overflows: u64,
     /// Refused by authentication.
     pub refused_auth: u64,
     /// Of new sessions, refused for want of a session slot.
@@ -85,6 +87,9 @@ struct Update {
 /// manifest.
 struct StateWriter {
     dir: PathBuf,
+    /// The share, whose filesystem's free space is shown.
+    share: PathBuf,
+    min_free: u64,
     manifest: Arc<Manifest>,
     history: VecDeque<Sample>,
     failing: bool,
@@ -98,6 +103,14 @@ impl StateWriter {
             self.manifest.sync_written();
         }
         state.tally = self.manifest.tally();
+        state.manifest_dropped = self.manifest.dropped();
+        state.disk =
+            nix::sys::statvfs::statvfs(&self.share)
+                .ok()
+                .map(|s| checkvalve_formats::live::Disk {
+                    free_bytes: s.blocks_available().saturating_mul(s.fragment_size()),
+                    min_free_bytes: self.min_free,
+                });
         let end = self.manifest.end();
         state.manifest_seq = end.seq;
         state.manifest_hash = end.hash;
@@ -113,6 +126,7 @@ impl StateWriter {
                 lost: state.tally.lost,
                 sender_sent,
                 received,
+                refused_auth: state.refused_auth,
             });
         }
         std::mem::swap(&mut state.history, &mut self.history);
@@ -134,19 +148,26 @@ impl StateWriter {
 }
 
 impl Live {
-    /// Tracks the link for a receiver on `bind` whose state folder is `dir`.
+    /// Tracks the link for a receiver on `bind` whose state folder is `dir` and share `share`
+    /// (which keeps `min_free` free).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         dir: &Path,
+        share: &Path,
+        min_free: u64,
         bind: String,
         manifest: Arc<Manifest>,
         loss_warn: f64,
         loss_every: Duration,
         authenticated: bool,
+        key_ids: Vec<u32>,
         chores: Queue,
     ) -> Live {
         let now = SystemTime::now();
         let writer = Arc::new(Mutex::new(StateWriter {
             dir: dir.to_owned(),
+            share: share.to_owned(),
+            min_free,
             manifest: Arc::clone(&manifest),
             history: State::read(dir).map(|s| s.history).unwrap_or_default(),
             failing: false,
@@ -155,12 +176,15 @@ impl Live {
             manifest,
             state: State {
                 pid: std::process::id(),
+                version: checkvalve_host::VERSION.to_owned(),
                 started: rfc3339(now),
+                started_unix: unix(now),
                 updated: String::new(),
                 updated_unix: 0,
                 stopped: false,
                 bind,
                 authenticated,
+                key_ids,
                 link: Link::Unknown,
                 link_since: None,
                 last_heartbeat: None,
@@ -170,9 +194,12 @@ impl Live {
                 datagrams: 0,
                 malformed: 0,
                 dropped_behind: 0,
+                kernel_overflows: 0,
                 refused_auth: 0,
                 refused_sessions: 0,
                 tally: Tally::default(),
+                manifest_dropped: 0,
+                disk: None,
                 manifest_seq: 0,
                 manifest_hash: String::new(),
                 history: VecDeque::new(),
@@ -307,6 +334,7 @@ impl Live {
         self.state.malformed = counts.malformed;
         self.state.dropped_behind = counts.dropped_behind;
         self.state.refused_auth = counts.refused_auth;
+        self.state.kernel_overflows = counts.kernel_overflows;
         self.state.refused_sessions = counts.refused_sessions;
         self.state.sessions = sessions
             .iter()
@@ -360,9 +388,9 @@ impl Live {
             let loss = (1.0 - received as f64 / sent as f64).max(0.0);
             let id = format!("{:016x}", s.session);
             if loss > self.loss_warn {
-                warn!(session = %id, sent, received, loss = format_args!("{:.2}%", loss * 100.0), "datagram loss above the warning threshold");
+                warn!(session = %id, sent, received, loss_percent = checkvalve_host::logging::round(loss * 100.0, 2), "datagram loss above the warning threshold");
             } else {
-                info!(session = %id, sent, received, loss = format_args!("{:.3}%", loss * 100.0), "datagram loss");
+                info!(session = %id, sent, received, loss_percent = checkvalve_host::logging::round(loss * 100.0, 3), "datagram loss");
             }
             self.manifest.event(
                 Status::Loss,

@@ -36,7 +36,7 @@ use crate::config::{Retention, Settings, defaults};
 /// Receive files from a one-way link into an output folder (the share), with a hash-chained
 /// manifest of everything that crossed or did not.
 #[derive(Debug, Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(version = checkvalve_host::VERSION, about, args_conflicts_with_subcommands = true)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -121,6 +121,10 @@ struct Args {
     /// Do not install the seccomp filter that forbids sending and connecting (debugging only).
     #[arg(long)]
     no_seccomp: bool,
+    /// Log lines as text (human) or one flat JSON object per line (json; fields in
+    /// docs/operator.md).
+    #[arg(long, value_enum, default_value = "human", global = true)]
+    log_format: checkvalve_host::logging::LogFormat,
     /// Accept unauthenticated datagrams: without --key, run unauthenticated (said at start and in
     /// every statistics line); with --key, accept both (during a migration only).
     #[arg(long)]
@@ -166,8 +170,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    checkvalve_host::logging::init(checkvalve_host::logging::LogFormat::Human);
+    checkvalve_host::manual::write_if_asked(<Args as clap::CommandFactory>::command());
     let args = Args::parse();
+    checkvalve_host::logging::init(args.log_format);
     let result = match &args.command {
         Some(command) => run_command(command),
         None => settings(&args).and_then(|s| match s {

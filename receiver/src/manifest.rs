@@ -118,6 +118,61 @@ fn push_bounded<T>(q: &mut VecDeque<T>, item: T) {
     q.push_back(item);
 }
 
+/// Adds `record` to the tally.
+fn count(t: &mut Tally, record: Record) {
+    match record.status {
+        Status::Delivered => {
+            t.delivered += 1;
+            t.delivered_bytes += record.size.unwrap_or(0);
+            t.repaired += record.repaired.unwrap_or(0);
+            push_bounded(
+                &mut t.recent_files,
+                RecentFile {
+                    time: record.time,
+                    path: record.path.unwrap_or_default(),
+                    size: record.size.unwrap_or(0),
+                },
+            );
+        }
+        Status::Repeat => t.repeats += 1,
+        Status::Removed => t.removed += 1,
+        Status::Lost => {
+            t.lost += record.objects;
+            push_bounded(
+                &mut t.recent_losses,
+                RecentLoss {
+                    time: record.time,
+                    what: record.path.or(record.object).unwrap_or_default(),
+                    objects: record.objects,
+                    reason: record.reason.unwrap_or_default(),
+                },
+            );
+        }
+        _ => {}
+    }
+}
+
+/// The tally of every record in the manifest files of `dir`, read line by line (memory stays
+/// bounded whatever their size); lines that are not records are skipped (`verify-manifest`
+/// reports them).
+fn tally_of(dir: &Path) -> io::Result<Tally> {
+    let mut t = Tally::default();
+    for file in files(dir)? {
+        let mut reader = io::BufReader::new(File::open(&file)?);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if io::BufRead::read_until(&mut reader, b'\n', &mut line)? == 0 {
+                break;
+            }
+            if let Some(r) = Record::parse(line.strip_suffix(b"\n").unwrap_or(&line)) {
+                count(&mut t, r);
+            }
+        }
+    }
+    Ok(t)
+}
+
 struct Inner {
     tally: Tally,
     dir: PathBuf,
@@ -206,6 +261,7 @@ impl Manifest {
                 };
             }
         }
+        let tally = tally_of(dir)?;
         let day = rfc3339(SystemTime::now())[..10].to_owned();
         let file = OpenOptions::new()
             .create(true)
@@ -213,7 +269,7 @@ impl Manifest {
             .open(dir.join(format!("{day}.jsonl")))?;
         let m = Manifest {
             inner: Mutex::new(Inner {
-                tally: Tally::default(),
+                tally,
                 dir: dir.to_owned(),
                 day,
                 file,
@@ -397,37 +453,7 @@ impl Manifest {
                     seq: record.seq,
                     hash,
                 };
-                let t = &mut inner.tally;
-                match status {
-                    Status::Delivered => {
-                        t.delivered += 1;
-                        t.delivered_bytes += record.size.unwrap_or(0);
-                        t.repaired += record.repaired.unwrap_or(0);
-                        push_bounded(
-                            &mut t.recent_files,
-                            RecentFile {
-                                time: record.time.clone(),
-                                path: record.path.clone().unwrap_or_default(),
-                                size: record.size.unwrap_or(0),
-                            },
-                        );
-                    }
-                    Status::Repeat => t.repeats += 1,
-                    Status::Removed => t.removed += 1,
-                    Status::Lost => {
-                        t.lost += objects;
-                        push_bounded(
-                            &mut t.recent_losses,
-                            RecentLoss {
-                                time: record.time.clone(),
-                                what: record.path.or(record.object).unwrap_or_default(),
-                                objects,
-                                reason: record.reason.unwrap_or_default(),
-                            },
-                        );
-                    }
-                    _ => {}
-                }
+                count(&mut inner.tally, record);
                 inner.unsynced = true;
             }
             Err(e) => {
@@ -547,6 +573,20 @@ mod tests {
         assert_eq!(full.end().seq, 1);
         let text = std::fs::read_to_string(files(dir.path()).unwrap().pop().unwrap()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_restarted_manifest_counts_what_earlier_runs_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Manifest::open(dir.path(), 0).unwrap();
+        m.lost("1-1", 1, Some("a.csv"), Some(10), "x".into());
+        m.lost("1-2", 1, Some("b.csv"), None, "y".into());
+        drop(m);
+        let again = Manifest::open(dir.path(), 0).unwrap();
+        let t = again.tally();
+        assert_eq!(t.lost, 2);
+        assert_eq!(t.recent_losses.len(), 2);
+        assert_eq!(t.recent_losses[1].what, "b.csv");
     }
 
     #[test]

@@ -292,6 +292,7 @@ impl Receive {
                     datagrams,
                     malformed: self.asm.counters().malformed,
                     dropped_behind: dropped,
+                    kernel_overflows: signals.kernel_overflows.load(Ordering::Relaxed),
                     refused_auth: self.refused.total(),
                     refused_sessions: c.refused_sessions,
                 };
@@ -304,8 +305,9 @@ impl Receive {
                 if let Some((n, rate)) = self.overload.tick(now, datagrams, dropped) {
                     warn!(
                         dropped = n,
-                        sustained_datagrams_per_s = format_args!("{rate:.0}"),
-                        link_loss_percent = format_args!("{:.2}", self.loss.loss() * 100.0),
+                        sustained_datagrams_per_s = rate.round(),
+                        link_loss_percent =
+                            checkvalve_host::logging::round(self.loss.loss() * 100.0, 2),
                         kernel_overflows_total = signals.kernel_overflows.load(Ordering::Relaxed),
                         "receiver behind the sender: lower the sender's --rate below what this receiver sustains"
                     );

@@ -22,6 +22,17 @@ pub enum AfterSend {
     Move(SentFolder),
 }
 
+impl std::fmt::Display for AfterSend {
+    /// As the configuration says it (`move` with its folder).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AfterSend::Delete => f.write_str("delete"),
+            AfterSend::Keep => f.write_str("keep"),
+            AfterSend::Move(sent) => write!(f, "move to {}", sent.dir.display()),
+        }
+    }
+}
+
 /// Where a channel with `after_send = "move"` keeps what it sent, and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentFolder {

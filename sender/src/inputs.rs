@@ -448,14 +448,15 @@ fn write_spool(
     }
 }
 
+/// The receive buffer a UDP input asks for: some 10,000 syslog datagrams.
+const UDP_INPUT_BUFFER: usize = 8 << 20;
+
 fn udp_socket(addr: SocketAddr, iface: Option<std::net::Ipv4Addr>) -> Result<UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
         None,
     )?;
-    // Records arrive in bursts; the writer may pause on the disk.
-    let _ = socket.set_recv_buffer_size(8 << 20);
     let bind: SocketAddr = match addr.ip() {
         // A group's datagrams are addressed to the group: bind its port on every address.
         std::net::IpAddr::V4(g) if g.is_multicast() => {
@@ -481,6 +482,17 @@ fn udp_socket(addr: SocketAddr, iface: Option<std::net::Ipv4Addr>) -> Result<Udp
         _ => {}
     }
     let socket: UdpSocket = socket.into();
+    // Records arrive in bursts (a syslog client sends as fast as it reads) and the spool's writer
+    // may pause on the disk: what the buffer cannot hold is lost before the sender.
+    let granted = checkvalve_host::udp::buffers::grow_receive_buffer(&socket, UDP_INPUT_BUFFER);
+    if granted < UDP_INPUT_BUFFER {
+        warn!(
+            input = %addr,
+            granted,
+            wanted = UDP_INPUT_BUFFER,
+            "udp input: receive buffer smaller than asked: bursts may overflow it; run `sysctl -w net.core.rmem_max={UDP_INPUT_BUFFER}` (and persist it in /etc/sysctl.d)"
+        );
+    }
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     Ok(socket)
 }

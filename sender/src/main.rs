@@ -42,7 +42,7 @@ pub(crate) const QUEUED_NAMES: usize = 4096;
 /// Push files and folder trees across a one-way link: once (PATH...), or as a service watching
 /// spool folders (--watch DIR, or --config FILE with channels).
 #[derive(Debug, Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(version = checkvalve_host::VERSION, about, args_conflicts_with_subcommands = true)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -62,8 +62,9 @@ struct Args {
     /// With --watch: a file written in place is taken once unchanged for this long.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     settle: Duration,
-    /// Log lines as text (human) or one JSON object per line (json).
-    #[arg(long, value_enum, default_value = "human")]
+    /// Log lines as text (human) or one flat JSON object per line (json; fields in
+    /// docs/operator.md).
+    #[arg(long, value_enum, default_value = "human", global = true)]
     log_format: LogFormat,
     /// With --watch or --stream: state folder (status file, record of kept files, the streams'
     /// spool); see `checkvalve-send status`.
@@ -181,6 +182,7 @@ impl FromStr for FecSpec {
 }
 
 fn main() -> ExitCode {
+    checkvalve_host::manual::write_if_asked(<Args as clap::CommandFactory>::command());
     let args = Args::parse();
     checkvalve_host::logging::init_with(args.log_format, status::LastProblem);
     match run(args) {
@@ -190,6 +192,15 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Paths for a log field: comma-separated.
+fn joined(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Forbids every receiving system call from here on (all threads), unless disabled.
@@ -221,9 +232,9 @@ pub(crate) fn confine_files(writable: &[PathBuf], readable: &[PathBuf]) {
             warn!("landlock: not supported by this kernel: file access is not confined")
         }
         Ok(level) => info!(
-            ?level,
-            writable = ?writable,
-            readable = ?readable,
+            enforced = %level,
+            writable = %joined(writable),
+            readable = %joined(readable),
             "landlock: file access confined"
         ),
         Err(e) => warn!("landlock: cannot confine file access: {e}"),
@@ -459,8 +470,9 @@ fn run(args: Args) -> Result<ExitCode> {
         failed,
         datagrams = sent.datagrams,
         send_errors = sent.errors,
-        seconds = format_args!("{secs:.2}"),
-        goodput_mbps = format_args!("{:.1}", produced.bytes as f64 * 8.0 / secs.max(1e-9) / 1e6),
+        seconds = checkvalve_host::logging::round(secs, 2),
+        goodput_mbps =
+            checkvalve_host::logging::round(produced.bytes as f64 * 8.0 / secs.max(1e-9) / 1e6, 1),
         "done"
     );
     if interrupted {

@@ -271,6 +271,8 @@ fn start_inputs(cfg: &Config) -> Result<Option<std::process::Child>> {
     let exe = std::env::current_exe().context("cannot find this program to start its inputs")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("inputs").arg("--state").arg(state);
+    cmd.arg("--log-format")
+        .arg(checkvalve_host::logging::format().as_str());
     for s in &cfg.streams {
         cmd.arg("--stream").arg(format!("{}={}", s.name, s.input));
     }
@@ -344,7 +346,7 @@ fn rules(cfg: &Config) -> Rules {
 
 fn log_channels(cfg: &Config) {
     for c in &cfg.channels {
-        info!(channel = %c.name, spool = %c.spool.display(), priority = c.priority, repeat = c.repeat, after_send = ?c.after_send, "channel");
+        info!(channel = %c.name, spool = %c.spool.display(), priority = c.priority, repeat = c.repeat, after_send = %c.after_send, "channel");
     }
 }
 

@@ -358,7 +358,7 @@ impl Spools {
                 bytes = q.fingerprint.0,
                 copy = q.copy,
                 copies = c.repeat,
-                seconds = format_args!("{:.2}", now.saturating_duration_since(q.since).as_secs_f64()),
+                seconds = checkvalve_host::logging::round(now.saturating_duration_since(q.since).as_secs_f64(), 2),
                 "sent"
             );
             if q.copy < c.repeat {

@@ -187,9 +187,9 @@ fn live_stats(
         );
     } else {
         info!(
-            t = format_args!("{t:.1}"),
+            t = checkvalve_host::logging::round(t, 1),
             phase = %phase,
-            mbps = format_args!("{mbps:.1}"),
+            mbps = checkvalve_host::logging::round(mbps, 1),
             "stats received={} forwarded={} dropped={} loss={} outage={} queue={}",
             c.received,
             c.forwarded,

@@ -18,7 +18,7 @@ use tracing::{error, info};
 #[derive(Debug, Parser)]
 #[command(
     name = "checkvalve-sim",
-    version,
+    version = checkvalve_host::VERSION,
     about,
     args_conflicts_with_subcommands = true
 )]
@@ -27,6 +27,10 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     link: LinkArgs,
+    /// Log lines as text (human) or one flat JSON object per line (json; fields in
+    /// docs/operator.md).
+    #[arg(long, value_enum, default_value = "human", global = true)]
+    log_format: checkvalve_host::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,8 +209,9 @@ fn outage(s: &str) -> Result<(Duration, Duration), String> {
 }
 
 fn main() -> ExitCode {
-    checkvalve_host::logging::init(checkvalve_host::logging::LogFormat::Human);
+    checkvalve_host::manual::write_if_asked(<Cli as clap::CommandFactory>::command());
     let cli = Cli::parse();
+    checkvalve_host::logging::init(cli.log_format);
     let result = match cli.command {
         Some(Command::Sweep(args)) => run_sweep(args),
         Some(Command::Historian(a)) => checkvalve_sim::feed::run(
@@ -299,7 +304,7 @@ fn run_link(a: LinkArgs) -> Result<()> {
         .map(|p| p.name.clone())
         .collect();
     let forwarder = Forwarder::bind(options.clone())?;
-    info!(bind = %forwarder.local_addr()?, to = %options.to, seed, ?phases, "forwarding");
+    info!(bind = %forwarder.local_addr()?, to = %options.to, seed, phases = %phases.join(","), "forwarding");
     let report = forwarder.run(&stop)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

@@ -289,10 +289,11 @@ pub fn run(o: &SweepOptions) -> Result<Vec<Point>> {
         for &loss in &o.losses {
             let p = run_point(o, &src, &tree, loss, burst, n)?;
             info!(
-                loss = format_args!("{:.1}%", loss * 100.0),
+                loss_percent = checkvalve_host::logging::round(loss * 100.0, 1),
                 burst,
-                delivered = format_args!("{}/{}", p.delivered, p.files),
-                goodput_mbps = format_args!("{:.1}", p.goodput_mbps),
+                delivered = p.delivered,
+                files = p.files,
+                goodput_mbps = checkvalve_host::logging::round(p.goodput_mbps, 1),
                 "point"
             );
             let _ = writeln!(csv, "{}", csv_row(&p, &o.fec));

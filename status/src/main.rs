@@ -1,10 +1,12 @@
 //! `checkvalve-status`: serves the receiver's live state read-only over HTTP, as its own process
-//! (and user): Prometheus metrics at `/metrics` and a status page at `/`.
+//! (and user): a status page at `/`, Prometheus metrics at `/metrics`, the state and its alarms as
+//! JSON at `/api/live.json`, and `/healthz` (200 while the receiver runs, 503 otherwise).
 //!
 //! The receiver never sends a byte; it writes `STATE/live.json` every second. This program only
 //! reads that file: nothing it receives changes anything, it serves no share contents, and it
 //! works with the receiver stopped (and says so).
 
+mod alarms;
 mod metrics;
 mod page;
 
@@ -16,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use clap::Parser;
@@ -27,7 +29,7 @@ const STALE: Duration = Duration::from_secs(5);
 
 /// Serve a checkvalve receiver's live state: /metrics (Prometheus) and / (status page).
 #[derive(Debug, Parser)]
-#[command(name = "checkvalve-status", version, about)]
+#[command(name = "checkvalve-status", version = checkvalve_host::VERSION, about)]
 struct Args {
     /// Address to serve on, HOST:PORT (port 0 picks a free one; the log says which).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9480")]
@@ -35,11 +37,37 @@ struct Args {
     /// The receiver's state folder (where it writes live.json).
     #[arg(long, value_name = "DIR")]
     state: PathBuf,
+    /// Log lines as text (human) or one flat JSON object per line (json; fields in
+    /// docs/operator.md).
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: checkvalve_host::logging::LogFormat,
 }
 
-/// What the handlers share: where the live state is.
+/// What the handlers share: where the live state is, and when this server started.
 struct Shared {
     state: PathBuf,
+    started_unix: f64,
+}
+
+/// `/api/live.json`: what the page shows, for tools.
+#[derive(serde::Serialize)]
+struct Api<'a> {
+    /// The receiver wrote its state within the last 5 s and did not stop.
+    running: bool,
+    /// Seconds since it wrote it.
+    age_s: Option<u64>,
+    /// What is wrong (empty: all clear), the page's banner.
+    alarms: Vec<alarms::Alarm>,
+    /// The live state as the receiver wrote it.
+    live: Option<&'a checkvalve_formats::live::State>,
+    /// This server's version and commit.
+    status_version: &'static str,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The live state as the handlers see it: what the receiver last wrote, and whether it runs.
@@ -54,9 +82,7 @@ pub struct View {
 
 fn view(shared: &Shared) -> View {
     let live = checkvalve_formats::live::State::read(&shared.state);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = now_unix();
     let age_s = live.as_ref().map(|l| now.saturating_sub(l.updated_unix));
     let running = live
         .as_ref()
@@ -69,29 +95,54 @@ fn view(shared: &Shared) -> View {
 }
 
 async fn index(State(shared): State<Arc<Shared>>) -> Html<String> {
-    Html(page::render(&view(&shared)))
+    Html(page::render(&view(&shared), now_unix()))
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    match metrics::render(&view(&shared)) {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let format =
+        metrics::Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    (
+        [(header::CONTENT_TYPE, format.content_type())],
+        metrics::render(&view(&shared), format, shared.started_unix),
+    )
+        .into_response()
+}
+
+async fn api(State(shared): State<Arc<Shared>>) -> Response {
+    let v = view(&shared);
+    let body = Api {
+        running: v.running,
+        age_s: v.age_s,
+        alarms: alarms::of(&v, now_unix()),
+        live: v.live.as_ref(),
+        status_version: checkvalve_host::VERSION,
+    };
+    match serde_json::to_string(&body) {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => {
-            error!("cannot encode metrics: {e}");
+            error!("cannot encode the live state: {e}");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
 }
 
+/// 200 while the receiver runs (the alarms are the page's and the API's business), 503 if not.
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    if view(&shared).running {
+        (StatusCode::OK, "ok: the receiver is running\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the receiver is not running\n",
+        )
+            .into_response()
+    }
+}
+
 fn main() -> Result<()> {
-    checkvalve_host::logging::init(checkvalve_host::logging::LogFormat::Human);
+    checkvalve_host::manual::write_if_asked(<Args as clap::CommandFactory>::command());
     let args = Args::parse();
+    checkvalve_host::logging::init(args.log_format);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -102,11 +153,16 @@ fn main() -> Result<()> {
 async fn serve(args: Args) -> Result<()> {
     let shared = Arc::new(Shared {
         state: args.state.clone(),
+        started_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
     });
     // GET (and HEAD) only: any other method gets 405, any other path 404.
     let app = Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
+        .route("/api/live.json", get(api))
+        .route("/healthz", get(healthz))
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

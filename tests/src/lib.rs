@@ -118,6 +118,12 @@ pub fn bound_addr(proc: &Proc, needle: &str, limit: Duration) -> String {
         .lines()
         .find(|l| l.contains(needle))
         .expect("readiness line");
+    // A JSON log line carries it as a field of its own.
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+        && let Some(bind) = v["bind"].as_str()
+    {
+        return bind.to_owned();
+    }
     field(line, "bind")
         .unwrap_or_else(|| panic!("no bind= in {line:?}"))
         .to_string()

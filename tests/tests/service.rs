@@ -292,9 +292,17 @@ fn json_logs_are_one_object_per_line() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
         .collect();
+    // Flat: the fields beside the message, numbers as numbers.
+    let done = lines
+        .iter()
+        .find(|v| v["message"] == "done")
+        .unwrap_or_else(|| panic!("no done line: {log}"));
+    assert_eq!(done["files"], 1, "{done}");
+    assert!(done["seconds"].is_f64(), "{done}");
     assert!(
-        lines.iter().any(|v| v["fields"]["message"] == "done"),
-        "{log}"
+        lines
+            .iter()
+            .all(|v| v["time"].is_string() && v["level"].is_string())
     );
 }
 

@@ -1,5 +1,7 @@
-//! The status server: `/metrics` parses as Prometheus text, `/` renders in a real browser with its
-//! chart drawn, it works with the receiver stopped, and the receiver sends nothing meanwhile.
+//! The status server: `/metrics` parses as Prometheus text (and passes `promtool check metrics`),
+//! `/` renders in a real browser with its chart drawn and turns red in alarm, `/healthz` and
+//! `/api/live.json` answer, it works with the receiver stopped, the losses it shows survive a
+//! receiver restart, and the receiver sends nothing meanwhile.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,20 +13,54 @@ use checkvalve_tests::{Proc, Rig, bin, write_file};
 
 /// A plain HTTP/1.1 request: (status code, body).
 fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let (code, _, body) = http_with(addr, method, path, "");
+    (code, body)
+}
+
+/// A request with extra header lines (each ending CRLF): (status code, headers, body).
+fn http_with(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
     )
     .expect("send");
     let mut raw = String::new();
     s.read_to_string(&mut raw).expect("read");
     let code = raw[9..12].parse().expect("status code");
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     // axum answers with a length or chunks; the body's text is all the tests need.
-    (code, body.to_owned())
+    (code, head.to_lowercase(), body.to_owned())
+}
+
+/// `promtool check metrics` on `text`, if promtool is installed: its complaints, if any.
+fn promtool(text: &str) -> Option<String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(if out.status.success() && said.trim().is_empty() {
+        String::new()
+    } else {
+        format!("exit {}: {said}", out.status)
+    })
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -157,10 +193,37 @@ fn metrics_parse_the_page_renders_with_its_chart_and_the_receiver_sends_nothing(
     assert_eq!(metric(&text, "checkvalve_link_up"), 1.0);
     assert_eq!(metric(&text, "checkvalve_files_delivered_total"), 20.0);
     assert_eq!(
-        metric(&text, "checkvalve_bytes_delivered_total"),
+        metric(&text, "checkvalve_files_delivered_bytes_total"),
         20.0 * 400_000.0
     );
     assert!(metric(&text, "checkvalve_datagrams_received_total") > 0.0);
+    assert!(metric(&text, "checkvalve_share_free_bytes") > 0.0);
+    assert_eq!(metric(&text, "checkvalve_build_info"), 1.0);
+    match promtool(&text) {
+        None => eprintln!("SKIPPED the promtool check: promtool not installed (CI installs it)"),
+        Some(complaints) => assert!(complaints.is_empty(), "promtool: {complaints}\n{text}"),
+    }
+    let (_, head, om) = http_with(
+        &addr,
+        "GET",
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n",
+    );
+    assert!(
+        head.contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    assert!(
+        om.contains("# TYPE checkvalve_files_delivered counter") && om.contains("# EOF"),
+        "{om}"
+    );
+    assert_eq!(http(&addr, "GET", "/healthz").0, 200);
+    let (code, api) = http(&addr, "GET", "/api/live.json");
+    assert_eq!(code, 200);
+    let api: serde_json::Value = serde_json::from_str(&api).expect("JSON");
+    assert_eq!(api["running"], true, "{api}");
+    assert_eq!(api["live"]["tally"]["delivered"], 20, "{api}");
+    assert!(api["alarms"].is_array(), "{api}");
     assert_eq!(http(&addr, "POST", "/").0, 405, "only GET");
     assert_eq!(http(&addr, "GET", "/../../etc/passwd").0, 404);
     let (code, page) = http(&addr, "GET", "/");
@@ -247,7 +310,115 @@ fn metrics_parse_the_page_renders_with_its_chart_and_the_receiver_sends_nothing(
     let (code, page) = http(&addr, "GET", "/");
     assert_eq!(code, 200);
     assert!(page.contains("NOT RUNNING"), "{page}");
+    assert_eq!(http(&addr, "GET", "/healthz").0, 503);
     assert!(status.stop().success());
     assert!(sender.stop().success());
+    rig.stop_sim();
+}
+
+#[test]
+fn the_page_alarms_on_lost_files_and_a_link_down_and_the_losses_survive_a_receiver_restart() {
+    let mut rig = Rig::start(
+        Some(&["--loss", "70%", "--seed", "3"]),
+        &["--object-timeout", "2s", "--link-down-after", "3s"],
+    );
+    let (mut status, addr) = rig.start_status();
+    let src = rig.dir.path().join("exports");
+    for i in 0..4u64 {
+        write_file(&src.join(format!("pump-{i}.csv")), 150_000, i);
+    }
+    assert!(rig.send(&[&src], &[], Duration::from_secs(60)).success());
+    // The losses recorded, and the link down once the sender's heartbeats stop.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let api = loop {
+        let (_, body) = http(&addr, "GET", "/api/live.json");
+        let api: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let kinds: Vec<&str> = api["alarms"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["kind"].as_str()).collect())
+            .unwrap_or_default();
+        if kinds.contains(&"files_lost") && kinds.contains(&"link_down") {
+            break api;
+        }
+        assert!(Instant::now() < deadline, "no alarm: {api}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let lost = api["live"]["tally"]["lost"].as_u64().expect("lost");
+    assert!(lost > 0, "{api}");
+    let (_, text) = http(&addr, "GET", "/metrics");
+    assert_eq!(metric(&text, "checkvalve_link_up"), 0.0);
+    assert_eq!(metric(&text, "checkvalve_objects_lost_total"), lost as f64);
+    let (_, page) = http(&addr, "GET", "/");
+    assert!(
+        page.contains(r#"class="state alarm" id="overall""#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"data-kind="link_down""#) && page.contains(r#"data-kind="files_lost""#),
+        "{page}"
+    );
+    if let Some(exe) = chromium() {
+        let url = format!("http://{addr}/");
+        let dom = browser(exe, rig.dir.path(), &["--dump-dom", &url]);
+        let dom = String::from_utf8_lossy(&dom.stdout);
+        assert!(dom.contains(r#"class="state alarm" id="overall""#), "{dom}");
+        assert!(dom.contains("the link is down"), "{dom}");
+        let shot = rig.dir.path().join("alarm.png");
+        browser(
+            exe,
+            rig.dir.path(),
+            &[
+                &format!("--screenshot={}", shot.display()),
+                "--window-size=1000,1400",
+                &url,
+            ],
+        );
+        // The banner's red (#b71c1c), drawn by the browser: a banner is thousands of pixels.
+        let red = pixels_of(&shot, (0xb7, 0x1c, 0x1c));
+        assert!(
+            red > 5_000,
+            "the alarm banner is not drawn red ({red} pixels)"
+        );
+    } else {
+        eprintln!("SKIPPED the browser check: no chromium installed (CI installs it)");
+    }
+
+    // A restarted receiver shows the same losses: they come from the manifest.
+    assert!(rig.receiver.stop().success());
+    let key = rig.key.clone().expect("keyed");
+    let mut again = Proc::start(
+        rig.dir.path(),
+        "receiver-again",
+        &bin("checkvalve-receive"),
+        &[
+            "--bind".into(),
+            rig.receiver_addr.clone(),
+            "--out".into(),
+            rig.out.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ],
+    );
+    checkvalve_tests::wait_for_log(&again, " receiving", Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http(&addr, "GET", "/api/live.json");
+        let api: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        if api["running"] == true && api["live"]["pid"] == again.pid().expect("running") {
+            assert_eq!(api["live"]["tally"]["lost"], lost, "{api}");
+            let kinds = api["alarms"].to_string();
+            assert!(kinds.contains("files_lost"), "{api}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted receiver never showed: {api}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (_, page) = http(&addr, "GET", "/");
+    assert!(page.contains(r#"data-kind="files_lost""#), "{page}");
+    assert!(again.stop().success());
+    assert!(status.stop().success());
     rig.stop_sim();
 }

@@ -138,7 +138,7 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
             )
         }
         Ok(level) => {
-            info!(?level, share = %writable[0].display(), state = %writable[1].display(), "landlock: writing confined to the share and the state folder")
+            info!(enforced = %level, share = %writable[0].display(), state = %writable[1].display(), "landlock: writing confined to the share and the state folder")
         }
         Err(e) => tracing::warn!("landlock: cannot confine writes: {e}"),
     }
@@ -227,6 +227,7 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
         .iter()
         .map(|k| keys::load(k))
         .collect::<Result<Vec<_>>>()?;
+    let key_ids: Vec<u32> = psks.iter().map(|k| k.id).collect();
     let auth_state = share.state().join(keys::STATE_FILE);
     let auth = if psks.is_empty() {
         warn!("{UNAUTHENTICATED}");
@@ -234,7 +235,7 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
     } else {
         let require = args.require_auth.unwrap_or(true);
         info!(
-            keys = ?psks.iter().map(|k| k.id).collect::<Vec<_>>(),
+            keys = %psks.iter().map(|k| k.id.to_string()).collect::<Vec<_>>().join(","),
             require_auth = require,
             "datagrams are authenticated"
         );
@@ -254,11 +255,14 @@ pub fn run(args: Settings, no_seccomp: bool) -> Result<()> {
     };
     let live = live::Live::new(
         share.state(),
+        share.root(),
+        args.min_free,
         local.to_string(),
         Arc::clone(&manifest),
         args.loss_warn,
         args.loss_interval,
         auth.is_some(),
+        key_ids,
         chores.clone(),
     );
     let mut live = live;
