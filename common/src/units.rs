@@ -24,11 +24,13 @@ fn invalid(input: &str, expected: &'static str) -> UnitError {
     }
 }
 
+/// The number and its unit; a space between them leaves the unit unrecognised (`"10 s"` is an
+/// error, not ten seconds by luck), so that every program and file reads a value one way.
 fn split_suffix(s: &str) -> (&str, &str) {
     let at = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
-    (&s[..at], s[at..].trim())
+    (&s[..at], &s[at..])
 }
 
 /// Parses a bit rate such as `800M`, `1G`, `50k` or `1000000` (bits per second, decimal prefixes),
@@ -127,5 +129,7 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("10 s").is_err() && parse_size("64 MiB").is_err());
+        assert_eq!(parse_duration(" 10s "), Ok(Duration::from_secs(10)));
     }
 }

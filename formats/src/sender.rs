@@ -125,3 +125,34 @@ impl Status {
         serde_json::from_slice(&std::fs::read(state.join(FILE)).ok()?).ok()
     }
 }
+
+/// Folder of the sender's evidence inside its state folder: one JSON-lines file per UTC day
+/// (`sent/YYYY-MM-DD.jsonl`), a [`SentRecord`] per copy of a file sent whole.
+pub const SENT_DIR: &str = "sent";
+
+/// A copy of a file sent whole, as the sender records it: the receiver's manifest names the same
+/// object and SHA-256, so that the two sides' records match by more than the path.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SentRecord {
+    /// When its last datagram went out (RFC 3339, UTC).
+    pub time: String,
+    /// Its channel (empty for `--watch`).
+    pub channel: String,
+    /// Its path as sent (the share's path).
+    pub path: String,
+    /// Where it was read from.
+    pub source: String,
+    /// Content bytes.
+    pub size: u64,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+    /// The object as the receiver's manifest names it: session (16 hex digits), `-`, number.
+    pub object: String,
+    /// Which copy (from 1) of how many the channel sends.
+    pub copy: u32,
+    /// Copies the channel sends.
+    pub copies: u32,
+    /// From queued to its last datagram, seconds.
+    pub seconds: f64,
+}

@@ -1,7 +1,8 @@
 //! What the programs share with the host they run on, in one place: the kernel's UDP features
 //! ([`udp`]), logging set-up ([`logging`]), address resolution ([`resolve()`]), the stop signals
 //! ([`signals`]), the host checks of `--check` ([`preflight`]), the manual pages and completions
-//! generated from the programs' definitions ([`manual`]), and the build's version and commit.
+//! generated from the programs' definitions ([`manual`]), what their command lines share
+//! ([`cli`]), and the build's version and commit.
 //! The protocol core (`checkvalve-common`) does none of this: it takes bytes and time as values.
 
 /// The commit the programs were built from (short hash, or "unknown").
@@ -15,6 +16,7 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+pub mod cli;
 pub mod logging;
 pub mod manual;
 pub mod preflight;

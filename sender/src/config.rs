@@ -96,6 +96,71 @@ pub struct Config {
     pub stream_flush: Duration,
 }
 
+/// Flags given beside `--config`: each overrides the file's value, at start and at every reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--to`.
+    pub to: Option<String>,
+    /// `--rate`.
+    pub rate: Option<u64>,
+    /// `--heartbeat`.
+    pub heartbeat: Option<Duration>,
+    /// `--settle`.
+    pub settle: Option<Duration>,
+    /// `--rescan`.
+    pub rescan: Option<Duration>,
+    /// `--stream-flush`.
+    pub stream_flush: Option<Duration>,
+    /// `--names`.
+    pub names: Option<checkvalve_common::meta::NamePolicy>,
+    /// `--state`.
+    pub state: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// Puts the flags' values into `cfg`; `say` logs each (at start; a reload applies them
+    /// quietly).
+    pub fn apply(&self, cfg: &mut Config, say: bool) {
+        let note = |flag: &str, value: &dyn std::fmt::Display| {
+            if say {
+                tracing::info!(flag, value = %value, "a flag beside --config overrides the configuration file");
+            }
+        };
+        if let Some(v) = &self.to {
+            note("--to", v);
+            cfg.to = v.clone();
+        }
+        if let Some(v) = self.rate {
+            note("--rate", &v);
+            cfg.rate = v;
+        }
+        if let Some(v) = self.heartbeat {
+            note("--heartbeat", &humantime::format_duration(v));
+            cfg.heartbeat = v;
+        }
+        if let Some(v) = self.settle {
+            note("--settle", &humantime::format_duration(v));
+            cfg.settle = v;
+        }
+        if let Some(v) = self.rescan {
+            note("--rescan", &humantime::format_duration(v));
+            cfg.rescan = v;
+        }
+        if let Some(v) = self.stream_flush {
+            note("--stream-flush", &humantime::format_duration(v));
+            cfg.stream_flush = v;
+        }
+        if let Some(v) = self.names {
+            note("--names", &format!("{v:?}").to_lowercase());
+            cfg.names = v;
+        }
+        if let Some(v) = &self.state {
+            note("--state", &v.display());
+            cfg.state = Some(v.clone());
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
@@ -521,6 +586,22 @@ after_send = "keep"
         assert_eq!(c.channels[0].name, "alarms");
         assert_eq!(c.channels[0].after_send, AfterSend::Keep);
         assert_eq!(c.channels[1].after_send, AfterSend::Delete);
+    }
+
+    #[test]
+    fn a_type_error_names_its_key_and_column() {
+        let text = GOOD.replace("settle = \"2s\"", "settle = \"2s\"\nmtu = \"1400\"");
+        let e = Config::parse(Path::new("send.toml"), &text)
+            .expect_err("refused")
+            .to_string();
+        assert!(e.starts_with("send.toml:5:7: mtu: invalid type"), "{e}");
+        let e = Config::parse(
+            Path::new("send.toml"),
+            &GOOD.replace("priority = 10", "priority = \"high\""),
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(e.contains(":13:12: channel[2].priority: "), "{e}");
     }
 
     #[test]

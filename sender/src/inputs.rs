@@ -27,7 +27,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
 use checkvalve_common::stream::batch::{MAX_RECORD_LEN, Record, check_channel};
@@ -163,6 +163,9 @@ struct Taken {
     topic: Vec<u8>,
     payload: Vec<u8>,
     source: (u64, u64),
+    /// Called once the record is written to the spool (MQTT's acknowledgement: the broker keeps
+    /// a message until then, so a stop in between repeats it instead of losing it).
+    on_written: Option<Box<dyn FnOnce() + Send>>,
 }
 
 fn now_us() -> i64 {
@@ -179,6 +182,8 @@ struct ChannelSpool {
     len: u64,
     next: u64,
     buf: Vec<u8>,
+    /// What to call once `buf` is written.
+    written: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl ChannelSpool {
@@ -200,6 +205,7 @@ impl ChannelSpool {
             len: 0,
             next: 0,
             buf: Vec::new(),
+            written: Vec::new(),
         };
         let mut source = (0, 0);
         if let Some(&last) = segments.last() {
@@ -235,6 +241,7 @@ impl ChannelSpool {
         };
         self.next += 1;
         s.encode(&mut self.buf);
+        self.written.extend(t.on_written);
     }
 
     /// Writes what was numbered since the last flush: handed over once this returns.
@@ -257,6 +264,9 @@ impl ChannelSpool {
             self.len += self.buf.len() as u64;
         }
         self.buf.clear();
+        for done in self.written.drain(..) {
+            done();
+        }
         Ok(())
     }
 }
@@ -277,6 +287,9 @@ pub fn run(state: &Path, streams: Vec<StreamSpec>) -> Result<ExitCode> {
     }
     // Bound before confinement, so that a port in use is an error at start.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Taken>(QUEUED);
+    // Set once the spool holds everything taken, so that MQTT inputs send their last
+    // acknowledgements before they disconnect (a stop then repeats nothing).
+    let spooled = Arc::new(AtomicBool::new(false));
     let mut starts: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
     for (i, s) in streams.iter().enumerate() {
         let tx = tx.clone();
@@ -307,8 +320,9 @@ pub fn run(state: &Path, streams: Vec<StreamSpec>) -> Result<ExitCode> {
                     .next()
                     .ok_or_else(|| anyhow!("no address for the MQTT broker {broker}"))?;
                 let (broker, filter, name) = (resolved.to_string(), filter.clone(), s.name.clone());
+                let spooled = Arc::clone(&spooled);
                 starts.push(Box::new(move || {
-                    mqtt(i, &name, &broker, &filter, tx, &stop)
+                    mqtt(i, &name, &broker, &filter, tx, &stop, &spooled)
                 }));
             }
             Input::Stdin => starts.push(Box::new(move || stdin(i, tx, &stop))),
@@ -348,9 +362,21 @@ pub fn run(state: &Path, streams: Vec<StreamSpec>) -> Result<ExitCode> {
             .map(|(n, _)| n.clone())
     };
     let failed = write_spool(&rx, &mut spools, &stop, parent, &ended);
+    // The inputs stop too, however the writer's loop ended (a signal, the sender gone, an input).
+    stop.store(true, Ordering::Relaxed);
     for s in &mut spools {
         if let Err(e) = s.flush() {
             error!(channel = %s.name, "stream spool not written: {e}");
+        }
+    }
+    spooled.store(true, Ordering::Relaxed);
+    for (name, t) in threads {
+        let mqtt = streams
+            .iter()
+            .any(|s| s.name == name && matches!(s.input, Input::Mqtt { .. }));
+        // Each bounds its own goodbye; the other inputs are left to the process's exit.
+        if mqtt && t.join().is_err() {
+            error!(channel = %name, "mqtt input failed while stopping");
         }
     }
     if let Some(name) = failed {
@@ -401,6 +427,11 @@ fn write_spool(
     let mut failing: HashMap<usize, bool> = HashMap::new();
     loop {
         if stop.load(Ordering::Relaxed) || nix::unistd::getppid() != parent {
+            // What the inputs took is spooled (the caller flushes): a stop loses none of it.
+            while let Ok(t) = rx.try_recv() {
+                let c = t.channel;
+                spools[c].push(t);
+            }
             return None;
         }
         if let Some(name) = ended() {
@@ -511,6 +542,7 @@ fn take(channel: usize, payload: &[u8], source: (u64, u64)) -> Taken {
         topic: Vec::new(),
         payload: payload[..payload.len().min(MAX_RECORD_LEN)].to_vec(),
         source,
+        on_written: None,
     }
 }
 
@@ -615,7 +647,9 @@ fn connection(channel: usize, conn: TcpStream, tx: &SyncSender<Taken>) -> Result
 
 /// Subscribes to `filter` on `broker` with QoS 1 in a persistent session (client id
 /// `checkvalve-NAME`, clean session off), so that what the broker kept while this input was away
-/// arrives after a restart. A message is acknowledged once queued for the spool.
+/// arrives after a restart. A message is acknowledged once written to the spool; at a stop,
+/// what arrives after the stop is left unacknowledged for the broker to send again, and the
+/// acknowledgements of what was spooled go out (once `spooled` is set) before the goodbye.
 fn mqtt(
     channel: usize,
     name: &str,
@@ -623,6 +657,7 @@ fn mqtt(
     filter: &str,
     tx: SyncSender<Taken>,
     stop: &AtomicBool,
+    spooled: &AtomicBool,
 ) {
     use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
     let Some((host, port)) = broker
@@ -662,12 +697,19 @@ fn mqtt(
                     topic: p.topic.as_bytes().to_vec(),
                     payload: p.payload[..p.payload.len().min(MAX_RECORD_LEN)].to_vec(),
                     source: (0, 0),
+                    // Acknowledged once spooled, by the spool's writer.
+                    on_written: Some({
+                        let client = client.clone();
+                        let owned = name.to_owned();
+                        Box::new(move || {
+                            if let Err(e) = client.ack(&p) {
+                                warn!(channel = owned, "mqtt input: cannot acknowledge: {e}");
+                            }
+                        })
+                    }),
                 };
                 if tx.send(taken).is_err() {
                     return;
-                }
-                if let Err(e) = client.ack(&p) {
-                    warn!(channel = name, "mqtt input: cannot acknowledge: {e}");
                 }
             }
             Ok(Ok(_)) => {}
@@ -685,6 +727,45 @@ fn mqtt(
             Err(rumqttc::RecvTimeoutError::Disconnected) => return,
         }
     }
+    drop(tx);
+    if connected {
+        mqtt_goodbye(name, &client, &mut connection, spooled);
+    }
+}
+
+/// Keeps the connection turning until the spool is written (so that the acknowledgements its
+/// writer queues go out), then disconnects; bounded, since a broker may stop answering.
+fn mqtt_goodbye(
+    name: &str,
+    client: &rumqttc::Client,
+    connection: &mut rumqttc::Connection,
+    spooled: &AtomicBool,
+) {
+    use rumqttc::{Event, Outgoing};
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut asked = false;
+    while Instant::now() < deadline {
+        if !asked && spooled.load(Ordering::Relaxed) {
+            // Queued behind the acknowledgements, which therefore leave first.
+            if client.disconnect().is_err() {
+                return;
+            }
+            asked = true;
+        }
+        match connection.recv_timeout(Duration::from_millis(50)) {
+            // Messages still arriving are not acknowledged: the broker sends them again.
+            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => {
+                info!(channel = name, "mqtt input: disconnected");
+                return;
+            }
+            Ok(Ok(_)) | Err(rumqttc::RecvTimeoutError::Timeout) => {}
+            Ok(Err(_)) | Err(rumqttc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+    warn!(
+        channel = name,
+        "mqtt input: the broker did not take the goodbye in time (what it sends again is repeated)"
+    );
 }
 
 fn stdin(channel: usize, tx: SyncSender<Taken>, stop: &AtomicBool) {

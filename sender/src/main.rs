@@ -3,6 +3,7 @@
 
 mod archive;
 mod config;
+mod evidence;
 mod follow;
 mod inputs;
 mod kept;
@@ -39,94 +40,141 @@ pub(crate) const QUEUED_BATCHES: usize = 2;
 /// Objects sent whole waiting to be announced (the transmitter takes them in every turn).
 pub(crate) const QUEUED_NAMES: usize = 4096;
 
+/// Examples, units and exit codes, after the options in `--help`.
+const SENDER_HELP: &str = "\
+Examples:
+  checkvalve-send keygen --id 1 --out link-1.key
+  checkvalve-send --to 192.0.2.10:5000 --key link-1.key /data/exports /data/diag/pump7.log
+  checkvalve-send --to 192.0.2.10:5000 --key link-1.key --watch /var/spool/checkvalve \\
+      --state /var/lib/checkvalve-send --stream syslog=tcp://127.0.0.1:6514
+  checkvalve-send --config /etc/checkvalve/send.toml            # the service (its unit)
+  checkvalve-send status --config /etc/checkvalve/send.toml
+
+Flags given beside --config override the file's value for this run and its reloads (the log
+says so), but for the datagrams' shape and authentication, which the file alone sets.
+
+Exit status: 0 everything sent (or a service stopped by SIGTERM); 1 a file could not be sent
+whole, or the stream inputs' process ended; 2 bad arguments, a configuration that is refused,
+or a failed start; 3 `status`: the sender is not running or logged an error lately; 130
+interrupted by SIGINT.
+
+Guides: docs/operator.md and docs/streams.md (/usr/share/doc/checkvalve-sender/).";
+
 /// Push files and folder trees across a one-way link: once (PATH...), or as a service watching
 /// spool folders (--watch DIR, or --config FILE with channels).
 #[derive(Debug, Parser)]
-#[command(version = checkvalve_host::VERSION, about, args_conflicts_with_subcommands = true)]
+#[command(
+    version = checkvalve_host::VERSION,
+    about,
+    args_conflicts_with_subcommands = true,
+    after_help = format!("{SENDER_HELP}\n\n{}", checkvalve_host::cli::UNITS)
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
     /// Receiver (or simulator) address, HOST:PORT (required unless --config gives it).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Link")]
     to: Option<String>,
     /// Service configuration (TOML): destination, rate, FEC, channels. See docs/operator.md.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["paths", "watch"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["paths", "watch"], help_heading = "Service")]
     config: Option<PathBuf>,
     /// Check the configuration and exit (0 if it is usable).
-    #[arg(long, requires = "config")]
+    #[arg(long, requires = "config", help_heading = "Service")]
     check: bool,
     /// Watch this spool folder and send every file that appears in it, as a service; a file lands
     /// under its path relative to the folder, and is deleted from it once sent.
-    #[arg(long, value_name = "DIR", conflicts_with = "paths")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "paths",
+        help_heading = "Service"
+    )]
     watch: Option<PathBuf>,
     /// With --watch: a file written in place is taken once unchanged for this long.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = "Service", value_name = "DURATION")]
     settle: Duration,
     /// Log lines as text (human) or one flat JSON object per line (json; fields in
     /// docs/operator.md).
-    #[arg(long, value_enum, default_value = "human", global = true)]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "human",
+        global = true,
+        help_heading = "Process",
+        value_name = "FORMAT"
+    )]
     log_format: LogFormat,
     /// With --watch or --stream: state folder (status file, record of kept files, the streams'
     /// spool); see `checkvalve-send status`.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = "Service")]
     state: Option<PathBuf>,
     /// A record stream input, as a service (repeatable): NAME=udp://HOST:PORT, tcp://HOST:PORT,
     /// file:///PATH (followed like `tail -F`) or - (standard input); its records land in
     /// OUT/NAME/YYYY-MM-DD.log. Needs --state.
-    #[arg(long = "stream", value_name = "NAME=URL", conflicts_with_all = ["paths", "config"], requires = "state")]
+    #[arg(long = "stream", value_name = "NAME=URL", conflicts_with_all = ["paths", "config"], requires = "state", help_heading = "Service")]
     streams: Vec<inputs::StreamSpec>,
     /// With --stream: a batch of records goes out when its first record has waited this long.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = parse_duration, help_heading = "Service", value_name = "DURATION")]
     stream_flush: Duration,
     /// With --watch: full rescan interval.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration, help_heading = "Service", value_name = "DURATION")]
     rescan: Duration,
     /// Output rate in bits per second (50k, 800M, 1G, or max for no limit); counts IP and UDP
     /// headers. The default is what a 2-core receiver takes without loss (docs/performance.md).
-    #[arg(long, default_value = "1G", value_parser = parse_rate)]
+    #[arg(long, default_value = "1G", value_parser = parse_rate, help_heading = "Link", value_name = "RATE")]
     rate: u64,
     /// Reed-Solomon shape: K data shards and M parity shards per block (K + M <= 256).
-    #[arg(long, default_value = "64:22", value_name = "K:M")]
+    #[arg(
+        long,
+        default_value = "64:22",
+        value_name = "K:M",
+        help_heading = "Link"
+    )]
     fec: FecSpec,
     /// The link's MTU: shards are sized so that every datagram fits it, IPv4 or IPv6, with the
     /// authentication trailer (1,376-byte shards at 1,500 with a key, 1,400 without).
-    #[arg(long, default_value_t = checkvalve_common::wire::DEFAULT_MTU, value_name = "BYTES")]
+    #[arg(long, default_value_t = checkvalve_common::wire::DEFAULT_MTU, value_name = "BYTES", help_heading = "Link")]
     mtu: u16,
     /// Shard payload in bytes [default: the longest that fits --mtu]; datagrams that would not fit
     /// the MTU are refused at start.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help_heading = "Link")]
     shard_size: Option<u16>,
     /// Blocks per interleaving group: bursts are spread over this many blocks [default: as many
     /// as fill about 8 MiB of datagrams, at most 64: 64 at 1,400-byte shards, 10 at 8,900].
-    #[arg(long)]
+    #[arg(long, help_heading = "Link", value_name = "BLOCKS")]
     interleave: Option<usize>,
     /// Content a stripe group of a large file spans: a file of more than one interleaving group
     /// is striped, surviving about `M/K` of this in consecutive lost datagrams; the sender holds
     /// `M/K` of it in parity. `0` sends large files in interleaving groups too.
-    #[arg(long, default_value = "96MiB", value_name = "SIZE", value_parser = parse_span)]
+    #[arg(long, default_value = "96MiB", value_name = "SIZE", value_parser = parse_span, help_heading = "Link")]
     stripe_span: u64,
     /// Interval between heartbeats.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_duration, help_heading = "Link", value_name = "DURATION")]
     heartbeat: Duration,
     /// Scheduling niceness of the sender's threads (0 to 19): a background transfer yields the
     /// CPU to the host's own processes (and, on a shared test host, to the receiver).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19), help_heading = "Process", value_name = "NICENESS")]
     nice: i32,
     /// Do not install the seccomp filter that forbids every receiving system call (debugging only).
-    #[arg(long)]
+    #[arg(long, help_heading = "Process")]
     no_seccomp: bool,
     /// Names sent: portable (Windows can open them too) or posix (only what POSIX and safety
     /// require; the receiver must say `--names posix` too).
-    #[arg(long, value_name = "POLICY", default_value = "portable")]
+    #[arg(
+        long,
+        value_name = "POLICY",
+        default_value = "portable",
+        help_heading = "Link"
+    )]
     names: checkvalve_common::meta::NamePolicy,
     /// Pre-shared key file (from `checkvalve-send keygen`): every datagram is authenticated.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Authentication")]
     key: Option<PathBuf>,
     /// With --key: also encrypt payloads.
-    #[arg(long, requires = "key")]
+    #[arg(long, requires = "key", help_heading = "Authentication")]
     encrypt: bool,
     /// Run without a key: datagrams are sent unauthenticated (the receiver must allow it too).
-    #[arg(long, conflicts_with = "key")]
+    #[arg(long, conflicts_with = "key", help_heading = "Authentication")]
     allow_unauthenticated: bool,
     /// Files or folders to send once; each lands under its name relative to its parent folder.
     #[arg(value_name = "PATH")]
@@ -183,9 +231,21 @@ impl FromStr for FecSpec {
 
 fn main() -> ExitCode {
     checkvalve_host::manual::write_if_asked(<Args as clap::CommandFactory>::command());
-    let args = Args::parse();
+    let matches = <Args as clap::CommandFactory>::command().get_matches();
+    let args = match <Args as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     checkvalve_host::logging::init_with(args.log_format, status::LastProblem);
-    match run(args) {
+    let given = |id: &str| checkvalve_host::cli::given(&matches, id).is_some();
+    let overrides = match overrides(&args, &given) {
+        Ok(o) => o,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args, overrides) {
         Ok(code) => code,
         Err(e) => {
             error!("{e:#}");
@@ -285,7 +345,50 @@ fn interleave_for(fec: FecParams, depth: Option<usize>, stripe_span: u64) -> Int
     }
 }
 
-fn run(args: Args) -> Result<ExitCode> {
+/// The flags given beside `--config` (each overrides the file's value, at start and at every
+/// reload); an error for those the file alone may set.
+fn overrides(args: &Args, given: &dyn Fn(&str) -> bool) -> Result<config::Overrides, String> {
+    let mut o = config::Overrides::default();
+    if args.config.is_none() {
+        return Ok(o);
+    }
+    // What the datagrams look like and how they are authenticated: the reviewed file only.
+    let file_only: Vec<&str> = [
+        "fec",
+        "mtu",
+        "shard_size",
+        "interleave",
+        "stripe_span",
+        "key",
+        "encrypt",
+        "allow_unauthenticated",
+    ]
+    .into_iter()
+    .filter(|id| given(id))
+    .collect();
+    if !file_only.is_empty() {
+        return Err(format!(
+            "{} beside --config: the datagrams' shape and authentication are set in the configuration file only (fec, mtu, shard_size, key, encrypt, allow_unauthenticated)",
+            file_only
+                .iter()
+                .map(|id| format!("--{}", id.replace('_', "-")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let pick = |id: &str| given(id);
+    o.to = args.to.clone().filter(|_| pick("to"));
+    o.rate = pick("rate").then_some(args.rate);
+    o.heartbeat = pick("heartbeat").then_some(args.heartbeat);
+    o.settle = pick("settle").then_some(args.settle);
+    o.rescan = pick("rescan").then_some(args.rescan);
+    o.stream_flush = pick("stream_flush").then_some(args.stream_flush);
+    o.names = pick("names").then_some(args.names);
+    o.state = args.state.clone().filter(|_| pick("state"));
+    Ok(o)
+}
+
+fn run(args: Args, overrides: config::Overrides) -> Result<ExitCode> {
     if let Some(Command::Inputs { state, streams }) = &args.command {
         return inputs::run(state, streams.clone());
     }
@@ -325,20 +428,26 @@ fn run(args: Args) -> Result<ExitCode> {
         tracing::warn!(nice = args.nice, "cannot lower the sender's priority: {e}");
     }
     if let Some(file) = &args.config {
-        let cfg = match config::Config::load(file) {
+        let mut cfg = match config::Config::load(file) {
             Ok(c) => c,
             Err(e) => {
                 error!("{e}");
                 return Ok(ExitCode::from(2));
             }
         };
+        overrides.apply(&mut cfg, true);
         if args.check {
             preflight(&cfg)?;
             info!(channels = cfg.channels.len(), "configuration is usable");
             return Ok(ExitCode::SUCCESS);
         }
         let interleave = interleave_for(cfg.fec, None, InterleaveParams::default().stripe_bytes);
-        return service::run(cfg, Some(file.clone()), interleave, args.no_seccomp);
+        return service::run(
+            cfg,
+            Some((file.clone(), overrides)),
+            interleave,
+            args.no_seccomp,
+        );
     }
     let Some(to) = args.to.clone() else {
         bail!("--to is required (or --config FILE)");

@@ -81,13 +81,13 @@ pub fn produce(
 }
 
 /// Encodes entries as they come from `rx` (each with the caller's id) as objects `0..` of
-/// `session`, sending batches to `tx` and `(object, id)` to `announce` for every file encoded
+/// `session`, sending batches to `tx` and `(object, id, SHA-256)` to `announce` for every file encoded
 /// whole. When no entry is waiting, the group in progress is sealed so that nothing waits for a
 /// group to fill. Ends when `rx` closes or `stop` is raised.
 pub fn produce_stream(
     who: Identity,
     rx: &dyn Feed,
-    announce: &Sender<(u64, u64)>,
+    announce: &Sender<(u64, u64, [u8; 32])>,
     fec: FecParams,
     interleave: InterleaveParams,
     out: Outlet,
@@ -155,7 +155,7 @@ pub fn produce_stream(
                         digest,
                         path: entry.name.clone(),
                     });
-                    let _ = announce.send((next_object - 1, id));
+                    let _ = announce.send((next_object - 1, id, digest));
                     debug!(file = %entry.name, size, "encoded");
                 }
                 Attempt::Refused => out.failed += 1,

@@ -10,7 +10,7 @@
 //! ```text
 //! spool ──Queue (by channel)──▶ produce ──batches (QUEUED_BATCHES = 2 groups)──▶ transmit ──▶ link
 //!   ▲                               └──names (QUEUED_NAMES = 4,096; full: a name not announced)──┘
-//!   └──── announce (object ids) / done (objects sent whole), unbounded, one entry per file ────┘
+//!   └─ announce (object ids, SHA-256) / done (objects sent whole), unbounded, one per file ──┘
 //!
 //! with record streams (`[[stream]]`, `--stream`), also:
 //! [inputs' process] ─STATE/streams/*.seg─▶ follow ──StreamOut (QUEUED_STREAM_BATCHES = 16)──▶ transmit
@@ -48,10 +48,10 @@ const RETRY_AFTER: Duration = Duration::from_secs(60);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the service until a stop signal; exits 0 after finishing the batch in flight. `file` is
-/// the configuration file SIGHUP reloads, if any.
+/// the configuration file SIGHUP reloads, if any, with the flags that override it.
 pub fn run(
     cfg: Config,
-    file: Option<PathBuf>,
+    file: Option<(PathBuf, crate::config::Overrides)>,
     interleave: InterleaveParams,
     no_seccomp: bool,
 ) -> Result<ExitCode> {
@@ -104,7 +104,7 @@ pub fn run(
     let confined = Confined::of(&cfg);
     let readable: Vec<PathBuf> = file
         .iter()
-        .filter_map(|f| std::path::absolute(f).ok()?.parent().map(PathBuf::from))
+        .filter_map(|(f, _)| std::path::absolute(f).ok()?.parent().map(PathBuf::from))
         .collect();
     crate::confine_files(&confined.0, &readable);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -217,6 +217,7 @@ pub fn run(
                 streams: Vec::new(),
                 last_problem: None,
             },
+            evidence: crate::evidence::Evidence::new(cfg.state.as_deref(), session),
             cfg,
             file,
             confined,
@@ -355,13 +356,16 @@ struct SpoolThread {
     spools: Spools,
     status: Status,
     cfg: Config,
-    file: Option<PathBuf>,
+    /// The record of what was sent, in the state folder.
+    evidence: crate::evidence::Evidence,
+    /// The configuration file SIGHUP reloads, and the flags that override it.
+    file: Option<(PathBuf, crate::config::Overrides)>,
     /// The folders this run may write in.
     confined: Confined,
     shared: Arc<Shared>,
     /// The record streams' positions.
     positions: crate::follow::Sent,
-    announce: Receiver<(u64, u64)>,
+    announce: Receiver<(u64, u64, [u8; 32])>,
     done: Receiver<u64>,
     status_failing: bool,
 }
@@ -458,8 +462,12 @@ impl SpoolThread {
             warn!("SIGHUP: nothing to reload (started without --config)");
             return false;
         };
+        let (file, overrides) = file;
         let new = match Config::load(file) {
-            Ok(c) => c,
+            Ok(mut c) => {
+                overrides.apply(&mut c, false);
+                c
+            }
             Err(e) => {
                 error!("SIGHUP: the configuration is refused, the running one stays in force: {e}");
                 return false;
@@ -499,11 +507,13 @@ impl SpoolThread {
 
     /// Takes the producer's and the transmitter's news to the spools.
     fn apply(&mut self, now: Instant) {
-        while let Ok((object, id)) = self.announce.try_recv() {
-            self.spools.encoded(object, id);
+        while let Ok((object, id, digest)) = self.announce.try_recv() {
+            self.spools.encoded(object, id, digest);
         }
         if let Some(end) = self.done.try_iter().max() {
-            self.spools.sent(end, now);
+            for sent in self.spools.sent(end, now) {
+                self.evidence.record(&sent);
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::archive;
 use crate::config::{AfterSend, Channel, glob};
@@ -36,6 +36,29 @@ struct Queued {
     since: Instant,
 }
 
+/// A copy of a file sent whole (its last datagram gone out).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    /// Its channel.
+    pub channel: String,
+    /// Where it was read from.
+    pub source: PathBuf,
+    /// Its path as sent.
+    pub path: String,
+    /// Content bytes.
+    pub size: u64,
+    /// Its object number in the session.
+    pub object: u64,
+    /// SHA-256 of its content.
+    pub digest: [u8; 32],
+    /// Which copy, from 1.
+    pub copy: u32,
+    /// Copies the channel sends.
+    pub copies: u32,
+    /// From queued to its last datagram, seconds.
+    pub seconds: f64,
+}
+
 /// The spools of every channel.
 pub struct Spools {
     channels: Vec<Arc<Channel>>,
@@ -48,8 +71,9 @@ pub struct Spools {
     /// Files handed to the queue and not yet sent whole, by id.
     queued: BTreeMap<u64, Queued>,
     queued_paths: HashSet<PathBuf>,
-    /// Ids encoded whole, by object number, waiting for their last datagram to be sent.
-    encoded: BTreeMap<u64, u64>,
+    /// Ids encoded whole, with their SHA-256, by object number, waiting for their last datagram
+    /// to be sent.
+    encoded: BTreeMap<u64, (u64, [u8; 32])>,
     /// Files kept after sending (policy `keep`), not to be sent again while unchanged.
     kept: Kept,
     /// Further copies waiting for their time, soonest first.
@@ -332,35 +356,39 @@ impl Spools {
         }
     }
 
-    /// The producer encoded file `id` whole as `object`.
-    pub fn encoded(&mut self, object: u64, id: u64) {
-        self.encoded.insert(object, id);
+    /// The producer encoded file `id` whole as `object`, its content hashing to `digest`.
+    pub fn encoded(&mut self, object: u64, id: u64, digest: [u8; 32]) {
+        self.encoded.insert(object, (id, digest));
     }
 
-    /// Every object below `complete_end` has been sent whole: apply the channels' policies.
-    pub fn sent(&mut self, complete_end: u64, now: Instant) {
+    /// Every object below `complete_end` has been sent whole: apply the channels' policies;
+    /// returns what was sent, for the evidence (the caller logs and records it).
+    pub fn sent(&mut self, complete_end: u64, now: Instant) -> Vec<Sent> {
         let done: Vec<u64> = self
             .encoded
             .range(..complete_end)
             .map(|(o, _)| *o)
             .collect();
+        let mut out = Vec::new();
         for object in done {
-            let Some(id) = self.encoded.remove(&object) else {
+            let Some((id, digest)) = self.encoded.remove(&object) else {
                 continue;
             };
             let Some(q) = self.queued.remove(&id) else {
                 continue;
             };
             let c = Arc::clone(&q.channel);
-            info!(
-                channel = %c.name,
-                path = %q.path.display(),
-                bytes = q.fingerprint.0,
-                copy = q.copy,
-                copies = c.repeat,
-                seconds = checkvalve_host::logging::round(now.saturating_duration_since(q.since).as_secs_f64(), 2),
-                "sent"
-            );
+            out.push(Sent {
+                channel: c.name.clone(),
+                source: q.path.clone(),
+                path: q.name.clone(),
+                size: q.fingerprint.0,
+                object,
+                digest,
+                copy: q.copy,
+                copies: c.repeat,
+                seconds: now.saturating_duration_since(q.since).as_secs_f64(),
+            });
             if q.copy < c.repeat {
                 let next = Queued {
                     copy: q.copy + 1,
@@ -403,12 +431,13 @@ impl Spools {
                 }
             }
         }
+        out
     }
 
     /// Files given to the producer that it did not encode whole (refused, unreadable, changing):
     /// back to the scan, so that they are tried again once stable.
     pub fn release_unencoded(&mut self, idle_for: Duration, now: Instant) {
-        let encoded: HashSet<u64> = self.encoded.values().copied().collect();
+        let encoded: HashSet<u64> = self.encoded.values().map(|(id, _)| *id).collect();
         let stale: Vec<u64> = self
             .queued
             .iter()
@@ -531,10 +560,10 @@ mod tests {
         assert_eq!(ready.len(), 1);
         assert_eq!(ready[0].1.name, "diag/sub/a.csv");
         assert_eq!(s.scan(t0 + Duration::from_secs(4)), 0, "queued once");
-        s.encoded(0, ready[0].0);
-        s.sent(0, t0);
+        s.encoded(0, ready[0].0, [0; 32]);
+        let _ = s.sent(0, t0);
         assert!(spool.join("sub/a.csv").exists(), "not sent whole yet");
-        s.sent(1, t0);
+        let _ = s.sent(1, t0);
         assert!(
             !spool.join("sub").exists(),
             "sent file and its empty folder removed"
@@ -572,8 +601,8 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(s.scan(t0), 1);
         let ready = taken(&q);
-        s.encoded(0, ready[0].0);
-        s.sent(1, t0);
+        s.encoded(0, ready[0].0, [0; 32]);
+        let _ = s.sent(1, t0);
         assert!(spool.join("a.log").exists());
         assert_eq!(s.scan(t0), 0);
         fs::write(spool.join("a.log"), b"one two").unwrap();
@@ -594,8 +623,8 @@ mod tests {
         fs::create_dir_all(spool.join("a")).unwrap();
         fs::write(spool.join("a/f"), b"f").unwrap();
         s.scan(Instant::now());
-        s.encoded(0, taken(&q)[0].0);
-        s.sent(1, Instant::now());
+        s.encoded(0, taken(&q)[0].0, [0; 32]);
+        let _ = s.sent(1, Instant::now());
         assert!(!spool.join("a").exists());
         let moved = sent
             .dir
@@ -619,10 +648,10 @@ mod tests {
         for round in 0..3u64 {
             assert_eq!(ready.len(), 1, "round {round}");
             copies += 1;
-            s.encoded(object, ready[0].0);
+            s.encoded(object, ready[0].0, [0; 32]);
             object += 1;
             let t = t0 + Duration::from_secs(5 * round);
-            s.sent(object, t);
+            let _ = s.sent(object, t);
             assert_eq!(s.scan(t), 0, "not taken again while copies remain");
             s.due(t + Duration::from_secs(4));
             assert!(taken(&q).is_empty(), "spaced");

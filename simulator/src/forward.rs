@@ -38,6 +38,8 @@ pub struct Options {
     pub stats_every: Option<Duration>,
     /// Live statistics as JSON lines instead of text.
     pub stats_json: bool,
+    /// Stop after this long (`--duration`), if not before.
+    pub run_for: Option<Duration>,
 }
 
 /// A bound forwarder, ready to run.
@@ -103,8 +105,22 @@ impl Forwarder {
         let mut timeout = Duration::ZERO;
         let mut send_errors = 0u64;
         let mut last_stats = (start, Counters::default());
+        // The run ends at --duration, or with a timeline whose last phase has a duration.
+        let end = [o.run_for, o.schedule.end()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| start + d);
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
+            if end.is_some_and(|e| now >= e) {
+                info!(
+                    seconds =
+                        checkvalve_host::logging::round(now.duration_since(start).as_secs_f64(), 1),
+                    "run over: the duration or the scenario's last phase ended"
+                );
+                break;
+            }
             let wait = link
                 .next_due()
                 .map_or(Duration::from_millis(100), |due| {

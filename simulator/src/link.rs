@@ -133,7 +133,8 @@ pub struct Phase {
 /// What the link does over time: phases in order, plus outages at given offsets.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Schedule {
-    /// Phases in order. After the last one with a duration, the last phase continues.
+    /// Phases in order. When the last one has a duration too (and the timeline does not
+    /// repeat), the timeline, and the simulator's run, ends with it.
     pub phases: Vec<Phase>,
     /// Outages as (start offset, length) from the start of the timeline.
     pub outages: Vec<(Duration, Duration)>,
@@ -153,6 +154,15 @@ impl Schedule {
             outages: Vec::new(),
             repeat: false,
         }
+    }
+
+    /// When the timeline ends, from its start: the sum of the phases' durations when every phase
+    /// has one and it does not repeat; `None` while it runs on.
+    pub fn end(&self) -> Option<Duration> {
+        if self.repeat {
+            return None;
+        }
+        self.phases.iter().map(|p| p.duration).sum()
     }
 
     /// Index of the phase in force at `offset` from the start.

@@ -14,12 +14,30 @@ use checkvalve_sim::{scenario, units};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use tracing::{error, info};
 
+/// Examples and exit codes, after the options in `--help`.
+const SIM_HELP: &str = "\
+Examples:
+  checkvalve-sim --bind 127.0.0.1:6000 --to 127.0.0.1:5000 --loss 2% --burst 10
+  checkvalve-sim --bind 127.0.0.1:6000 --to 127.0.0.1:5000 --rate 100M --queue 2M --duration 60s
+  checkvalve-sim --bind 127.0.0.1:6000 --to 127.0.0.1:5000 --scenario docs/scenarios/qualification.toml
+  checkvalve-sim sweep --loss 0%,10%,20%,30% --burst 1,10 --out sweep-out
+  checkvalve-sim historian --tags 500 --rate 1000/s --to tcp://127.0.0.1:6514 --duration 60s
+
+The link runs until SIGTERM or SIGINT, --duration, or the end of a scenario's last phase (if it
+has a duration); then it prints its report (JSON) on standard output.
+
+Exit status: 0 done; 2 bad arguments, a scenario that is refused, or a failed start. SIGHUP
+never stops it.
+
+Guide: docs/tester.md (/usr/share/doc/checkvalve-sim/).";
+
 /// Forward datagrams one way through a lossy link model.
 #[derive(Debug, Parser)]
 #[command(
     name = "checkvalve-sim",
     version = checkvalve_host::VERSION,
     about,
+    after_help = format!("{SIM_HELP}\n\n{}", checkvalve_host::cli::UNITS),
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -45,23 +63,23 @@ enum Command {
 #[derive(Debug, ClapArgs)]
 struct HistorianArgs {
     /// Tags (each a seeded random walk), taking turns.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_name = "N")]
     tags: usize,
     /// Records per second (`1000`, `1000/s`, `50k/s`).
-    #[arg(long, default_value = "1000/s", value_parser = records_per_second)]
+    #[arg(long, default_value = "1000/s", value_parser = records_per_second, value_name = "RECORDS/s")]
     rate: f64,
     /// Where: tcp://HOST:PORT (a line per record), udp://HOST:PORT (a datagram per record) or
     /// mqtt://HOST:PORT[/PREFIX] (a message per record on PREFIX/TAG, QoS 1; prefix `historian`).
     #[arg(long, value_name = "URL")]
     to: checkvalve_sim::feed::Target,
     /// Stop after this many records.
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     count: Option<u64>,
     /// Stop after this long.
-    #[arg(long, value_parser = duration)]
+    #[arg(long, value_parser = duration, value_name = "DURATION")]
     duration: Option<Duration>,
     /// Seed of the values.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "SEED")]
     seed: u64,
 }
 
@@ -84,110 +102,141 @@ fn records_per_second(s: &str) -> Result<f64, String> {
 #[derive(Debug, ClapArgs)]
 struct LinkArgs {
     /// Address to listen on (the sender's --to), HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Link")]
     bind: Option<String>,
     /// Where to forward (the receiver's --bind), HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Link")]
     to: Option<String>,
     /// Play a TOML scenario (a timeline of phases) instead of the link options below.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Link")]
     scenario: Option<PathBuf>,
     /// Long-run loss rate, `5%` or `0.05`.
-    #[arg(long, value_parser = percent)]
+    #[arg(long, value_parser = percent, help_heading = "Impairments", value_name = "PERCENT")]
     loss: Option<f64>,
     /// Mean loss-burst length in datagrams (Gilbert model); without it losses are independent.
-    #[arg(long)]
+    #[arg(long, help_heading = "Impairments", value_name = "DATAGRAMS")]
     burst: Option<f64>,
     /// Gilbert-Elliott P(good -> bad) per datagram (with --ge-r; replaces --loss/--burst).
-    #[arg(long, requires = "ge_r", conflicts_with_all = ["loss", "burst"])]
+    #[arg(long, requires = "ge_r", conflicts_with_all = ["loss", "burst"], help_heading = "Impairments", value_name = "P")]
     ge_p: Option<f64>,
     /// Gilbert-Elliott P(bad -> good) per datagram.
-    #[arg(long, requires = "ge_p")]
+    #[arg(
+        long,
+        requires = "ge_p",
+        help_heading = "Impairments",
+        value_name = "P"
+    )]
     ge_r: Option<f64>,
     /// Gilbert-Elliott loss probability in the good state.
-    #[arg(long, default_value_t = 0.0, requires = "ge_p")]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        requires = "ge_p",
+        help_heading = "Impairments",
+        value_name = "P"
+    )]
     ge_loss_good: f64,
     /// Gilbert-Elliott loss probability in the bad state.
-    #[arg(long, default_value_t = 1.0, requires = "ge_p")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        requires = "ge_p",
+        help_heading = "Impairments",
+        value_name = "P"
+    )]
     ge_loss_bad: f64,
     /// Share of datagrams reordered.
-    #[arg(long, default_value = "0", value_parser = percent)]
+    #[arg(long, default_value = "0", value_parser = percent, help_heading = "Impairments", value_name = "PERCENT")]
     reorder: f64,
     /// Most later datagrams that may overtake a reordered one.
-    #[arg(long, default_value_t = 8)]
+    #[arg(
+        long,
+        default_value_t = 8,
+        help_heading = "Impairments",
+        value_name = "DATAGRAMS"
+    )]
     reorder_max: usize,
     /// Share of datagrams duplicated.
-    #[arg(long, default_value = "0", value_parser = percent)]
+    #[arg(long, default_value = "0", value_parser = percent, help_heading = "Impairments", value_name = "PERCENT")]
     duplicate: f64,
     /// Share of datagrams with one bit flipped.
-    #[arg(long, default_value = "0", value_parser = percent)]
+    #[arg(long, default_value = "0", value_parser = percent, help_heading = "Impairments", value_name = "PERCENT")]
     corrupt: f64,
     /// Share of datagrams cut short at a random length.
-    #[arg(long, default_value = "0", value_parser = percent)]
+    #[arg(long, default_value = "0", value_parser = percent, help_heading = "Impairments", value_name = "PERCENT")]
     truncate: f64,
     /// Drop datagrams larger than this (IP packet size, payload + 28).
-    #[arg(long)]
+    #[arg(long, help_heading = "Impairments", value_name = "BYTES")]
     mtu: Option<usize>,
     /// Link rate in bits per second (50k, 800M, 1G); unlimited if absent.
-    #[arg(long, value_parser = rate)]
+    #[arg(long, value_parser = rate, help_heading = "Impairments", value_name = "RATE")]
     rate: Option<u64>,
     /// Link buffer in bytes when rate-limited; overflow is tail-dropped.
-    #[arg(long, default_value = "1M", value_parser = size)]
+    #[arg(long, default_value = "1M", value_parser = size, help_heading = "Impairments", value_name = "SIZE")]
     queue: u64,
     /// Fixed one-way delay (250ms, 1s).
-    #[arg(long, default_value = "0s", value_parser = duration)]
+    #[arg(long, default_value = "0s", value_parser = duration, help_heading = "Impairments", value_name = "DURATION")]
     delay: Duration,
     /// Extra random delay, uniform in [0, JITTER) per datagram (reorders when above the spacing).
-    #[arg(long, default_value = "0s", value_parser = duration)]
+    #[arg(long, default_value = "0s", value_parser = duration, help_heading = "Impairments", value_name = "DURATION")]
     jitter: Duration,
     /// Cut the link: AT+LENGTH from start, e.g. `30s+5s`; may be repeated.
-    #[arg(long, value_name = "AT+LENGTH", value_parser = outage)]
+    #[arg(long, value_name = "AT+LENGTH", value_parser = outage, help_heading = "Impairments")]
     outage: Vec<(Duration, Duration)>,
     /// Seed of every random decision (overrides a scenario's seed).
-    #[arg(long)]
+    #[arg(long, help_heading = "Link", value_name = "SEED")]
     seed: Option<u64>,
     /// Write every forwarded datagram to this pcap file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pcap: Option<PathBuf>,
     /// Interval of the live statistics line on stderr; 0 turns it off.
-    #[arg(long, default_value = "1s", value_parser = duration)]
+    #[arg(long, default_value = "1s", value_parser = duration, help_heading = "Output", value_name = "DURATION")]
     stats_interval: Duration,
+    /// Stop after this long and print the report (as SIGTERM does); a scenario whose last phase
+    /// has a duration ends with it too.
+    #[arg(long, value_parser = duration, value_name = "DURATION", help_heading = "Link")]
+    duration: Option<Duration>,
     /// Live statistics as JSON lines.
-    #[arg(long)]
+    #[arg(long, help_heading = "Output")]
     stats_json: bool,
 }
 
 #[derive(Debug, ClapArgs)]
 struct SweepArgs {
     /// Loss rates to try, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "0%,2%,5%,10%,15%,20%,25%,30%", value_parser = percent)]
+    #[arg(long, value_delimiter = ',', default_value = "0%,2%,5%,10%,15%,20%,25%,30%", value_parser = percent, value_name = "PERCENT,...")]
     loss: Vec<f64>,
     /// Mean burst lengths to try; 1 means independent loss.
-    #[arg(long, value_delimiter = ',', default_value = "1,10")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,10",
+        value_name = "DATAGRAMS,..."
+    )]
     burst: Vec<f64>,
     /// Sender FEC setting.
-    #[arg(long, default_value = "64:22")]
+    #[arg(long, default_value = "64:22", value_name = "K:M")]
     fec: String,
     /// Sender rate.
-    #[arg(long, default_value = "200M")]
+    #[arg(long, default_value = "200M", value_name = "RATE")]
     rate: String,
     /// Files in the test tree.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 24, value_name = "N")]
     files: usize,
     /// Largest file; sizes spread log-uniformly from 1 byte up to it.
-    #[arg(long, default_value = "4M", value_parser = size)]
+    #[arg(long, default_value = "4M", value_parser = size, value_name = "SIZE")]
     max_file: u64,
     /// Output folder for sweep.csv, sweep.svg and per-point logs.
-    #[arg(long, default_value = "sweep-out")]
+    #[arg(long, default_value = "sweep-out", value_name = "DIR")]
     out: PathBuf,
     /// Seed of the link decisions and of the test tree.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_name = "SEED")]
     seed: u64,
     /// Receiver object timeout (how long a point waits for lost files to be declared).
-    #[arg(long, default_value = "2s", value_parser = duration)]
+    #[arg(long, default_value = "2s", value_parser = duration, value_name = "DURATION")]
     object_timeout: Duration,
     /// Folder with checkvalve-send and checkvalve-receive (default: next to this program).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
 }
 
@@ -292,6 +341,7 @@ fn run_link(a: LinkArgs) -> Result<()> {
         pcap: a.pcap.clone(),
         stats_every: (!a.stats_interval.is_zero()).then_some(a.stats_interval),
         stats_json: a.stats_json,
+        run_for: a.duration,
     };
     let stop = checkvalve_host::signals::stop_flag().context("cannot install signal handler")?;
     // A hang-up never ends a link under test: the scenario runs on.

@@ -199,6 +199,7 @@ fn run_point(
         pcap: None,
         stats_every: None,
         stats_json: false,
+        run_for: None,
     })?;
     let sim_addr = forwarder.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));

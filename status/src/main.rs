@@ -27,9 +27,25 @@ use tracing::{error, info};
 /// A live state older than this, from a receiver that did not say it stopped, means it is down.
 const STALE: Duration = Duration::from_secs(5);
 
-/// Serve a checkvalve receiver's live state: /metrics (Prometheus) and / (status page).
+/// Examples, endpoints and exit codes, after the options in `--help`.
+const STATUS_HELP: &str = "\
+Examples:
+  checkvalve-status --listen 127.0.0.1:9480 --state /var/lib/checkvalve-receive
+  curl -s localhost:9480/metrics | promtool check metrics
+
+Endpoints: / (status page, red in alarm), /metrics (Prometheus text format; OpenMetrics when
+asked by Accept), /api/live.json (state and alarms), /healthz (200 while the receiver runs, 503
+otherwise). GET only; nothing it receives changes anything.
+
+Exit status: 0 stopped by SIGTERM or SIGINT; 1 cannot listen or start. SIGHUP reloads nothing
+and never stops it.
+
+Guide: docs/operator.md (/usr/share/doc/checkvalve-receiver/).";
+
+/// Serve a checkvalve receiver's live state: / (status page), /metrics (Prometheus),
+/// /api/live.json and /healthz.
 #[derive(Debug, Parser)]
-#[command(name = "checkvalve-status", version = checkvalve_host::VERSION, about)]
+#[command(name = "checkvalve-status", version = checkvalve_host::VERSION, about, after_help = STATUS_HELP)]
 struct Args {
     /// Address to serve on, HOST:PORT (port 0 picks a free one; the log says which).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9480")]

@@ -287,13 +287,18 @@ pub fn render(view: &View, format: Format, started_unix: f64) -> String {
             "When the receiver last wrote its live state (Unix time)",
             l.updated_unix as f64,
         );
-        if let Some(loss) = l.sessions.last().and_then(|s| s.loss) {
-            m.gauge(
-                "link_loss_ratio",
-                "Datagram loss of the current sender session since first heard (from its heartbeats)",
-                loss,
-            );
-        }
+        // Always the family (a dashboard's query names it), a sample once a heartbeat said.
+        m.family(
+            "link_loss_ratio",
+            "Datagram loss of the current sender session since first heard (from its heartbeats)",
+            Kind::Gauge,
+            l.sessions
+                .last()
+                .and_then(|s| s.loss)
+                .map(|loss| (Vec::new(), loss))
+                .into_iter()
+                .collect(),
+        );
         // One series per record channel: the receiver keeps at most 256.
         let per_channel = |f: &dyn Fn(&checkvalve_formats::live::StreamView) -> Option<f64>| {
             l.streams

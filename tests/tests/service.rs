@@ -609,10 +609,14 @@ fn the_systemd_units_verify() {
     ] {
         let text = std::fs::read_to_string(root.join(unit)).expect("unit");
         // verify checks that the programs exist: point it at the ones just built.
-        let local = text.replace(
-            &format!("/usr/local/bin/{program}"),
-            &bin(program).display().to_string(),
-        );
+        // Its man page is installed by the package only (tests/tests/packages.rs verifies the
+        // unit there, man page and all).
+        let local = text
+            .replace(
+                &format!("/usr/bin/{program}"),
+                &bin(program).display().to_string(),
+            )
+            .replace(&format!("man:{program}(1) "), "");
         let name = Path::new(unit).file_name().expect("name");
         let path = dir.path().join(name);
         std::fs::write(&path, local).expect("write");
@@ -692,4 +696,73 @@ fn every_sender_thread_runs_at_background_priority_unless_told_otherwise() {
         assert!(threads.len() >= 2, "{threads:?}");
         assert!(threads.iter().all(|n| *n == nice), "{threads:?}");
     }
+}
+
+#[test]
+fn the_sender_records_each_file_sent_with_the_object_and_digest_the_receiver_records() {
+    let rig = Rig::start(None, &[]);
+    let spool = rig.dir.path().join("spool");
+    let state = rig.dir.path().join("state");
+    let staging = rig.dir.path().join("staging");
+    std::fs::create_dir_all(&spool).expect("spool");
+    std::fs::create_dir_all(&staging).expect("staging");
+    let mut sender = Proc::start(
+        rig.dir.path(),
+        "sender",
+        &bin("checkvalve-send"),
+        &rig.sender_args(&[
+            "--to".into(),
+            rig.send_to.clone(),
+            "--watch".into(),
+            spool.display().to_string(),
+            "--state".into(),
+            state.display().to_string(),
+        ]),
+    );
+    checkvalve_tests::wait_for_log(&sender, " watching", Duration::from_secs(20));
+    let digest = drop_file(&staging, &spool.join("unit-4/trend.csv"), 70_000, 44);
+    let outcome = rig.settle(1, Duration::from_secs(30));
+    assert_eq!(outcome.delivered, ["unit-4/trend.csv"], "{outcome:?}");
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let published = outcome
+        .records
+        .iter()
+        .find(|r| r.path.as_deref() == Some("unit-4/trend.csv"))
+        .expect("the manifest's record");
+    // The sender's record, written once the last datagram went out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sent: serde_json::Value = loop {
+        let found = std::fs::read_dir(state.join("sent"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .find(|v| v["path"] == "unit-4/trend.csv");
+        if let Some(v) = found {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record in {}",
+            state.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(sent["sha256"], hex.as_str(), "{sent}");
+    assert_eq!(sent["size"], 70_000);
+    assert_eq!(
+        Some(sent["object"].as_str().expect("object")),
+        published.object.as_deref()
+    );
+    assert_eq!(published.sha256.as_deref(), Some(hex.as_str()));
+    // And the log line says the same.
+    let log = sender.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" sent ") && l.contains(&hex)),
+        "{log}"
+    );
+    assert!(sender.stop().success());
 }

@@ -199,6 +199,33 @@ fn metrics_parse_the_page_renders_with_its_chart_and_the_receiver_sends_nothing(
     assert!(metric(&text, "checkvalve_datagrams_received_total") > 0.0);
     assert!(metric(&text, "checkvalve_share_free_bytes") > 0.0);
     assert_eq!(metric(&text, "checkvalve_build_info"), 1.0);
+    // The shipped dashboard's every query names a metric served here.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../status/dist/grafana-dashboard.json"),
+        )
+        .expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("checkvalve_") || w.starts_with("process_"))
+                .collect();
+            assert!(!names.is_empty(), "a query naming no metric: {expr}");
+            for name in names {
+                queried += 1;
+                assert!(
+                    text.contains(&format!("# TYPE {name} ")),
+                    "the dashboard queries {name}, which /metrics does not serve"
+                );
+            }
+        }
+    }
+    assert!(queried > 20, "{queried}");
     match promtool(&text) {
         None => eprintln!("SKIPPED the promtool check: promtool not installed (CI installs it)"),
         Some(complaints) => assert!(complaints.is_empty(), "promtool: {complaints}\n{text}"),
@@ -224,6 +251,37 @@ fn metrics_parse_the_page_renders_with_its_chart_and_the_receiver_sends_nothing(
     assert_eq!(api["running"], true, "{api}");
     assert_eq!(api["live"]["tally"]["delivered"], 20, "{api}");
     assert!(api["alarms"].is_array(), "{api}");
+    // The auditors' report of today, with every file and its digest, the sessions and the key.
+    let today = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let report = Command::new(bin("checkvalve-receive"))
+        .args(["report", "--out"])
+        .arg(&rig.out)
+        .args(["--since", &today[..10], "--files", "--format", "json"])
+        .output()
+        .expect("report");
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("JSON");
+    let files = report["files"].as_array().expect("--files lists files");
+    assert_eq!(files.len(), 20, "{report}");
+    assert!(
+        files
+            .iter()
+            .all(|f| f["sha256"].as_str().is_some_and(|h| h.len() == 64)),
+        "{report}"
+    );
+    assert_eq!(
+        report["authentication"], "authenticated by key 1",
+        "{report}"
+    );
+    let session = &report["sessions"][0];
+    assert!(
+        session["loss_rate"].as_f64().is_some() && session["datagrams_sent"].as_u64() > Some(0),
+        "the loss up to now, from the heartbeats: {report}"
+    );
     assert_eq!(http(&addr, "POST", "/").0, 405, "only GET");
     assert_eq!(http(&addr, "GET", "/../../etc/passwd").0, 404);
     let (code, page) = http(&addr, "GET", "/");
