@@ -21,6 +21,8 @@ Examples:
   checkvalve-sim --bind 127.0.0.1:6000 --to 127.0.0.1:5000 --rate 100M --queue 2M --duration 60s
   checkvalve-sim --bind 127.0.0.1:6000 --to 127.0.0.1:5000 --scenario docs/scenarios/qualification.toml
   checkvalve-sim sweep --loss 0%,10%,20%,30% --burst 1,10 --out sweep-out
+  checkvalve-sim qualify --scenario docs/scenarios/qualification.toml --rate 100M,400M \
+      --shard-size 1376,8900 --repeats 3 --out qualification
   checkvalve-sim historian --tags 500 --rate 1000/s --to tcp://127.0.0.1:6514 --duration 60s
 
 The link runs until SIGTERM or SIGINT, --duration, or the end of a scenario's last phase (if it
@@ -30,6 +32,23 @@ Exit status: 0 done; 2 bad arguments, a scenario that is refused, or a failed st
 never stops it.
 
 Guide: docs/tester.md (/usr/share/doc/checkvalve-sim/).";
+
+/// Examples and what the sweep writes, after its options in `--help`.
+const SWEEP_HELP: &str = "\
+Examples:
+  checkvalve-sim sweep --loss 0%,5%,10%,20% --burst 1,10 --out sweep-out
+  checkvalve-sim qualify --scenario docs/scenarios/qualification.toml --loss 0%,5% \\
+      --rate 100M,400M --shard-size 1376,8900 --repeats 3 --out qualification
+
+Every link (each loss rate with each burst length, then each scenario) runs with every rate and
+shard size, --repeats times, each run with seed SEED+N. A scenario's point sends the tree again
+until the scenario's timeline has ended. Written into --out: sweep.csv (a row per point),
+sweep.svg (delivery and goodput against loss), qualification.json (versions of the three
+programs, host, the whole configuration with each scenario's text, every point) and point-NNN/
+(the logs of each point).
+
+Exit status: 0 every point ran (whatever it delivered: read the artifact); 2 bad arguments, a
+scenario that is refused, or a point that could not run.";
 
 /// Forward datagrams one way through a lossy link model.
 #[derive(Debug, Parser)]
@@ -53,7 +72,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the real sender and receiver through a range of loss rates; write CSV and SVG.
+    /// Run the real sender and receiver over loss rates, scenarios, rates and shard sizes,
+    /// repeated; write CSV, SVG and one qualification artifact (JSON).
+    #[command(visible_alias = "qualify", after_help = SWEEP_HELP)]
     Sweep(SweepArgs),
     /// Feed historian point records (time, tag, value, quality, number) to a stream input.
     Historian(HistorianArgs),
@@ -217,16 +238,30 @@ struct SweepArgs {
     /// Sender FEC setting.
     #[arg(long, default_value = "64:22", value_name = "K:M")]
     fec: String,
-    /// Sender rate.
-    #[arg(long, default_value = "200M", value_name = "RATE")]
-    rate: String,
+    /// Scenario files, each a link of its own (repeatable, or comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "FILE")]
+    scenario: Vec<PathBuf>,
+    /// Sender rates to try, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "200M",
+        value_name = "RATE,..."
+    )]
+    rate: Vec<String>,
+    /// Sender shard sizes to try, comma-separated [default: the sender's for a 1,500-byte MTU].
+    #[arg(long, value_delimiter = ',', value_name = "BYTES,...")]
+    shard_size: Vec<u16>,
+    /// Runs of every combination, each with a seed of its own.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    repeats: u32,
     /// Files in the test tree.
     #[arg(long, default_value_t = 24, value_name = "N")]
     files: usize,
     /// Largest file; sizes spread log-uniformly from 1 byte up to it.
     #[arg(long, default_value = "4M", value_parser = size, value_name = "SIZE")]
     max_file: u64,
-    /// Output folder for sweep.csv, sweep.svg and per-point logs.
+    /// Output folder for sweep.csv, sweep.svg, qualification.json and per-point logs.
     #[arg(long, default_value = "sweep-out", value_name = "DIR")]
     out: PathBuf,
     /// Seed of the link decisions and of the test tree.
@@ -379,8 +414,11 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
     let o = SweepOptions {
         losses: a.loss,
         bursts: a.burst,
+        scenarios: a.scenario,
+        rates: a.rate,
+        shard_sizes: a.shard_size,
+        repeats: a.repeats.max(1),
         fec: a.fec,
-        rate: a.rate,
         files: a.files.max(1),
         max_file: a.max_file,
         out: a.out,
@@ -388,12 +426,18 @@ fn run_sweep(a: SweepArgs) -> Result<()> {
         object_timeout: a.object_timeout,
         bin_dir,
     };
-    let points = sweep::run(&o)?;
-    let first_loss = points.iter().find(|p| p.delivery_ratio() < 1.0);
+    let done = sweep::run(&o)?;
+    let first_loss = done
+        .points
+        .iter()
+        .filter(|p| p.delivery_ratio() < 1.0 && !p.is_scenario())
+        .min_by(|a, b| a.loss.total_cmp(&b.loss));
     info!(
         csv = %o.out.join("sweep.csv").display(),
         svg = %o.out.join("sweep.svg").display(),
-        points = points.len(),
+        artifact = %o.out.join(checkvalve_formats::qualification::FILE).display(),
+        points = done.points.len(),
+        points_with_loss = done.points_with_loss,
         first_below_100 = first_loss.map(|p| format!("{:.1}% loss, {}", p.loss * 100.0, p.burst_label())).unwrap_or_else(|| "none".into()),
         "sweep done"
     );

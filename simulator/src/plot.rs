@@ -14,41 +14,57 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(23, 190, 207),
 ];
 
-/// One measured point.
-#[derive(Debug, Clone)]
-pub struct Point {
-    /// Configured loss rate (fraction).
-    pub loss: f64,
-    /// Configured mean burst (1 = independent).
-    pub burst: f64,
-    /// Files sent.
-    pub files: usize,
-    /// Files that arrived byte-identical.
-    pub delivered: usize,
-    /// Content bytes sent.
-    pub bytes: u64,
-    /// Content bytes that arrived byte-identical.
-    pub bytes_delivered: u64,
-    /// Seconds the sender ran.
-    pub seconds: f64,
-    /// Delivered content bits per second of sender time.
-    pub goodput_mbps: f64,
-    /// Datagrams the link received.
-    pub datagrams: u64,
-    /// Loss the link actually applied (fraction).
-    pub measured_loss: f64,
-    /// Longest run of dropped datagrams.
-    pub longest_burst: u64,
+pub use checkvalve_formats::qualification::Point;
+
+/// The series a point is drawn in: its burst setting, with the rate and shard size when the
+/// sweep varied them.
+fn series_label(p: &Point, rates: bool, shards: bool) -> String {
+    let mut label = p.burst_label();
+    if rates {
+        label.push_str(&format!(", {}", p.rate));
+    }
+    if shards {
+        let shard = p.shard_size.map_or("default".into(), |s| s.to_string());
+        label.push_str(&format!(", shard {shard}"));
+    }
+    label
 }
-/// Draws `points` into an SVG file at `path`.
+
+/// The mean of each loss rate's repeats, in order of loss.
+fn means(series: &[&Point], value: impl Fn(&Point) -> f64) -> Vec<(f64, f64)> {
+    let mut xs: Vec<f64> = series.iter().map(|p| p.loss * 100.0).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    xs.into_iter()
+        .map(|x| {
+            let at: Vec<f64> = series
+                .iter()
+                .filter(|p| p.loss * 100.0 == x)
+                .map(|p| value(p))
+                .collect();
+            (x, at.iter().sum::<f64>() / at.len() as f64)
+        })
+        .collect()
+}
+
+/// Draws `points` into an SVG file at `path`: a line through each loss rate's mean, a dot for
+/// every repeat.
 pub fn draw(points: &[Point], title: &str, path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (960, 720)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let (top, bottom) = root.split_vertically(360);
     let max_loss = points.iter().map(|p| p.loss * 100.0).fold(1.0, f64::max);
     let max_goodput = points.iter().map(|p| p.goodput_mbps).fold(1.0, f64::max) * 1.1;
-    let mut bursts: Vec<String> = points.iter().map(|p| p.burst_label()).collect();
-    bursts.dedup();
+    let varied = |f: &dyn Fn(&Point) -> String| {
+        let mut v: Vec<String> = points.iter().map(f).collect();
+        v.sort();
+        v.dedup();
+        v.len() > 1
+    };
+    let rates = varied(&|p| p.rate.clone());
+    let shards = varied(&|p| format!("{:?}", p.shard_size));
+    let label = |p: &Point| series_label(p, rates, shards);
+    let mut bursts: Vec<String> = points.iter().map(label).collect();
     bursts.sort();
     bursts.dedup();
 
@@ -89,7 +105,7 @@ pub fn draw(points: &[Point], title: &str, path: &Path) -> Result<()> {
         .map_err(|e| anyhow!("{e}"))?;
     for (i, b) in bursts.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let series: Vec<&Point> = points.iter().filter(|p| &p.burst_label() == b).collect();
+        let series: Vec<&Point> = points.iter().filter(|p| &label(p) == b).collect();
         let r: Vec<(f64, f64)> = series
             .iter()
             .map(|p| (p.loss * 100.0, p.delivery_ratio() * 100.0))
@@ -99,7 +115,10 @@ pub fn draw(points: &[Point], title: &str, path: &Path) -> Result<()> {
             .map(|p| (p.loss * 100.0, p.goodput_mbps))
             .collect();
         ratio
-            .draw_series(LineSeries::new(r.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                means(&series, |p| p.delivery_ratio() * 100.0),
+                color.stroke_width(2),
+            ))
             .map_err(|e| anyhow!("{e}"))?
             .label(b.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
@@ -110,7 +129,10 @@ pub fn draw(points: &[Point], title: &str, path: &Path) -> Result<()> {
             )
             .map_err(|e| anyhow!("{e}"))?;
         goodput
-            .draw_series(LineSeries::new(g.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                means(&series, |p| p.goodput_mbps),
+                color.stroke_width(2),
+            ))
             .map_err(|e| anyhow!("{e}"))?;
         goodput
             .draw_series(
@@ -118,8 +140,12 @@ pub fn draw(points: &[Point], title: &str, path: &Path) -> Result<()> {
                     .map(|&(x, y)| Circle::new((x, y), 4, color.filled())),
             )
             .map_err(|e| anyhow!("{e}"))?;
-        if let Some(first) = series.iter().find(|p| p.delivery_ratio() < 1.0) {
-            let x = first.loss * 100.0;
+        let first = series
+            .iter()
+            .filter(|p| p.delivery_ratio() < 1.0)
+            .map(|p| p.loss * 100.0)
+            .min_by(f64::total_cmp);
+        if let Some(x) = first {
             ratio
                 .draw_series(std::iter::once(Text::new(
                     format!("{b}: below 100% from {x:.1}% loss"),

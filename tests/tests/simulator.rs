@@ -304,3 +304,107 @@ fn a_sweep_over_six_loss_rates_writes_csv_and_svg() {
         "the plot marks the break point"
     );
 }
+
+#[test]
+fn a_qualification_runs_every_combination_repeated_and_writes_one_artifact() {
+    use checkvalve_formats::qualification::{self as q, Qualification};
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("qualification");
+    let scenario = dir.path().join("bad-afternoon.toml");
+    let scenario_text = "seed = 3\n\n[[phase]]\nname = \"clean\"\nduration = \"1s\"\n\n\
+                         [[phase]]\nname = \"lossy\"\nduration = \"1500ms\"\nloss = \"2%\"\nburst = 5\n";
+    std::fs::write(&scenario, scenario_text).expect("scenario");
+    let mut run = Proc::start(
+        dir.path(),
+        "qualify",
+        &bin("checkvalve-sim"),
+        &[
+            "qualify",
+            "--scenario",
+            scenario.to_str().expect("utf8"),
+            "--loss",
+            "0%",
+            "--burst",
+            "1",
+            "--rate",
+            "100M,200M",
+            "--shard-size",
+            "4000",
+            "--repeats",
+            "2",
+            "--files",
+            "4",
+            "--max-file",
+            "256k",
+            "--object-timeout",
+            "1s",
+            "--out",
+            out.to_str().expect("utf8"),
+        ]
+        .map(String::from),
+    );
+    let status = run.wait(Duration::from_secs(240));
+    assert!(status.success(), "{}", checkvalve_tests::tail(&run.log));
+    let text = std::fs::read_to_string(out.join(q::FILE)).expect("artifact");
+    let a: Qualification = serde_json::from_str(&text).expect("artifact reads");
+    assert_eq!(a.format, q::FORMAT);
+    for (program, version) in [
+        ("checkvalve-sim", &a.versions.sim),
+        ("checkvalve-send", &a.versions.send),
+        ("checkvalve-receive", &a.versions.receive),
+    ] {
+        assert!(
+            version.starts_with(program) && version.contains("(commit "),
+            "{program}: {version:?}"
+        );
+    }
+    assert!(
+        a.host.cpus >= 1 && !a.host.kernel.is_empty(),
+        "{:?}",
+        a.host
+    );
+    assert!(!a.started.is_empty() && a.ended >= a.started);
+    assert_eq!(a.config.scenarios.len(), 1);
+    assert_eq!(a.config.scenarios[0].text, scenario_text);
+    assert_eq!(a.config.rates, ["100M", "200M"]);
+    assert_eq!(a.config.shard_sizes, [4000]);
+    assert_eq!(a.config.repeats, 2);
+    // Two links (0 % loss, the scenario) × two rates × one shard size × two repeats.
+    assert_eq!(a.points.len(), 8, "{text}");
+    let mut seeds: Vec<u64> = a.points.iter().map(|p| p.seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    assert_eq!(seeds.len(), 8, "every point has a seed of its own");
+    for rate in ["100M", "200M"] {
+        for link in ["loss 0% burst 1", "bad-afternoon"] {
+            let repeats: Vec<u32> = a
+                .points
+                .iter()
+                .filter(|p| p.rate == rate && p.link == link)
+                .map(|p| p.repeat)
+                .collect();
+            assert_eq!(repeats, [0, 1], "{rate} {link}: {text}");
+        }
+    }
+    for p in &a.points {
+        assert_eq!(p.shard_size, Some(4000));
+        assert_eq!(p.delivered, p.files, "{p:?}");
+        if p.is_scenario() {
+            // The tree went again until the 2.5 s timeline had played out.
+            assert!(p.rounds >= 2 && p.seconds >= 2.5, "{p:?}");
+            assert_eq!(p.files, 4 * p.rounds as usize);
+        } else {
+            assert_eq!((p.rounds, p.files), (1, 4), "{p:?}");
+        }
+    }
+    assert_eq!(a.points_with_loss, 0);
+    let csv = std::fs::read_to_string(out.join("sweep.csv")).expect("csv");
+    let header = csv.lines().next().expect("header");
+    assert!(
+        header.ends_with(",link,rate,shard_size,repeat,seed,rounds"),
+        "{header}"
+    );
+    assert_eq!(csv.lines().count(), 9, "{csv}");
+    assert!(out.join("sweep.svg").is_file() && out.join("point-007").is_dir());
+}
