@@ -396,6 +396,18 @@ fn status_reports_the_queue_what_was_sent_today_and_the_last_error_with_no_sende
             b.display()
         ),
     );
+    // Before the first start: a sender that never ran is not healthy either.
+    let never = std::process::Command::new(bin("checkvalve-send"))
+        .args(["status", "--config", &cfg.display().to_string()])
+        .output()
+        .expect("status");
+    let said = String::from_utf8_lossy(&never.stdout);
+    assert_eq!(
+        never.status.code(),
+        Some(3),
+        "a sender that never ran: {said}"
+    );
+    assert!(said.contains("never ran"), "{said}");
     let args = vec!["--config".to_string(), cfg.display().to_string()];
     let mut sender = Proc::start(root, "sender", &bin("checkvalve-send"), &args);
     checkvalve_tests::wait_for_log(&sender, " watching", Duration::from_secs(20));
