@@ -108,9 +108,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     Duration::try_from_secs_f64(secs).map_err(|_| invalid(s, EXPECTED))
 }
 
+/// A size for people, in binary units, one decimal (`512 B`, `1.5 MiB`): the status outputs'
+/// form. (Parsed sizes take no space before the unit; this is for reading, not for configs.)
+pub fn format_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_in_binary_units() {
+        assert_eq!(format_size(0), "0 B");
+        assert_eq!(format_size(1023), "1023 B");
+        assert_eq!(format_size(1536), "1.5 KiB");
+        assert_eq!(format_size(64 << 20), "64.0 MiB");
+        assert_eq!(format_size(3 << 40), "3.0 TiB");
+    }
 
     #[test]
     fn parses_what_the_docs_promise() {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use checkvalve_common::units::format_size;
 use checkvalve_formats::sender::{ChannelStatus, FILE, Problem, Status};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -158,12 +159,14 @@ pub fn print(cfg: Option<&Config>, state: Option<&Path>, json: bool) -> anyhow::
             (0, 0)
         };
         println!(
-            "sent today:    {files} files, {bytes} bytes (UTC day {})",
+            "sent today:    {files} files, {} (UTC day {})",
+            format_size(bytes),
             day(now)
         );
         println!(
-            "sent in all:   {} files, {} bytes",
-            s.sent.files_total, s.sent.bytes_total
+            "sent in all:   {} files, {}",
+            s.sent.files_total,
+            format_size(s.sent.bytes_total)
         );
         match &s.last_problem {
             Some(p) => println!("last error:    {} {} {}", p.time, p.level, p.message),
@@ -173,7 +176,11 @@ pub fn print(cfg: Option<&Config>, state: Option<&Path>, json: bool) -> anyhow::
     println!("queue:");
     for c in &channels {
         let oldest = match (&c.oldest, c.oldest_age_s) {
-            (Some(p), Some(age)) => format!(", oldest {} ({age} s)", p.display()),
+            (Some(p), Some(age)) => format!(
+                ", oldest {} ({} old)",
+                p.display(),
+                humantime::format_duration(Duration::from_secs(age))
+            ),
             _ => String::new(),
         };
         let name = if c.name.is_empty() {
@@ -182,8 +189,9 @@ pub fn print(cfg: Option<&Config>, state: Option<&Path>, json: bool) -> anyhow::
             &c.name
         };
         println!(
-            "  {name:<14} {} files, {} bytes{oldest}",
-            c.queued, c.queued_bytes
+            "  {name:<14} {} files, {}{oldest}",
+            c.queued,
+            format_size(c.queued_bytes)
         );
     }
     if let Some(s) = status.as_ref().filter(|s| !s.streams.is_empty()) {

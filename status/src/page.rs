@@ -34,18 +34,7 @@ fn esc(s: &str) -> String {
 
 /// A size for people (binary units).
 pub fn bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
+    checkvalve_common::units::format_size(n)
 }
 
 /// (start, end, throughput in Mbit/s, loss in % if the interval had traffic) per interval of

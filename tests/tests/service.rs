@@ -455,7 +455,7 @@ fn status_reports_the_queue_what_was_sent_today_and_the_last_error_with_no_sende
         .lines()
         .find(|l| l.trim_start().starts_with("b "))
         .unwrap_or_default();
-    assert!(b_line.contains("2 files, 3000 bytes"), "{text}");
+    assert!(b_line.contains("2 files, 2.9 KiB"), "{text}");
     let a_line = text
         .lines()
         .find(|l| l.trim_start().starts_with("a "))
