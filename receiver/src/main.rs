@@ -195,6 +195,13 @@ struct Where {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Check the manifest's hash chain (and with --files, that the share holds what it says).
+    #[command(after_help = "\
+Examples:
+  checkvalve-receive verify-manifest --config /etc/checkvalve/receive.toml
+  checkvalve-receive verify-manifest --out /srv/vendor-share --files
+
+Exit status: 0 the chain (and with --files, the share) verifies; 1 it does not (the first broken
+record, or every problem in the share, is printed); 2 bad arguments.")]
     VerifyManifest {
         #[command(flatten)]
         at: Where,
@@ -203,6 +210,14 @@ enum Command {
         files: bool,
     },
     /// The operator and vendor report: link, files, losses, repairs, restarts, chain status.
+    #[command(after_help = "\
+Examples:
+  checkvalve-receive report --config /etc/checkvalve/receive.toml --since 2026-11-01 --until 2026-12-01
+  checkvalve-receive report --out /srv/vendor-share --since 24h --files
+  checkvalve-receive report --out /srv/vendor-share --format json > report.json
+
+Exit status: 0 the report was printed (a manifest that does not verify is said in it); 2 bad
+arguments.")]
     Report {
         #[command(flatten)]
         at: Where,

@@ -186,6 +186,13 @@ struct Args {
 enum Command {
     /// Print the service's queue per channel, what it sent today and its last error, from its
     /// spools and state folder (no running sender needed).
+    #[command(after_help = "\
+Examples:
+  checkvalve-send status --config /etc/checkvalve/send.toml
+  checkvalve-send status --state /var/lib/checkvalve-send --json
+
+Exit status: 0 the sender runs with no ERROR in the last five minutes; 3 it is not running, never
+ran, or logged an ERROR recently (a health check); 2 a configuration that is refused.")]
     Status {
         /// The service's configuration (the queue is counted live in its spools).
         #[arg(long, value_name = "FILE", required_unless_present = "state")]
@@ -208,6 +215,13 @@ enum Command {
         streams: Vec<inputs::StreamSpec>,
     },
     /// Write a new random pre-shared key (mode 0600) for `--key` / `key =` on both ends.
+    #[command(after_help = "\
+Examples:
+  checkvalve-send keygen --id 1 --out /etc/checkvalve/keys/link-1.key
+  checkvalve-send keygen --id 2 --out link-2.key      # the next key, for a rotation
+
+Copy the file to the receiver by hand (never across the link). Exit status: 0 written; 2 bad
+arguments or the file cannot be written (an existing file is never replaced).")]
     Keygen {
         /// Key id carried in every datagram (give a new key a new id to rotate without a gap).
         #[arg(long)]

@@ -77,6 +77,14 @@ enum Command {
     #[command(visible_alias = "qualify", after_help = SWEEP_HELP)]
     Sweep(SweepArgs),
     /// Feed historian point records (time, tag, value, quality, number) to a stream input.
+    #[command(after_help = "\
+Examples:
+  checkvalve-sim historian --tags 500 --rate 1000/s --to tcp://127.0.0.1:6514
+  checkvalve-sim historian --rate 50k/s --count 1000000 --to udp://127.0.0.1:5514
+  checkvalve-sim historian --to mqtt://127.0.0.1:1883/historian --duration 60s
+
+Exit status: 0 the feed ended (--count, --duration, SIGTERM or SIGINT); 2 bad arguments or the
+input cannot be reached.")]
     Historian(HistorianArgs),
 }
 
