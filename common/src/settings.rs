@@ -25,8 +25,8 @@ pub enum ConfigError {
         line: usize,
         /// Column, from 1 (in characters).
         column: usize,
-        /// The key there, with its table (`channel[2].spool`, `link.down_after`), when the place
-        /// is on a `key = value` line.
+        /// The key there, with its table (`channel[2].spool`, `link.down_after`), or the table
+        /// on a table's header line.
         key: Option<String>,
         /// What is wrong.
         reason: String,
@@ -56,6 +56,11 @@ impl ConfigError {
 /// table it is in (`[link]`, or the N-th `[[channel]]`, counted from 1).
 fn key_at(text: &str, line_start: usize) -> Option<String> {
     let line = text[line_start..].lines().next().unwrap_or("");
+    // A table's header (`[link]`, `[[channel]]`): the table is the key.
+    if let Some(header) = line.trim().strip_prefix('[') {
+        let name = header.trim_start_matches('[').split(']').next()?.trim();
+        return (!name.is_empty()).then(|| name.to_owned());
+    }
     let (key, _) = line.split_once('=')?;
     let key = key.trim().trim_matches('"');
     if key.is_empty() || key.starts_with('#') || key.starts_with('[') {
@@ -101,6 +106,7 @@ mod tests {
         assert_eq!(at("7"), "send.toml:5:9: channel[2].spool: bad");
         assert_eq!(at("\"x\""), "send.toml:7:14: link.down_after: bad");
         assert_eq!(at("\"x:1\""), "send.toml:1:6: to: bad");
-        assert_eq!(at("[link]"), "send.toml:6:1: bad");
+        assert_eq!(at("[link]"), "send.toml:6:1: link: bad");
+        assert_eq!(at("[[channel]]\nspool"), "send.toml:4:1: channel: bad");
     }
 }
