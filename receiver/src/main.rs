@@ -348,59 +348,43 @@ fn settings(args: &Args, given: &dyn Fn(&str) -> Option<String>) -> Result<Optio
     {
         s.state = Some(v.clone());
     }
-    if take("object_timeout") {
-        s.object_timeout = args.object_timeout;
+    // A flag and the setting of its name: the setting takes the flag's value when `take` says
+    // so (an optional flag only when given).
+    macro_rules! flags {
+        ($($field:ident),*) => {$(
+            if take(stringify!($field)) {
+                s.$field = args.$field;
+            }
+        )*};
     }
-    if take("reorder_window") {
-        s.reorder_window = args.reorder_window;
+    macro_rules! optional_flags {
+        ($($field:ident),*) => {$(
+            if args.$field.is_some() && take(stringify!($field)) {
+                s.$field = args.$field.clone();
+            }
+        )*};
     }
-    if take("stream_format") {
-        s.stream_format = args.stream_format;
-    }
-    if args.stream_max_file.is_some() && take("stream_max_file") {
-        s.stream_max_file = args.stream_max_file;
-    }
-    if take("max_object_size") {
-        s.max_object_size = args.max_object_size;
-    }
-    if take("max_pending") {
-        s.max_pending = args.max_pending;
-    }
-    if take("min_free") {
-        s.min_free = args.min_free;
-    }
-    if take("rcvbuf") {
-        s.rcvbuf = args.rcvbuf;
-    }
-    if take("stats_interval") {
-        s.stats_interval = args.stats_interval;
-    }
-    if take("aggregate_interval") {
-        s.aggregate_interval = args.aggregate_interval;
-    }
-    if args.link_down_after.is_some() && take("link_down_after") {
-        s.link_down_after = args.link_down_after;
-    }
-    if take("loss_warn") {
-        s.loss_warn = args.loss_warn;
-    }
-    if take("loss_interval") {
-        s.loss_interval = args.loss_interval;
-    }
+    flags!(
+        object_timeout,
+        reorder_window,
+        stream_format,
+        max_object_size,
+        max_pending,
+        min_free,
+        rcvbuf,
+        stats_interval,
+        aggregate_interval,
+        loss_warn,
+        loss_interval,
+        file_mode,
+        names
+    );
+    optional_flags!(stream_max_file, link_down_after, group);
     if args.retention_max_age.is_some() && take("retention_max_age") {
         s.retention.max_age = args.retention_max_age;
     }
     if args.retention_max_bytes.is_some() && take("retention_max_bytes") {
         s.retention.max_bytes = args.retention_max_bytes;
-    }
-    if take("file_mode") {
-        s.file_mode = args.file_mode;
-    }
-    if args.group.is_some() && take("group") {
-        s.group = args.group.clone();
-    }
-    if take("names") {
-        s.names = args.names;
     }
     if !from_file {
         s.keys = args.keys.clone();

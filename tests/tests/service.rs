@@ -778,3 +778,109 @@ fn the_sender_records_each_file_sent_with_the_object_and_digest_the_receiver_rec
     );
     assert!(sender.stop().success());
 }
+
+/// A flag beside `--config` overrides the file's value for this run in both programs, and the
+/// log says so; the datagrams' shape and authentication are the file's alone (refused, exit 2).
+#[test]
+fn flags_beside_config_override_it_in_both_programs_and_the_log_says_so() {
+    let rig = Rig::start(None, &[]);
+    let root = rig.dir.path();
+    let key = root.join(checkvalve_tests::RIG_KEY);
+    let said = "a flag beside --config overrides the configuration file";
+
+    // The receiver: the file says one object timeout and folder, the flag another timeout.
+    let out = root.join("share-by-file");
+    let receive_toml = root.join("receive.toml");
+    std::fs::write(
+        &receive_toml,
+        format!(
+            "bind = \"127.0.0.1:0\"\nout = \"{}\"\nobject_timeout = \"30s\"\nkeys = [\"{}\"]\n",
+            out.display(),
+            key.display()
+        ),
+    )
+    .expect("receive.toml");
+    let mut receiver = Proc::start(
+        root,
+        "receiver-config",
+        &bin("checkvalve-receive"),
+        &[
+            "--config".into(),
+            receive_toml.display().to_string(),
+            "--object-timeout".into(),
+            "7s".into(),
+        ],
+    );
+    checkvalve_tests::wait_for_log(&receiver, " receiving", Duration::from_secs(20));
+    let log = receiver.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains(said))
+        .unwrap_or_else(|| panic!("no override line: {log}"));
+    assert!(
+        line.contains("--object-timeout") && line.contains("7s"),
+        "{line}"
+    );
+    assert!(
+        log.contains(&format!("out={}", out.display())),
+        "the file's folder stays: {log}"
+    );
+    assert!(receiver.stop().success());
+    let refused = std::process::Command::new(bin("checkvalve-receive"))
+        .args(["--config", &receive_toml.display().to_string()])
+        .arg("--allow-unauthenticated")
+        .output()
+        .expect("receiver");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("configuration file only"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // The sender: the file says 200M, the flag 50M; --fec beside the file is refused.
+    let spool = root.join("spool");
+    std::fs::create_dir_all(&spool).expect("spool");
+    let cfg = config(
+        root,
+        &rig.send_to,
+        &format!(
+            "[[channel]]\nname = \"a\"\nspool = \"{}\"\n",
+            spool.display()
+        ),
+    );
+    let mut sender = Proc::start(
+        root,
+        "sender-config",
+        &bin("checkvalve-send"),
+        &[
+            "--config".into(),
+            cfg.display().to_string(),
+            "--rate".into(),
+            "50M".into(),
+        ],
+    );
+    checkvalve_tests::wait_for_log(&sender, " watching", Duration::from_secs(20));
+    let log = sender.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(said) && l.contains("--rate") && l.contains("50000000")),
+        "{log}"
+    );
+    let watching = log
+        .lines()
+        .find(|l| l.contains(" watching"))
+        .expect("watching");
+    assert!(watching.contains("rate=50000000"), "{watching}");
+    assert!(sender.stop().success());
+    let refused = std::process::Command::new(bin("checkvalve-send"))
+        .args(["--config", &cfg.display().to_string(), "--fec", "32:8"])
+        .output()
+        .expect("sender");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("configuration file only"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
