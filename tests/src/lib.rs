@@ -224,6 +224,17 @@ impl Drop for Proc {
     }
 }
 
+/// Says that a check cannot run on this machine, and why: SKIPPED where a developer runs the
+/// suite, a failure under `CI`, whose machine `.ci/run` gives everything the suite needs (so that
+/// CI never passes a check it did not make).
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "under CI this check must run: {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+}
+
 /// The last lines of a log file, for failure messages.
 pub fn tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();

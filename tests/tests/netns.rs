@@ -41,10 +41,10 @@ impl Link {
         let (s, r) = (format!("cv{id}s"), format!("cv{id}r"));
         let probe = ip(&["netns", "add", &s]);
         if !probe.status.success() {
-            eprintln!(
-                "SKIPPED: cannot make a network namespace here: {}",
+            checkvalve_tests::skip(&format!(
+                "cannot make a network namespace here: {}",
                 String::from_utf8_lossy(&probe.stderr)
-            );
+            ));
             return None;
         }
         let link = Link {

@@ -90,11 +90,9 @@ fn options(help: &str) -> Vec<String> {
 #[test]
 fn the_packages_install_with_manuals_units_and_completions_and_purge_clean() {
     if let Some(why) = unable() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "under CI the package test must run: {why}"
-        );
-        eprintln!("SKIPPED: the package test needs root, dpkg and cargo-deb: {why}");
+        checkvalve_tests::skip(&format!(
+            "the package test needs root, dpkg and cargo-deb: {why}"
+        ));
         return;
     }
     let root = root();

@@ -140,13 +140,7 @@ fn same_seed_and_input_give_identical_counters_and_pcap_and_tshark_agrees() {
                 "tshark count"
             );
         }
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "tshark is required in CI: {e}"
-            );
-            eprintln!("tshark not installed: skipped the tshark check ({e})");
-        }
+        Err(e) => checkvalve_tests::skip(&format!("the tshark check: tshark cannot run ({e})")),
     }
 }
 

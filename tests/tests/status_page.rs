@@ -149,7 +149,7 @@ fn metrics_parse_the_page_renders_with_its_chart_and_the_receiver_sends_nothing(
     let mut strace = match strace {
         Ok(child) => Some(child),
         Err(e) => {
-            eprintln!("SKIPPED the strace check: strace cannot run ({e})");
+            checkvalve_tests::skip(&format!("the strace check: strace cannot run ({e})"));
             None
         }
     };
@@ -227,7 +227,7 @@ fn metrics_parse_the_page_renders_with_its_chart_and_the_receiver_sends_nothing(
     }
     assert!(queried > 20, "{queried}");
     match promtool(&text) {
-        None => eprintln!("SKIPPED the promtool check: promtool not installed (CI installs it)"),
+        None => checkvalve_tests::skip("the promtool check: promtool not installed"),
         Some(complaints) => assert!(complaints.is_empty(), "promtool: {complaints}\n{text}"),
     }
     let (_, head, om) = http_with(
@@ -318,8 +318,8 @@ fn metrics_parse_the_page_renders_with_its_chart_and_the_receiver_sends_nothing(
     }
 
     match chromium() {
-        None => eprintln!(
-            "SKIPPED the browser check: no chromium installed (CI installs it; apt-get install chromium)"
+        None => checkvalve_tests::skip(
+            "the browser check: no chromium installed (apt-get install chromium)",
         ),
         Some(exe) => {
             let url = format!("http://{addr}/");
@@ -438,7 +438,7 @@ fn the_page_alarms_on_lost_files_and_a_link_down_and_the_losses_survive_a_receiv
             "the alarm banner is not drawn red ({red} pixels)"
         );
     } else {
-        eprintln!("SKIPPED the browser check: no chromium installed (CI installs it)");
+        checkvalve_tests::skip("the browser check: no chromium installed");
     }
 
     // A restarted receiver shows the same losses: they come from the manifest.
