@@ -44,6 +44,14 @@ struct Delivered {
     object: Option<String>,
 }
 
+/// A record channel's gaps in the period.
+#[derive(Debug, Default, Serialize)]
+struct ChannelGaps {
+    channel: String,
+    gaps: u64,
+    records_missing: u64,
+}
+
 /// A sender session the period heard, and what its heartbeats say of the link.
 #[derive(Debug, Default, Serialize)]
 struct Session {
@@ -83,6 +91,8 @@ struct Report {
     /// Record channels' gaps, and the records lost in them.
     stream_gaps: u64,
     records_missing: u64,
+    /// The same by record channel, in order of name.
+    record_channels: Vec<ChannelGaps>,
     datagrams_sent: u64,
     datagrams_received: u64,
     loss_rate: Option<f64>,
@@ -235,8 +245,27 @@ pub fn print(out: &Path, state: &Path, period: Period, format: Format) -> Result
                 }
                 Status::StreamGap => {
                     r.stream_gaps += 1;
-                    if let Some(Detail::Gap { missing, .. }) = v.detail {
+                    if let Some(Detail::Gap {
+                        missing, channel, ..
+                    }) = v.detail
+                    {
                         r.records_missing += missing;
+                        let at = match r
+                            .record_channels
+                            .binary_search_by(|c| c.channel.as_str().cmp(&channel))
+                        {
+                            Ok(i) => i,
+                            Err(i) => {
+                                let c = ChannelGaps {
+                                    channel,
+                                    ..ChannelGaps::default()
+                                };
+                                r.record_channels.insert(i, c);
+                                i
+                            }
+                        };
+                        r.record_channels[at].gaps += 1;
+                        r.record_channels[at].records_missing += missing;
                     }
                 }
                 Status::Loss => {
@@ -412,6 +441,12 @@ fn print_text(r: &Report, out: &Path) {
         "RECORDS MISSING:   {} in {} gap(s) of record channels",
         r.records_missing, r.stream_gaps
     );
+    for c in &r.record_channels {
+        println!(
+            "  {:<16} {} records in {} gap(s)",
+            c.channel, c.records_missing, c.gaps
+        );
+    }
     if let Some(files) = &r.files {
         println!();
         println!("files delivered ({}):", files.len());

@@ -250,6 +250,23 @@ fn through_loss(sim: &[&str], framing: &[&str]) -> Seen {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The report counts them by channel.
+    let report = Command::new(checkvalve_tests::bin("checkvalve-receive"))
+        .args(["report", "--out", &rig.out.display().to_string()])
+        .args(["--format", "json"])
+        .output()
+        .expect("report");
+    let r: serde_json::Value = serde_json::from_slice(&report.stdout).expect("report JSON");
+    assert_eq!(r["records_missing"], s.missing, "{r}");
+    if s.markers > 0 {
+        assert_eq!(
+            r["record_channels"],
+            serde_json::json!([{"channel": "syslog", "gaps": s.markers, "records_missing": s.missing}]),
+            "{r}"
+        );
+    } else {
+        assert_eq!(r["record_channels"], serde_json::json!([]), "{r}");
+    }
     s
 }
 
