@@ -119,6 +119,19 @@ fn the_packages_install_with_manuals_units_and_completions_and_purge_clean() {
                 .unwrap_or_else(|| panic!("no {p} package in target/debian"))
         })
         .collect();
+    for p in PACKAGES {
+        let symbols = root
+            .join("target/debian")
+            .read_dir()
+            .expect("target/debian")
+            .flatten()
+            .any(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&format!("{p}-dbgsym_")) && n.ends_with(".ddeb"))
+            });
+        assert!(symbols, "no debug symbols package for {p}");
+    }
     let folders_before: Vec<bool> = ["/srv/vendor-share", "/var/spool/checkvalve"]
         .iter()
         .map(|d| Path::new(d).exists())
